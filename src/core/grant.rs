@@ -1,0 +1,518 @@
+//! What a credential may be granted: its scopes, audiences and token
+//! lifetime, bounded by its `ServiceAccount` and by the namespace's scope
+//! policy. The controller reports these decisions in status; the token
+//! server recomputes them from the same inputs, so a forged status can never
+//! widen a grant.
+
+use crate::core::duration::parse_duration;
+use crate::crd::{M2MCredentialSpec, ServiceAccountSpec};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Token lifetime when neither the credential nor its account sets one.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// No access token lives longer than this.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// One entry of a scope policy: an exact scope, a `prefix*` pattern
+/// (`repo:*` allows `repo:read`), or `*` for everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScopePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+/// Which scopes identities in a namespace may hold: the Namespace
+/// annotation `m2m.dev/allowed-scopes`, else the operator-wide default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopePolicy {
+    patterns: Vec<ScopePattern>,
+}
+
+/// A scope policy string that could not be understood. The namespace is then
+/// treated as allowing nothing, never as allowing everything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid scope policy entry {entry:?}: use exact scopes or prefix patterns like \"repo:*\", separated by commas"
+)]
+pub struct ScopePolicyError {
+    /// The offending entry.
+    pub entry: String,
+}
+
+impl ScopePolicy {
+    /// A policy that allows every scope (the unsafe-for-shared-clusters default).
+    pub fn allow_all() -> Self {
+        Self {
+            patterns: vec![ScopePattern::Prefix(String::new())],
+        }
+    }
+
+    /// A policy that allows nothing.
+    pub fn deny_all() -> Self {
+        Self { patterns: vec![] }
+    }
+
+    /// Parse a comma-separated list of exact scopes and `prefix*` patterns.
+    /// Whitespace around entries is ignored; an empty string allows nothing.
+    pub fn parse(policy: &str) -> Result<Self, ScopePolicyError> {
+        let mut patterns = Vec::new();
+        for entry in policy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = || ScopePolicyError {
+                entry: entry.to_owned(),
+            };
+            let (body, prefix) = match entry.strip_suffix('*') {
+                Some(body) => (body, true),
+                None => (entry, false),
+            };
+            if body.contains('*') || !body.bytes().all(is_scope_byte) {
+                return Err(bad());
+            }
+            patterns.push(if prefix {
+                ScopePattern::Prefix(body.to_owned())
+            } else {
+                ScopePattern::Exact(body.to_owned())
+            });
+        }
+        Ok(Self { patterns })
+    }
+
+    /// Whether `scope` may be held under this policy.
+    pub fn allows(&self, scope: &str) -> bool {
+        self.patterns.iter().any(|p| match p {
+            ScopePattern::Exact(s) => s == scope,
+            ScopePattern::Prefix(prefix) => scope.starts_with(prefix.as_str()),
+        })
+    }
+
+    /// The scopes of `scopes` this policy refuses, sorted.
+    pub fn refused<'a>(&self, scopes: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let refused: BTreeSet<_> = scopes
+            .into_iter()
+            .filter(|s| !self.allows(s))
+            .cloned()
+            .collect();
+        refused.into_iter().collect()
+    }
+}
+
+/// RFC 6749 §3.3 scope-token characters, excluding `*` (reserved for patterns).
+fn is_scope_byte(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x29 | 0x2B..=0x5B | 0x5D..=0x7E)
+}
+
+/// Why a credential (or an account) cannot be granted anything. Each variant
+/// maps to the `reason` of a `Ready=False` condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// `spec.serviceAccountName` names no ServiceAccount in the namespace.
+    #[error("ServiceAccount {0:?} (serviceaccounts.m2m.dev) does not exist in this namespace")]
+    ServiceAccountNotFound(String),
+    /// The account has `disabled: true`.
+    #[error("ServiceAccount {0:?} is disabled")]
+    ServiceAccountDisabled(String),
+    /// The namespace annotation `m2m.dev/allowed-scopes` is malformed.
+    #[error("namespace annotation m2m.dev/allowed-scopes is invalid: {0}")]
+    InvalidNamespacePolicy(ScopePolicyError),
+    /// The account holds scopes its namespace does not allow.
+    #[error("scopes not allowed in this namespace by m2m.dev/allowed-scopes: {}", .0.join(", "))]
+    ScopesNotAllowedInNamespace(Vec<String>),
+    /// The credential asks for scopes its account does not hold.
+    #[error("scopes not held by ServiceAccount {account:?}: {}", .scopes.join(", "))]
+    ScopesOutsideServiceAccount {
+        /// The ServiceAccount.
+        account: String,
+        /// The scopes it lacks.
+        scopes: Vec<String>,
+    },
+    /// A `tokenTTL` does not parse, or is zero.
+    #[error("{field} {value:?} is not a positive duration")]
+    InvalidTokenTTL {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// A `tokenTTL` exceeds what is allowed.
+    #[error("{field} {value} exceeds the maximum of {max}")]
+    TokenTTLTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The bound it broke.
+        max: String,
+    },
+    /// `spec.expiresAt` has passed.
+    #[error("the credential expired at {0}")]
+    Expired(DateTime<Utc>),
+}
+
+impl GrantError {
+    /// The machine-readable condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ServiceAccountNotFound(_) => "ServiceAccountNotFound",
+            Self::ServiceAccountDisabled(_) => "ServiceAccountDisabled",
+            Self::InvalidNamespacePolicy(_) => "InvalidNamespacePolicy",
+            Self::ScopesNotAllowedInNamespace(_) => "ScopesNotAllowedInNamespace",
+            Self::ScopesOutsideServiceAccount { .. } => "ScopesOutsideServiceAccount",
+            Self::InvalidTokenTTL { .. } => "InvalidTokenTTL",
+            Self::TokenTTLTooLong { .. } => "TokenTTLTooLong",
+            Self::Expired(_) => "Expired",
+        }
+    }
+}
+
+/// What an account may hand to its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountGrant {
+    /// The account's scopes (all allowed by the namespace policy).
+    pub scopes: BTreeSet<String>,
+    /// The account's token lifetime, the credentials' default and maximum.
+    pub token_ttl: Duration,
+}
+
+/// What a credential's tokens may carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Scopes a token may hold; the default when a request names none.
+    pub scopes: BTreeSet<String>,
+    /// Allowed `aud` values; empty means the issuer's default audience.
+    pub audiences: Vec<String>,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// When the credential stops working.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
+    match parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(GrantError::InvalidTokenTTL {
+            field,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// Validate an account against the namespace policy, ignoring `disabled`
+/// (an account can be valid and disabled).
+pub fn resolve_account(
+    account: &ServiceAccountSpec,
+    policy: Result<&ScopePolicy, &ScopePolicyError>,
+) -> Result<AccountGrant, GrantError> {
+    let policy = policy.map_err(|e| GrantError::InvalidNamespacePolicy(e.clone()))?;
+    let refused = policy.refused(&account.scopes);
+    if !refused.is_empty() {
+        return Err(GrantError::ScopesNotAllowedInNamespace(refused));
+    }
+    let token_ttl = match &account.token_ttl {
+        None => DEFAULT_TOKEN_TTL,
+        Some(v) => {
+            let ttl = parse_ttl("ServiceAccount tokenTTL", v)?;
+            if ttl > MAX_TOKEN_TTL {
+                return Err(GrantError::TokenTTLTooLong {
+                    field: "ServiceAccount tokenTTL",
+                    value: v.clone(),
+                    max: "24h".into(),
+                });
+            }
+            ttl
+        }
+    };
+    Ok(AccountGrant {
+        scopes: account.scopes.iter().cloned().collect(),
+        token_ttl,
+    })
+}
+
+/// Everything a credential may be granted right now, or the precise reason
+/// it may be granted nothing. `account` is `None` when the referenced
+/// ServiceAccount does not exist.
+pub fn resolve_grant(
+    credential: &M2MCredentialSpec,
+    account: Option<&ServiceAccountSpec>,
+    policy: Result<&ScopePolicy, &ScopePolicyError>,
+    now: DateTime<Utc>,
+) -> Result<Grant, GrantError> {
+    let name = &credential.service_account_name;
+    let account = account.ok_or_else(|| GrantError::ServiceAccountNotFound(name.clone()))?;
+    let account_grant = resolve_account(account, policy)?;
+    let outside: BTreeSet<_> = credential
+        .scopes
+        .iter()
+        .filter(|s| !account_grant.scopes.contains(*s))
+        .cloned()
+        .collect();
+    if !outside.is_empty() {
+        return Err(GrantError::ScopesOutsideServiceAccount {
+            account: name.clone(),
+            scopes: outside.into_iter().collect(),
+        });
+    }
+    let token_ttl = match &credential.token_ttl {
+        None => account_grant.token_ttl,
+        Some(v) => {
+            let ttl = parse_ttl("tokenTTL", v)?;
+            if ttl > account_grant.token_ttl {
+                return Err(GrantError::TokenTTLTooLong {
+                    field: "tokenTTL",
+                    value: v.clone(),
+                    max: format!(
+                        "{} (the ServiceAccount's tokenTTL)",
+                        crate::core::duration::format_duration(account_grant.token_ttl)
+                    ),
+                });
+            }
+            ttl
+        }
+    };
+    if let Some(at) = credential.expires_at
+        && at <= now
+    {
+        return Err(GrantError::Expired(at));
+    }
+    if account.disabled {
+        return Err(GrantError::ServiceAccountDisabled(name.clone()));
+    }
+    let scopes = if credential.scopes.is_empty() {
+        account_grant.scopes
+    } else {
+        credential.scopes.iter().cloned().collect()
+    };
+    let audiences: BTreeSet<_> = credential.audiences.iter().cloned().collect();
+    Ok(Grant {
+        scopes,
+        audiences: audiences.into_iter().collect(),
+        token_ttl,
+        expires_at: credential.expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0)
+            .single()
+            .unwrap()
+    }
+
+    fn account(scopes: &[&str]) -> ServiceAccountSpec {
+        ServiceAccountSpec {
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn cred(scopes: &[&str]) -> M2MCredentialSpec {
+        M2MCredentialSpec {
+            service_account_name: "ci-bot".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn policy_matching() {
+        let p = ScopePolicy::parse("repo:*, artifacts:write ,").unwrap();
+        let cases = [
+            ("repo:read", true),
+            ("repo:", true),
+            ("repo", false),
+            ("artifacts:write", true),
+            ("artifacts:write2", false),
+            ("artifacts:read", false),
+        ];
+        for (scope, allowed) in cases {
+            assert_eq!(p.allows(scope), allowed, "{scope}");
+        }
+        assert!(ScopePolicy::parse("*").unwrap().allows("anything"));
+        assert!(ScopePolicy::allow_all().allows("x"));
+        assert!(!ScopePolicy::parse("").unwrap().allows("x"));
+        assert!(!ScopePolicy::deny_all().allows("x"));
+    }
+
+    #[test]
+    fn malformed_policies_are_refused_not_widened() {
+        for bad in ["a*b", "*x", "has space", "quote\"", "back\\slash", "a**"] {
+            assert!(ScopePolicy::parse(bad).is_err(), "{bad:?}");
+        }
+        let err = ScopePolicy::parse("repo:*,a*b").unwrap_err();
+        let grant = resolve_grant(&cred(&[]), Some(&account(&["repo:read"])), Err(&err), now());
+        assert_eq!(grant.unwrap_err().reason(), "InvalidNamespacePolicy");
+    }
+
+    #[test]
+    fn grant_table() {
+        let all = ScopePolicy::allow_all();
+        let repo_only = ScopePolicy::parse("repo:*").unwrap();
+        type Case<'a> = (
+            &'a str,
+            M2MCredentialSpec,
+            Option<ServiceAccountSpec>,
+            &'a ScopePolicy,
+            Result<BTreeSet<String>, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "empty = all of account",
+                cred(&[]),
+                Some(account(&["a", "b"])),
+                &all,
+                Ok(set(&["a", "b"])),
+            ),
+            (
+                "subset",
+                cred(&["a"]),
+                Some(account(&["a", "b"])),
+                &all,
+                Ok(set(&["a"])),
+            ),
+            (
+                "outside account",
+                cred(&["a", "c"]),
+                Some(account(&["a", "b"])),
+                &all,
+                Err("ScopesOutsideServiceAccount"),
+            ),
+            (
+                "missing account",
+                cred(&["a"]),
+                None,
+                &all,
+                Err("ServiceAccountNotFound"),
+            ),
+            (
+                "account beyond namespace",
+                cred(&["repo:read"]),
+                Some(account(&["repo:read", "admin"])),
+                &repo_only,
+                Err("ScopesNotAllowedInNamespace"),
+            ),
+            (
+                "within namespace",
+                cred(&[]),
+                Some(account(&["repo:read", "repo:write"])),
+                &repo_only,
+                Ok(set(&["repo:read", "repo:write"])),
+            ),
+            (
+                "disabled",
+                cred(&[]),
+                Some(ServiceAccountSpec {
+                    disabled: true,
+                    ..account(&["a"])
+                }),
+                &all,
+                Err("ServiceAccountDisabled"),
+            ),
+            (
+                "credential ttl over account",
+                M2MCredentialSpec {
+                    token_ttl: Some("2h".into()),
+                    ..cred(&[])
+                },
+                Some(account(&["a"])),
+                &all,
+                Err("TokenTTLTooLong"),
+            ),
+            (
+                "account ttl over max",
+                cred(&[]),
+                Some(ServiceAccountSpec {
+                    token_ttl: Some("25h".into()),
+                    ..account(&["a"])
+                }),
+                &all,
+                Err("TokenTTLTooLong"),
+            ),
+            (
+                "zero ttl",
+                M2MCredentialSpec {
+                    token_ttl: Some("0s".into()),
+                    ..cred(&[])
+                },
+                Some(account(&["a"])),
+                &all,
+                Err("InvalidTokenTTL"),
+            ),
+            (
+                "garbage ttl",
+                M2MCredentialSpec {
+                    token_ttl: Some("soon".into()),
+                    ..cred(&[])
+                },
+                Some(account(&["a"])),
+                &all,
+                Err("InvalidTokenTTL"),
+            ),
+            (
+                "expired",
+                M2MCredentialSpec {
+                    expires_at: Some(now()),
+                    ..cred(&[])
+                },
+                Some(account(&["a"])),
+                &all,
+                Err("Expired"),
+            ),
+            (
+                "not yet expired",
+                M2MCredentialSpec {
+                    expires_at: Some(now() + chrono::Duration::seconds(1)),
+                    ..cred(&[])
+                },
+                Some(account(&["a"])),
+                &all,
+                Ok(set(&["a"])),
+            ),
+        ];
+        for (name, c, a, policy, want) in cases {
+            let got = resolve_grant(&c, a.as_ref(), Ok(policy), now());
+            match (got, want) {
+                (Ok(g), Ok(scopes)) => assert_eq!(g.scopes, scopes, "{name}"),
+                (Err(e), Err(reason)) => assert_eq!(e.reason(), reason, "{name}: {e}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_defaults_and_caps() {
+        let all = ScopePolicy::allow_all();
+        let g = resolve_grant(&cred(&[]), Some(&account(&["a"])), Ok(&all), now()).unwrap();
+        assert_eq!(g.token_ttl, DEFAULT_TOKEN_TTL);
+        let acc = ServiceAccountSpec {
+            token_ttl: Some("24h".into()),
+            ..account(&["a"])
+        };
+        let g = resolve_grant(&cred(&[]), Some(&acc), Ok(&all), now()).unwrap();
+        assert_eq!(g.token_ttl, MAX_TOKEN_TTL);
+        let c = M2MCredentialSpec {
+            token_ttl: Some("15m".into()),
+            ..cred(&[])
+        };
+        let g = resolve_grant(&c, Some(&acc), Ok(&all), now()).unwrap();
+        assert_eq!(g.token_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn error_messages_name_the_problem() {
+        let all = ScopePolicy::allow_all();
+        let e =
+            resolve_grant(&cred(&["x", "a"]), Some(&account(&["a"])), Ok(&all), now()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "scopes not held by ServiceAccount \"ci-bot\": x"
+        );
+    }
+}

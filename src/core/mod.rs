@@ -1,0 +1,9 @@
+//! The domain core: decisions and formats that know nothing of Kubernetes
+//! I/O. The controller and the token server both build on these, so they
+//! always agree on what a grant, a valid secret or a due rotation is.
+
+pub mod client_secret;
+pub mod duration;
+pub mod grant;
+pub mod rotation;
+pub mod verifier;

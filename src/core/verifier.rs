@@ -1,0 +1,228 @@
+//! The verification state: keyed hashes of the client secrets the token
+//! endpoint accepts. Digests are HMAC-SHA256 under a key only the operator
+//! and token servers hold, bound to the credential's identity and secret
+//! version, so whoever can write a credential's status still cannot make a
+//! secret of their choice valid, nor move a digest to another credential.
+
+use crate::crd::SecretVerifier;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Length of the verifier key in bytes.
+pub const VERIFIER_KEY_LEN: usize = 32;
+
+/// The HMAC key of the verification state. `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifierKey([u8; VERIFIER_KEY_LEN]);
+
+impl fmt::Debug for VerifierKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VerifierKey([redacted])")
+    }
+}
+
+/// A stored verifier key has the wrong length.
+#[derive(Debug, thiserror::Error)]
+#[error("verifier key must be {VERIFIER_KEY_LEN} bytes, found {0}")]
+pub struct VerifierKeyLengthError(pub usize);
+
+impl VerifierKey {
+    /// A fresh key from the OS CSPRNG.
+    pub fn generate() -> Result<Self, crate::core::client_secret::RandomnessError> {
+        let mut key = [0u8; VERIFIER_KEY_LEN];
+        crate::core::client_secret::fill_random(&mut key)?;
+        Ok(Self(key))
+    }
+
+    /// Load a key from its stored bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, VerifierKeyLengthError> {
+        let key: [u8; VERIFIER_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| VerifierKeyLengthError(bytes.len()))?;
+        Ok(Self(key))
+    }
+
+    /// The raw key, for storing in the operator's key Secret.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self, binding: &SecretBinding<'_>, secret: &str) -> HmacSha256 {
+        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        // Length-prefixed fields: no two different bindings share an input.
+        for field in [
+            "m2m.dev/secret-verifier/v1",
+            binding.namespace,
+            binding.name,
+            binding.uid,
+            binding.client_id,
+            &binding.version.to_string(),
+            secret,
+        ] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac
+    }
+
+    /// The digest of `secret` for this credential and version.
+    pub fn digest(&self, binding: &SecretBinding<'_>, secret: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac(binding, secret).finalize().into_bytes())
+    }
+
+    /// Whether `secret` matches `digest`, compared in constant time.
+    pub fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
+        let Ok(expected) = URL_SAFE_NO_PAD.decode(digest) else {
+            return false;
+        };
+        self.mac(binding, secret).verify_slice(&expected).is_ok()
+    }
+}
+
+/// What a digest is bound to besides the secret itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretBinding<'a> {
+    /// Credential namespace.
+    pub namespace: &'a str,
+    /// Credential name.
+    pub name: &'a str,
+    /// Credential UID: a re-created credential never inherits old digests.
+    pub uid: &'a str,
+    /// The client id.
+    pub client_id: &'a str,
+    /// The secret version.
+    pub version: i64,
+}
+
+impl SecretBinding<'_> {
+    /// The same binding for another version.
+    pub fn with_version(&self, version: i64) -> Self {
+        Self { version, ..*self }
+    }
+}
+
+/// Whether a verifier is accepted at `now`: the current one always, a
+/// replaced one until the end of its grace period.
+pub fn is_accepted(verifier: &SecretVerifier, now: DateTime<Utc>) -> bool {
+    verifier.not_after.is_none_or(|end| now < end)
+}
+
+/// The verifiers accepted at `now`.
+pub fn accepted_at(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Vec<&SecretVerifier> {
+    verifiers.iter().filter(|v| is_accepted(v, now)).collect()
+}
+
+/// The earliest future moment at which the accepted set changes, so the
+/// controller can requeue exactly then to prune.
+pub fn next_expiry(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    verifiers
+        .iter()
+        .filter_map(|v| v.not_after)
+        .filter(|t| *t > now)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn binding() -> SecretBinding<'static> {
+        SecretBinding {
+            namespace: "team-a",
+            name: "ci-bot-uploads",
+            uid: "uid-1",
+            client_id: "m2mc_1",
+            version: 3,
+        }
+    }
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(s, 0).single().unwrap()
+    }
+
+    #[test]
+    fn digest_verifies_only_its_own_secret_and_binding() {
+        let key = VerifierKey::generate().unwrap();
+        let d = key.digest(&binding(), "m2ms_secret");
+        assert!(key.verify(&binding(), "m2ms_secret", &d));
+        assert!(!key.verify(&binding(), "m2ms_secreT", &d));
+        assert!(!key.verify(&binding().with_version(4), "m2ms_secret", &d));
+        assert!(!key.verify(
+            &SecretBinding {
+                uid: "uid-2",
+                ..binding()
+            },
+            "m2ms_secret",
+            &d
+        ));
+        assert!(!key.verify(
+            &SecretBinding {
+                name: "other",
+                ..binding()
+            },
+            "m2ms_secret",
+            &d
+        ));
+        assert!(!key.verify(&binding(), "m2ms_secret", "not base64!"));
+        let other = VerifierKey::generate().unwrap();
+        assert!(
+            !other.verify(&binding(), "m2ms_secret", &d),
+            "digest forged without the key"
+        );
+    }
+
+    #[test]
+    fn field_boundaries_cannot_be_shifted() {
+        let key = VerifierKey::from_bytes(&[7; 32]).unwrap();
+        let a = SecretBinding {
+            namespace: "ab",
+            name: "c",
+            ..binding()
+        };
+        let b = SecretBinding {
+            namespace: "a",
+            name: "bc",
+            ..binding()
+        };
+        assert_ne!(key.digest(&a, "s"), key.digest(&b, "s"));
+    }
+
+    #[test]
+    fn key_debug_is_redacted_and_length_checked() {
+        let key = VerifierKey::from_bytes(&[42; 32]).unwrap();
+        assert_eq!(format!("{key:?}"), "VerifierKey([redacted])");
+        assert!(VerifierKey::from_bytes(&[1; 31]).is_err());
+    }
+
+    #[test]
+    fn accepted_versions_at_time() {
+        let v = |version, not_after: Option<i64>| SecretVerifier {
+            version,
+            digest: String::new(),
+            not_after: not_after.map(at),
+        };
+        let list = vec![v(3, None), v(2, Some(100)), v(1, Some(50))];
+        let versions = |t| {
+            accepted_at(&list, at(t))
+                .iter()
+                .map(|v| v.version)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(versions(10), vec![3, 2, 1]);
+        assert_eq!(versions(50), vec![3, 2]);
+        assert_eq!(versions(99), vec![3, 2]);
+        assert_eq!(versions(100), vec![3]);
+        assert_eq!(next_expiry(&list, at(10)), Some(at(50)));
+        assert_eq!(next_expiry(&list, at(60)), Some(at(100)));
+        assert_eq!(next_expiry(&list, at(100)), None);
+    }
+}

