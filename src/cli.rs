@@ -26,6 +26,27 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Benchmark only: a token server with one generated credential and no cluster.
+    #[command(hide = true)]
+    BenchServer(BenchServerArgs),
+}
+
+/// `m2m-operator bench-server` (hidden): serves `/oauth/token` from generated
+/// in-memory state, plus `/bench/token-unsigned` (everything but signing).
+#[derive(Debug, Clone, Args)]
+pub struct BenchServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub listen: SocketAddr,
+    /// Signing algorithm of the generated key.
+    #[arg(long, value_enum, default_value_t = SigningAlg::Es256)]
+    pub signing_alg: SigningAlg,
+    /// Write `client_id:client_secret` of the generated credential here.
+    #[arg(long)]
+    pub credentials_file: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Log output format.

@@ -2,8 +2,17 @@
 //!
 //! - [`crd`]: the `m2m.dev/v1alpha1` API types users write.
 //! - [`core`]: pure domain logic (durations, scopes, client secrets, rotation,
-//!   verifiers, signing keys) with no Kubernetes I/O, unit-tested in place.
+//!   verifiers) with no Kubernetes I/O, unit-tested in place.
+//! - [`signing`]: JWT signing keys, their stored format, rotation and JWKS.
+//! - [`server`]: the OAuth 2.0 token endpoint and its watch-fed index.
+//! - [`controller`]: the reconcilers (here: the operator's key Secret).
+//! - [`telemetry`] and [`admin`]: logs, metrics, `/livez`, `/readyz`, `/metrics`.
 
+pub mod admin;
 pub mod cli;
+pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod server;
+pub mod signing;
+pub mod telemetry;

@@ -11,9 +11,11 @@ async fn main() -> ExitCode {
         Command::Crds => m2m_operator::crd::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
-        Command::Controller(_) | Command::TokenServer(_) | Command::Run(_) => {
-            Err(anyhow::anyhow!("not implemented yet"))
-        }
+        Command::TokenServer(args) => m2m_operator::server::run(args)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
+        Command::Controller(_) | Command::Run(_) => Err(anyhow::anyhow!("not implemented yet")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

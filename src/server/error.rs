@@ -1,0 +1,182 @@
+//! OAuth 2.0 error responses (RFC 6749 §5.2, RFC 7009 §2.2.1): a JSON body
+//! `{"error": …, "error_description": …}`, `Cache-Control: no-store` and
+//! `Pragma: no-cache`, and the status each code calls for.
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | `invalid_request` | 400 (413 for an oversized body, 415 for a wrong content type) | malformed or repeated parameters, non-UTF-8, two authentication methods, malformed `Authorization` |
+//! | `invalid_client` | 401, with `WWW-Authenticate: Basic` when Basic was used or no authentication was sent | unknown client or wrong secret — the same response for both |
+//! | `invalid_client` | 429 with `Retry-After` | too many failed authentications for this client id |
+//! | `invalid_grant` | 400 | the credential expired (`spec.expiresAt`) |
+//! | `unauthorized_client` | 400 | the credential may not be granted tokens now: its ServiceAccount is disabled, missing or invalid, or its grant is invalid |
+//! | `unsupported_grant_type` | 400 | `grant_type` other than `client_credentials` |
+//! | `invalid_scope` | 400 | a requested scope outside the credential's grant |
+//! | `invalid_target` | 400 | a requested `audience`/`resource` the credential may not use (RFC 8707) |
+//! | `temporarily_unavailable` | 503 | no signing key loaded yet, or the revocation list could not be written |
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
+
+/// An OAuth error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// The RFC error code.
+    pub code: &'static str,
+    /// A human-readable description (never reveals whether a client exists).
+    pub description: Cow<'static, str>,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Add `WWW-Authenticate: Basic realm=…`.
+    pub basic_challenge: bool,
+    /// Add `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    fn new(
+        code: &'static str,
+        status: StatusCode,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            code,
+            description: description.into(),
+            status,
+            basic_challenge: false,
+            retry_after: None,
+        }
+    }
+
+    /// `invalid_request`, 400.
+    pub fn invalid_request(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_request", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `invalid_request` with another status (413, 415).
+    pub fn invalid_request_status(
+        status: StatusCode,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self::new("invalid_request", status, description)
+    }
+
+    /// `invalid_client`, 401. The description is fixed so that nothing
+    /// tells an unknown client id from a wrong secret.
+    pub fn invalid_client(basic_challenge: bool) -> Self {
+        Self {
+            basic_challenge,
+            ..Self::new(
+                "invalid_client",
+                StatusCode::UNAUTHORIZED,
+                "client authentication failed",
+            )
+        }
+    }
+
+    /// `invalid_client`, 429: too many failed authentications.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                "invalid_client",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentication attempts for this client; retry later",
+            )
+        }
+    }
+
+    /// `invalid_grant`, 400.
+    pub fn invalid_grant(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_grant", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `unauthorized_client`, 400.
+    pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("unauthorized_client", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `unsupported_grant_type`, 400.
+    pub fn unsupported_grant_type() -> Self {
+        Self::new(
+            "unsupported_grant_type",
+            StatusCode::BAD_REQUEST,
+            "only grant_type=client_credentials is supported",
+        )
+    }
+
+    /// `invalid_scope`, 400.
+    pub fn invalid_scope(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_scope", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `invalid_target`, 400 (RFC 8707).
+    pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_target", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `temporarily_unavailable`, 503.
+    pub fn unavailable(description: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                "temporarily_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                description,
+            )
+        }
+    }
+
+    /// The outcome label for metrics and audit lines.
+    pub fn outcome(&self) -> &'static str {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limited"
+        } else {
+            self.code
+        }
+    }
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache`, required on every
+/// token-endpoint response (RFC 6749 §5.1).
+pub fn no_store(response: &mut Response) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            error_description: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            error: self.code,
+            error_description: &self.description,
+        })
+        .unwrap_or_default();
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        no_store(&mut response);
+        let headers = response.headers_mut();
+        if self.basic_challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"m2m-operator\", charset=\"UTF-8\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

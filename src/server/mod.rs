@@ -1,0 +1,302 @@
+//! The OAuth 2.0 token endpoint (`m2m-operator token-server`, SPEC §4).
+//!
+//! - [`oauth`]: the handlers (token, introspection, revocation, metadata, JWKS).
+//! - [`form`] and [`error`]: strict request parsing and RFC error responses.
+//! - [`index`]: the in-memory state every request reads; [`watch`] keeps it
+//!   current from the cluster; no request makes an API call (revocation
+//!   aside, which must persist).
+//! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
+//!   authentication limits; [`tls`]: optional TLS with reloading.
+//! - [`bench`]: a cluster-free server for the benchmark (`bench-server`).
+
+pub mod bench;
+pub mod error;
+pub mod form;
+pub mod index;
+pub mod oauth;
+pub mod ratelimit;
+pub mod revocation;
+pub mod tls;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::cli::{CommonArgs, TokenServerArgs, TokenServerOptions};
+use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::telemetry::{Metrics, init_logging};
+use axum::Router;
+use axum::routing::{get, post};
+use futures::FutureExt;
+use index::TokenState;
+use ratelimit::FailureLimiter;
+use revocation::{ConfigMapRevocations, RevocationStore};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the token server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// `--default-allowed-scopes` does not parse.
+    #[error("--default-allowed-scopes")]
+    DefaultPolicy(#[source] ScopePolicyError),
+    /// No Kubernetes client configuration.
+    #[error("connecting to Kubernetes")]
+    Kube(#[source] kube::Error),
+    /// The listen address could not be bound or serving failed.
+    #[error("serving on {0}")]
+    Io(String, #[source] std::io::Error),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// What the handlers need to know besides the state.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `iss` of every token and the metadata base URL.
+    pub issuer: String,
+    /// `aud` when a credential lists no audiences.
+    pub default_audience: String,
+    /// Scope policy of namespaces without `m2m.dev/allowed-scopes`.
+    pub default_policy: ScopePolicy,
+    /// Namespace of the key Secret and the revocation ConfigMap.
+    pub operator_namespace: String,
+}
+
+impl ServerConfig {
+    /// The configuration the flags describe.
+    pub fn from_args(common: &CommonArgs, opts: &TokenServerOptions) -> Result<Self, ServerError> {
+        let issuer = common.issuer();
+        Ok(Self {
+            default_audience: opts
+                .default_audience
+                .clone()
+                .unwrap_or_else(|| issuer.clone()),
+            issuer,
+            default_policy: ScopePolicy::parse(&common.default_allowed_scopes)
+                .map_err(ServerError::DefaultPolicy)?,
+            operator_namespace: common.namespace(),
+        })
+    }
+}
+
+struct Inner {
+    config: ServerConfig,
+    state: Arc<TokenState>,
+    limiter: FailureLimiter,
+    metrics: Metrics,
+    revocations: Arc<dyn RevocationStore>,
+}
+
+/// The token endpoint's shared handle (cheap to clone).
+#[derive(Clone)]
+pub struct TokenServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TokenServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServer")
+            .field("issuer", &self.inner.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenServer {
+    /// A server answering from `state`, recording revocations in `revocations`.
+    pub fn new(
+        config: ServerConfig,
+        state: Arc<TokenState>,
+        metrics: Metrics,
+        revocations: Arc<dyn RevocationStore>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                state,
+                limiter: FailureLimiter::new(),
+                metrics,
+                revocations,
+            }),
+        }
+    }
+
+    /// The state the handlers read (and the watches write).
+    pub fn state(&self) -> &Arc<TokenState> {
+        &self.inner.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+}
+
+/// The token endpoint's routes.
+pub fn router(server: TokenServer) -> Router {
+    Router::new()
+        .route("/oauth/token", post(oauth::token))
+        .route("/oauth/introspect", post(oauth::introspect))
+        .route("/oauth/revoke", post(oauth::revoke))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        .route("/.well-known/jwks.json", get(oauth::jwks))
+        .with_state(server)
+}
+
+/// `m2m-operator token-server`: logging, admin endpoint, watches, serving,
+/// until SIGTERM/SIGINT.
+pub async fn run(args: TokenServerArgs) -> Result<(), ServerError> {
+    init_logging(args.common.log_format);
+    let client = kube::Client::try_default()
+        .await
+        .map_err(ServerError::Kube)?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let shutdown = admin::shutdown_signal().shared();
+    let admin_state = AdminState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    };
+    let admin_addr = args.common.admin_listen;
+    let admin = tokio::spawn(admin::serve(admin_addr, admin_state, shutdown.clone()));
+    let result = run_token_server(
+        client,
+        &args.common,
+        &args.server,
+        metrics,
+        &readiness,
+        shutdown,
+    )
+    .await;
+    if let Ok(Err(e)) = admin.await {
+        tracing::warn!(error = %e, "admin endpoint failed");
+    }
+    result
+}
+
+/// Run the token server inside a process that already has a client,
+/// metrics, readiness and a shutdown signal (`token-server` and `run`).
+/// Registers the readiness flags `token-server-watches` and
+/// `token-server-signing-key`; returns after `shutdown` resolved and
+/// in-flight requests finished.
+pub async fn run_token_server(
+    client: kube::Client,
+    common: &CommonArgs,
+    opts: &TokenServerOptions,
+    metrics: Metrics,
+    readiness: &Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let config = ServerConfig::from_args(common, opts)?;
+    let state = Arc::new(TokenState::new());
+    let revocations =
+        ConfigMapRevocations::new(client.clone(), &config.operator_namespace, state.clone());
+    if let Err(error) = revocations.ensure_exists().await {
+        tracing::warn!(%error, "could not create the revocation ConfigMap; will retry on first revocation");
+    }
+    let watch_ready = watch::WatchReadiness {
+        synced: readiness.flag("token-server-watches"),
+        signing_key: readiness.flag("token-server-signing-key"),
+    };
+    let watches = tokio::spawn(watch::run_watches(
+        client,
+        watch::WatchConfig {
+            operator_namespace: config.operator_namespace.clone(),
+            default_policy: config.default_policy.clone(),
+        },
+        state.clone(),
+        watch_ready,
+    ));
+    tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
+    let server = TokenServer::new(config, state, metrics, Arc::new(revocations));
+    let result = serve(router(server), opts, shutdown).await;
+    watches.abort();
+    result
+}
+
+/// Serve `app` on `--listen`, over TLS when `--tls-cert`/`--tls-key` are set.
+pub async fn serve(
+    app: Router,
+    opts: &TokenServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = opts.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Io(addr.to_string(), e))?;
+    match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::ReloadingTls::new(cert.clone(), key.clone())?;
+            let reloader = tokio::spawn(tls.clone().watch());
+            let result = serve_tls(listener, app, tls, shutdown).await;
+            reloader.abort();
+            result.map_err(|e| ServerError::Io(addr.to_string(), e))
+        }
+        _ => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| ServerError::Io(addr.to_string(), e)),
+    }
+}
+
+/// How long in-flight TLS connections get to finish after shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a client gets to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<tls::ReloadingTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let service = TowerToHyperService::new(app.clone());
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
+                        return;
+                    };
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing");
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Handler tests (`oneshot`, no socket, no cluster).

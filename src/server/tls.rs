@@ -1,0 +1,116 @@
+//! Optional TLS for the token endpoint: a PEM certificate chain and key
+//! from files (e.g. a mounted cert-manager Secret), reloaded when either
+//! file changes. The files are polled every [`POLL_INTERVAL`]: mounted
+//! Secrets change by symlink swaps that inotify handles poorly, and a few
+//! seconds of delay is irrelevant for certificate renewal. A reload that
+//! fails (e.g. half-written files) keeps the previous certificate.
+
+use arc_swap::ArcSwap;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_rustls::rustls::{self, ServerConfig};
+
+/// How often the files are checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the certificate or key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("reading {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The certificate file holds no certificate.
+    #[error("{0} contains no PEM certificate")]
+    NoCertificate(PathBuf),
+    /// The key file holds no private key.
+    #[error("{0} contains no PEM private key")]
+    NoKey(PathBuf),
+    /// rustls refused the pair.
+    #[error("the TLS certificate and key are not usable")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// Build a rustls server configuration from PEM files.
+pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.to_owned(), e));
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Read(cert.to_owned(), e))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(cert.to_owned()));
+    }
+    let private = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
+        .map_err(|e| TlsError::Read(key.to_owned(), e))?
+        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(TlsError::Rustls)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The current TLS configuration, replaced when the files change.
+#[derive(Debug)]
+pub struct ReloadingTls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<ServerConfig>,
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(cert)?, m(key)?))
+}
+
+impl ReloadingTls {
+    /// Load the files once; fails if they are unusable now.
+    pub fn new(cert: PathBuf, key: PathBuf) -> Result<Arc<Self>, TlsError> {
+        let config = load(&cert, &key)?;
+        Ok(Arc::new(Self {
+            cert,
+            key,
+            current: ArcSwap::from_pointee(config),
+        }))
+    }
+
+    /// The configuration new connections use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Reload now; keeps the previous configuration on failure.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = load(&self.cert, &self.key)?;
+        self.current.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// Poll the files forever and reload when they change.
+    pub async fn watch(self: Arc<Self>) {
+        let mut last = mtimes(&self.cert, &self.key);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            tick.tick().await;
+            let now = mtimes(&self.cert, &self.key);
+            if now.is_some() && now != last {
+                match self.reload() {
+                    Ok(()) => {
+                        tracing::info!(cert = %self.cert.display(), "reloaded the TLS certificate");
+                        last = now;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS files changed but do not load; keeping the previous certificate");
+                    }
+                }
+            }
+        }
+    }
+}

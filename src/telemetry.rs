@@ -1,0 +1,249 @@
+//! Logs and metrics shared by the controller and the token server: logging
+//! set-up (text or JSON) and one Prometheus registry with every metric the
+//! operator exports, served by [`crate::admin`] at `/metrics`.
+//!
+//! Audit lines (one per token issued or refused) use the tracing target
+//! [`AUDIT_TARGET`], so they can be routed or filtered on their own
+//! (`RUST_LOG=audit=info`).
+
+use crate::cli::LogFormat;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+
+/// The tracing target of audit lines.
+pub const AUDIT_TARGET: &str = "audit";
+
+/// Install the global tracing subscriber. The filter comes from `RUST_LOG`
+/// (default `info`). Calling it twice is harmless (the second call is ignored).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
+}
+
+/// Which token-server endpoint served a request.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Endpoint {
+    /// `POST /oauth/token`.
+    token,
+    /// `POST /oauth/introspect`.
+    introspect,
+    /// `POST /oauth/revoke`.
+    revoke,
+}
+
+/// How a request ended: `ok`, or the OAuth error code (`invalid_client`,
+/// `invalid_scope`, …), `rate_limited` or `server_error`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// The outcome.
+    pub outcome: &'static str,
+}
+
+/// Labels of per-endpoint latency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+}
+
+/// Labels of reconcile metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The controller (`credential`, `serviceaccount`, `keys`).
+    pub controller: String,
+}
+
+/// Labels of reconcile errors.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileErrorLabels {
+    /// The controller.
+    pub controller: String,
+    /// A machine-readable reason (an error variant name).
+    pub reason: String,
+}
+
+/// Labels of the credentials gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialStateLabels {
+    /// `ready`, `not_ready`, `expired`, `disabled`, …
+    pub state: String,
+}
+
+/// Builds latency histograms from 100 µs to ~1.6 s.
+#[derive(Clone, Copy)]
+pub struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+    }
+}
+
+/// Builds reconcile-duration histograms from 1 ms to ~16 s.
+#[derive(Clone, Copy)]
+pub struct ReconcileBuckets;
+
+impl MetricConstructor<Histogram> for ReconcileBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.001, 2.0, 15))
+    }
+}
+
+/// Every metric the operator exports. Cheap to clone (handles are `Arc`s).
+#[derive(Clone)]
+pub struct Metrics {
+    /// `m2m_token_requests_total{endpoint, outcome}`.
+    pub token_requests: Family<RequestLabels, Counter>,
+    /// `m2m_token_request_duration_seconds{endpoint}`.
+    pub request_duration: Family<EndpointLabels, Histogram, LatencyBuckets>,
+    /// `m2m_reconcile_duration_seconds{controller}`.
+    pub reconcile_duration: Family<ControllerLabels, Histogram, ReconcileBuckets>,
+    /// `m2m_reconcile_errors_total{controller, reason}`.
+    pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+    /// `m2m_credentials{state}`.
+    pub credentials: Family<CredentialStateLabels, Gauge>,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered under the `m2m` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("m2m");
+        let token_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "token_requests",
+            "Token-server requests by endpoint and outcome",
+            token_requests.clone(),
+        );
+        let request_duration = Family::new_with_constructor(LatencyBuckets);
+        registry.register(
+            "token_request_duration_seconds",
+            "Token-server request latency by endpoint",
+            request_duration.clone(),
+        );
+        let reconcile_duration = Family::new_with_constructor(ReconcileBuckets);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile by controller",
+            reconcile_duration.clone(),
+        );
+        let reconcile_errors = Family::<ReconcileErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by controller and reason",
+            reconcile_errors.clone(),
+        );
+        let credentials = Family::<CredentialStateLabels, Gauge>::default();
+        registry.register(
+            "credentials",
+            "M2MCredentials by state",
+            credentials.clone(),
+        );
+        Self {
+            token_requests,
+            request_duration,
+            reconcile_duration,
+            reconcile_errors,
+            credentials,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Count one token-server request and its latency.
+    pub fn observe_request(&self, endpoint: Endpoint, outcome: &'static str, seconds: f64) {
+        self.token_requests
+            .get_or_create(&RequestLabels { endpoint, outcome })
+            .inc();
+        self.request_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(seconds);
+    }
+
+    /// Record one reconcile of `controller`; `error` is the failure reason, if any.
+    pub fn observe_reconcile(&self, controller: &str, seconds: f64, error: Option<&str>) {
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .observe(seconds);
+        if let Some(reason) = error {
+            self.reconcile_errors
+                .get_or_create(&ReconcileErrorLabels {
+                    controller: controller.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Set the number of credentials in `state`.
+    pub fn set_credentials(&self, state: &str, count: i64) {
+        self.credentials
+            .get_or_create(&CredentialStateLabels {
+                state: state.to_owned(),
+            })
+            .set(count);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_exported_with_their_names() {
+        let m = Metrics::new();
+        m.observe_request(Endpoint::token, "ok", 0.0002);
+        m.observe_request(Endpoint::token, "invalid_client", 0.0001);
+        m.observe_reconcile("credential", 0.01, Some("ApplySecret"));
+        m.set_credentials("ready", 3);
+        let text = m.encode().unwrap();
+        for needle in [
+            "m2m_token_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
+            "m2m_token_request_duration_seconds_bucket",
+            "m2m_reconcile_duration_seconds_count{controller=\"credential\"} 1",
+            "m2m_reconcile_errors_total{controller=\"credential\",reason=\"ApplySecret\"} 1",
+            "m2m_credentials{state=\"ready\"} 3",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+}
