@@ -309,11 +309,21 @@ mod tests {
         let (plan, rotated) = next_key_set(&set, &policy, at(10)).unwrap().unwrap();
         assert_eq!(plan.rotate.unwrap().reason(), "KeyExpired");
         assert_eq!(rotated.keys.len(), 2);
-        // Old key published 24h5m after retirement, then pruned.
         assert!(next_key_set(&rotated, &policy, at(19)).unwrap().is_none());
-        let (plan, pruned) = next_key_set(&rotated, &policy, at(20)).unwrap().unwrap();
-        assert!(plan.rotate.is_some(), "the second key is also due at 20h");
-        assert_eq!(pruned.keys.len(), 2);
+        let (plan, twice) = next_key_set(&rotated, &policy, at(20)).unwrap().unwrap();
+        assert!(plan.rotate.is_some(), "the second key is due at 20h");
+        assert!(
+            plan.prune.is_empty(),
+            "the first key is published until 34h05m"
+        );
+        assert_eq!(twice.keys.len(), 3);
+        let first = set.keys[0].kid.clone();
+        assert!(next_key_set(&twice, &policy, at(29)).unwrap().is_none());
+        assert_eq!(next_due(&twice, &policy), Some(at(30)));
+        let late = at(34) + chrono::Duration::minutes(5);
+        let (plan, pruned) = next_key_set(&twice, &policy, late).unwrap().unwrap();
+        assert_eq!(plan.prune, vec![first]);
+        assert_eq!(pruned.keys.len(), 3, "pruned one, rotated the active one");
         let policy_rs = KeyPolicy {
             alg: SigningAlg::EdDsa,
             ..policy

@@ -1,1 +1,965 @@
-//! Handler tests (`oneshot`, no socket, no cluster).
+//! Handler tests (`oneshot`, no socket, no cluster). The state is built
+//! from CR objects through [`CredentialIndex::build`] and
+//! [`KeyMaterial::from_secret`], the functions the watches call.
+
+use super::index::{CredentialIndex, KeyMaterial, TokenState};
+use super::revocation::LocalRevocations;
+use super::{ServerConfig, TokenServer, router};
+use crate::cli::SigningAlg;
+use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
+use crate::core::client_secret::{ClientSecret, client_id_for_uid};
+use crate::core::grant::ScopePolicy;
+use crate::core::verifier::{SecretBinding, VerifierKey};
+use crate::crd::{
+    ALLOWED_SCOPES_ANNOTATION, M2MCredential, M2MCredentialSpec, M2MCredentialStatus,
+    SecretVerifier, ServiceAccount, ServiceAccountSpec,
+};
+use crate::signing::KeySet;
+use crate::telemetry::Metrics;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
+use kube::api::ObjectMeta;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+const ISSUER: &str = "https://m2m.test";
+const NS: &str = "team-a";
+
+/// The cluster as the watches would see it, and a server fed from it.
+struct World {
+    key: VerifierKey,
+    credentials: Vec<M2MCredential>,
+    accounts: Vec<ServiceAccount>,
+    namespaces: Vec<ObjectMeta>,
+    state: Arc<TokenState>,
+    app: Router,
+}
+
+struct Client {
+    id: String,
+    secret: String,
+}
+
+impl World {
+    fn new(alg: SigningAlg) -> Self {
+        let key = VerifierKey::generate().unwrap();
+        let cfg = KeySecretConfig::new("ops".into(), alg, Duration::from_secs(3600));
+        let (_, set) = next_key_set(&KeySet::default(), &cfg.policy, Utc::now())
+            .unwrap()
+            .unwrap();
+        let secret = desired_secret(&cfg, &key, &set, None).unwrap();
+        let state = Arc::new(TokenState::new());
+        state.set_keys(Some(KeyMaterial::from_secret(&secret, Utc::now()).unwrap()));
+        let config = ServerConfig {
+            issuer: ISSUER.into(),
+            default_audience: ISSUER.into(),
+            default_policy: ScopePolicy::allow_all(),
+            operator_namespace: "ops".into(),
+        };
+        let server = TokenServer::new(
+            config,
+            state.clone(),
+            Metrics::new(),
+            Arc::new(LocalRevocations::new(state.clone())),
+        );
+        let mut world = Self {
+            key,
+            credentials: vec![],
+            accounts: vec![],
+            namespaces: vec![ObjectMeta {
+                name: Some(NS.into()),
+                ..Default::default()
+            }],
+            state,
+            app: router(server),
+        };
+        world.account(
+            "ci-bot",
+            &["artifacts:read", "artifacts:write", "repo:read"],
+        );
+        world
+    }
+
+    fn sync(&self) {
+        self.state.set_credentials(CredentialIndex::build(
+            &self.credentials,
+            &self.accounts,
+            &self.namespaces,
+            &ScopePolicy::allow_all(),
+            Utc::now(),
+        ));
+    }
+
+    fn account(&mut self, name: &str, scopes: &[&str]) {
+        self.accounts
+            .retain(|a| a.metadata.name.as_deref() != Some(name));
+        self.accounts.push(ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            spec: ServiceAccountSpec {
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            status: None,
+        });
+        self.sync();
+    }
+
+    fn account_mut(&mut self, name: &str) -> &mut ServiceAccount {
+        self.accounts
+            .iter_mut()
+            .find(|a| a.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    }
+
+    fn cred_mut(&mut self, name: &str) -> &mut M2MCredential {
+        self.credentials
+            .iter_mut()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    }
+
+    fn digest(&self, cred: &M2MCredential, version: i64, secret: &str) -> String {
+        let uid = cred.metadata.uid.as_deref().unwrap();
+        let client_id = client_id_for_uid(uid);
+        self.key.digest(
+            &SecretBinding {
+                namespace: NS,
+                name: cred.metadata.name.as_deref().unwrap(),
+                uid,
+                client_id: &client_id,
+                version,
+            },
+            secret,
+        )
+    }
+
+    fn credential(&mut self, name: &str, spec: M2MCredentialSpec) -> Client {
+        let uid = uuid::Uuid::new_v4().to_string();
+        let mut cred = M2MCredential {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                uid: Some(uid.clone()),
+                ..Default::default()
+            },
+            spec,
+            status: Some(M2MCredentialStatus::default()),
+        };
+        let secret = ClientSecret::generate().unwrap().expose().to_owned();
+        let digest = self.digest(&cred, 1, &secret);
+        cred.status.as_mut().unwrap().verifiers = vec![SecretVerifier {
+            version: 1,
+            digest,
+            not_after: None,
+        }];
+        self.credentials.push(cred);
+        self.sync();
+        Client {
+            id: client_id_for_uid(&uid),
+            secret,
+        }
+    }
+
+    fn simple(&mut self, name: &str) -> Client {
+        self.credential(
+            name,
+            M2MCredentialSpec {
+                service_account_name: "ci-bot".into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Rotate: the current verifier stays accepted until `grace_end` (or is
+    /// dropped when `None`), a new version becomes current.
+    fn rotate(&mut self, name: &str, grace_end: Option<DateTime<Utc>>) -> Client {
+        let cred = self.cred_mut(name).clone();
+        let status = cred.status.clone().unwrap();
+        let version = status.verifiers.iter().map(|v| v.version).max().unwrap() + 1;
+        let secret = ClientSecret::generate().unwrap().expose().to_owned();
+        let digest = self.digest(&cred, version, &secret);
+        let mut verifiers: Vec<SecretVerifier> = match grace_end {
+            None => vec![],
+            Some(end) => status
+                .verifiers
+                .into_iter()
+                .map(|v| SecretVerifier {
+                    not_after: Some(v.not_after.unwrap_or(end)),
+                    ..v
+                })
+                .collect(),
+        };
+        verifiers.insert(
+            0,
+            SecretVerifier {
+                version,
+                digest,
+                not_after: None,
+            },
+        );
+        self.cred_mut(name).status.as_mut().unwrap().verifiers = verifiers;
+        self.sync();
+        Client {
+            id: client_id_for_uid(cred.metadata.uid.as_deref().unwrap()),
+            secret,
+        }
+    }
+
+    async fn call(&self, request: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, headers, json)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        basic: Option<&Client>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut req =
+            Request::post(path).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(c) = basic {
+            req = req.header(header::AUTHORIZATION, basic_header(&c.id, &c.secret));
+        }
+        self.call(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+    }
+
+    async fn token(&self, client: &Client, extra: &str) -> (StatusCode, HeaderMap, Value) {
+        self.post(
+            "/oauth/token",
+            &format!("grant_type=client_credentials{extra}"),
+            Some(client),
+        )
+        .await
+    }
+
+    async fn access_token(&self, client: &Client) -> String {
+        let (status, _, body) = self.token(client, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn introspect(&self, caller: &Client, token: &str) -> Value {
+        let (status, _, body) = self
+            .post("/oauth/introspect", &format!("token={token}"), Some(caller))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn active(&self, caller: &Client, token: &str) -> bool {
+        self.introspect(caller, token).await["active"] == Value::Bool(true)
+    }
+}
+
+fn basic_header(id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
+}
+
+fn assert_error(resp: &(StatusCode, HeaderMap, Value), status: StatusCode, code: &str) {
+    let (s, headers, body) = resp;
+    assert_eq!(*s, status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(headers[header::PRAGMA], "no-cache");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+}
+
+/// Decode a token with jsonwebtoken against the served JWKS.
+async fn decode_with_jwks(world: &World, token: &str, alg: SigningAlg) -> Value {
+    let (status, _, jwks) = world
+        .call(
+            Request::get("/.well-known/jwks.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert_eq!(header.alg, alg.to_jsonwebtoken());
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(alg.to_jsonwebtoken());
+    validation.set_issuer(&[ISSUER]);
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims
+}
+
+#[tokio::test]
+async fn issues_rfc9068_tokens_for_every_algorithm() {
+    for alg in [SigningAlg::Es256, SigningAlg::EdDsa, SigningAlg::Rs256] {
+        let mut world = World::new(alg);
+        let client = world.simple("uploads");
+        let resp = world.token(&client, "").await;
+        let (status, headers, body) = &resp;
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        assert_eq!(headers[header::PRAGMA], "no-cache");
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 3600);
+        assert_eq!(body["scope"], "artifacts:read artifacts:write repo:read");
+        let claims = decode_with_jwks(&world, body["access_token"].as_str().unwrap(), alg).await;
+        assert_eq!(claims["iss"], ISSUER);
+        assert_eq!(claims["sub"], "m2m:team-a:ci-bot");
+        assert_eq!(claims["aud"], ISSUER, "default audience");
+        assert_eq!(claims["client_id"], client.id.as_str());
+        assert_eq!(claims["scope"], "artifacts:read artifacts:write repo:read");
+        assert_eq!(claims["m2m_sv"], 1);
+        assert_eq!(claims["nbf"], claims["iat"]);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            3600
+        );
+        assert_eq!(claims["jti"].as_str().unwrap().len(), 22);
+    }
+}
+
+#[tokio::test]
+async fn client_secret_post_works_and_scope_and_audience_narrow() {
+    let mut world = World::new(SigningAlg::Es256);
+    let client = world.credential(
+        "uploads",
+        M2MCredentialSpec {
+            service_account_name: "ci-bot".into(),
+            scopes: vec!["artifacts:read".into(), "artifacts:write".into()],
+            audiences: vec!["https://a.example".into(), "https://b.example".into()],
+            token_ttl: Some("15m".into()),
+            ..Default::default()
+        },
+    );
+    let body = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}&scope=artifacts%3Awrite&audience=https%3A%2F%2Fb.example",
+        client.id, client.secret
+    );
+    let (status, _, json) = world.post("/oauth/token", &body, None).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["scope"], "artifacts:write");
+    assert_eq!(json["expires_in"], 900);
+    let claims = decode_with_jwks(
+        &world,
+        json["access_token"].as_str().unwrap(),
+        SigningAlg::Es256,
+    )
+    .await;
+    assert_eq!(claims["aud"], "https://b.example");
+    // Default: every allowed audience, as an array.
+    let (_, _, json) = world
+        .token(&client, "&resource=https%3A%2F%2Fa.example")
+        .await;
+    let claims = decode_with_jwks(
+        &world,
+        json["access_token"].as_str().unwrap(),
+        SigningAlg::Es256,
+    )
+    .await;
+    assert_eq!(claims["aud"], "https://a.example");
+    let (_, _, json) = world.token(&client, "").await;
+    let claims = decode_with_jwks(
+        &world,
+        json["access_token"].as_str().unwrap(),
+        SigningAlg::Es256,
+    )
+    .await;
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["https://a.example", "https://b.example"])
+    );
+    assert_eq!(json["scope"], "artifacts:read artifacts:write");
+
+    assert_error(
+        &world.token(&client, "&scope=repo:read").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+    );
+    assert_error(
+        &world.token(&client, "&scope=artifacts:read%20nope").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+    );
+    assert_error(
+        &world
+            .token(&client, "&audience=https%3A%2F%2Fevil.example")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
+    );
+    assert_error(
+        &world.token(&client, &format!("&resource={ISSUER}")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
+    );
+}
+
+#[tokio::test]
+async fn request_syntax_errors() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let bad = StatusCode::BAD_REQUEST;
+    // Repeated parameter.
+    assert_error(
+        &world
+            .post(
+                "/oauth/token",
+                "grant_type=client_credentials&grant_type=client_credentials",
+                Some(&c),
+            )
+            .await,
+        bad,
+        "invalid_request",
+    );
+    assert_error(
+        &world.token(&c, "&scope=a&scope=b").await,
+        bad,
+        "invalid_request",
+    );
+    // Missing and unknown grant types.
+    assert_error(
+        &world.post("/oauth/token", "scope=a", Some(&c)).await,
+        bad,
+        "invalid_request",
+    );
+    assert_error(
+        &world
+            .post("/oauth/token", "grant_type=password", Some(&c))
+            .await,
+        bad,
+        "unsupported_grant_type",
+    );
+    assert_error(
+        &world
+            .post("/oauth/token", "grant_type=urn%3Afoo", None)
+            .await,
+        bad,
+        "unsupported_grant_type",
+    );
+    // Non-UTF-8, raw and percent-encoded; malformed percent-encoding.
+    for body in [
+        &b"grant_type=client_credentials&scope=\xff"[..],
+        b"grant_type=client_credentials&scope=%FF",
+        b"grant_type=%zz",
+    ] {
+        let req = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, basic_header(&c.id, &c.secret))
+            .body(Body::from(body.to_vec()))
+            .unwrap();
+        assert_error(&world.call(req).await, bad, "invalid_request");
+    }
+    // Wrong or missing content type.
+    for ct in [
+        Some("application/json"),
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded; charset=iso-8859-1"),
+        None,
+    ] {
+        let mut req = Request::post("/oauth/token")
+            .header(header::AUTHORIZATION, basic_header(&c.id, &c.secret));
+        if let Some(ct) = ct {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let req = req
+            .body(Body::from("grant_type=client_credentials"))
+            .unwrap();
+        assert_error(
+            &world.call(req).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+        );
+    }
+    // Oversized body, with and without Content-Length.
+    let big = format!("grant_type=client_credentials&pad={}", "x".repeat(9000));
+    assert_error(
+        &world.post("/oauth/token", &big, Some(&c)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+    let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(big.into_bytes())]);
+    let req = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    assert_error(
+        &world.call(req).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request",
+    );
+    // Too many parameters.
+    let many: String = (0..40).map(|i| format!("p{i}=1&")).collect();
+    assert_error(
+        &world.post("/oauth/token", &many, Some(&c)).await,
+        bad,
+        "invalid_request",
+    );
+}
+
+#[tokio::test]
+async fn client_authentication_errors() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let bad = StatusCode::BAD_REQUEST;
+    let unauthorized = StatusCode::UNAUTHORIZED;
+    let form = "grant_type=client_credentials";
+    let with_auth = |value: &str, body: String| {
+        Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, value)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    // Basic and post at once.
+    let both = with_auth(
+        &basic_header(&c.id, &c.secret),
+        format!("{form}&client_id={}&client_secret={}", c.id, c.secret),
+    );
+    assert_error(&world.call(both).await, bad, "invalid_request");
+    // Basic with a different client_id in the body.
+    let differ = with_auth(
+        &basic_header(&c.id, &c.secret),
+        format!("{form}&client_id=other"),
+    );
+    assert_error(&world.call(differ).await, bad, "invalid_request");
+    // Malformed Basic: bad base64, no colon, non-UTF-8 inside.
+    for value in [
+        "Basic !!!notbase64".to_owned(),
+        format!("Basic {}", STANDARD.encode("no-colon")),
+        format!("Basic {}", STANDARD.encode(b"\xff:\xfe")),
+    ] {
+        assert_error(
+            &world.call(with_auth(&value, form.into())).await,
+            bad,
+            "invalid_request",
+        );
+    }
+    // Another scheme.
+    let resp = world.call(with_auth("Bearer abc", form.into())).await;
+    assert_error(&resp, unauthorized, "invalid_client");
+    assert!(
+        resp.1[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=")
+    );
+    // No authentication at all.
+    let resp = world.post("/oauth/token", form, None).await;
+    assert_error(&resp, unauthorized, "invalid_client");
+    assert!(resp.1.contains_key(header::WWW_AUTHENTICATE));
+    // Wrong secret vs unknown id: identical answers.
+    let wrong = Client {
+        id: c.id.clone(),
+        secret: ClientSecret::generate().unwrap().expose().to_owned(),
+    };
+    let unknown = Client {
+        id: "m2mc_doesnotexist".into(),
+        secret: c.secret.clone(),
+    };
+    let r1 = world.token(&wrong, "").await;
+    let r2 = world.token(&unknown, "").await;
+    assert_error(&r1, unauthorized, "invalid_client");
+    assert_error(&r2, unauthorized, "invalid_client");
+    assert_eq!(r1.2, r2.2);
+    assert_eq!(
+        r1.1[header::WWW_AUTHENTICATE],
+        r2.1[header::WWW_AUTHENTICATE]
+    );
+    // Via post: 401 without a Basic challenge.
+    let resp = world
+        .post(
+            "/oauth/token",
+            &format!("{form}&client_id={}&client_secret=m2ms_nope", c.id),
+            None,
+        )
+        .await;
+    assert_error(&resp, unauthorized, "invalid_client");
+    assert!(!resp.1.contains_key(header::WWW_AUTHENTICATE));
+    // The right secret still works (under the rate limit).
+    assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn forged_verifiers_are_refused() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    // Someone who can write status but lacks the verifier key.
+    let other_key = VerifierKey::generate().unwrap();
+    let cred = world.cred_mut("uploads").clone();
+    let uid = cred.metadata.uid.clone().unwrap();
+    let mine = ClientSecret::generate().unwrap().expose().to_owned();
+    let forged = other_key.digest(
+        &SecretBinding {
+            namespace: NS,
+            name: "uploads",
+            uid: &uid,
+            client_id: &c.id,
+            version: 2,
+        },
+        &mine,
+    );
+    world
+        .cred_mut("uploads")
+        .status
+        .as_mut()
+        .unwrap()
+        .verifiers
+        .push(SecretVerifier {
+            version: 2,
+            digest: forged,
+            not_after: None,
+        });
+    // And a forged clientId in status changes nothing: ids come from the UID.
+    world.cred_mut("uploads").status.as_mut().unwrap().client_id = Some("m2mc_forged".into());
+    world.sync();
+    assert_error(
+        &world
+            .token(
+                &Client {
+                    id: c.id.clone(),
+                    secret: mine,
+                },
+                "",
+            )
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    assert_error(
+        &world
+            .token(
+                &Client {
+                    id: "m2mc_forged".into(),
+                    secret: c.secret.clone(),
+                },
+                "",
+            )
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn failed_authentication_is_rate_limited_per_client_id() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let other = world.simple("other");
+    let wrong = Client {
+        id: c.id.clone(),
+        secret: "m2ms_wrong".into(),
+    };
+    for _ in 0..10 {
+        assert_eq!(world.token(&wrong, "").await.0, StatusCode::UNAUTHORIZED);
+    }
+    let resp = world.token(&wrong, "").await;
+    assert_error(&resp, StatusCode::TOO_MANY_REQUESTS, "invalid_client");
+    let retry: u64 = resp.1[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry));
+    // Even the right secret waits; other clients are unaffected.
+    assert_eq!(world.token(&c, "").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(world.token(&other, "").await.0, StatusCode::OK);
+    // Unknown ids are limited the same way.
+    let ghost = Client {
+        id: "m2mc_ghost".into(),
+        secret: "x".into(),
+    };
+    for _ in 0..10 {
+        world.token(&ghost, "").await;
+    }
+    assert_eq!(
+        world.token(&ghost, "").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn grant_failures_and_revocation_by_state() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let token = world.access_token(&c).await;
+    assert!(world.active(&c, &token).await);
+
+    // Disabled account: no tokens, earlier tokens inactive; re-enable restores both.
+    world.account_mut("ci-bot").spec.disabled = true;
+    world.sync();
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+    );
+    assert!(!world.active(&c, &token).await);
+    world.account_mut("ci-bot").spec.disabled = false;
+    world.sync();
+    assert!(world.active(&c, &token).await);
+
+    // Account scopes narrowed below the token's scopes: inactive.
+    world.account("ci-bot", &["artifacts:read"]);
+    assert!(!world.active(&c, &token).await);
+    world.account(
+        "ci-bot",
+        &["artifacts:read", "artifacts:write", "repo:read"],
+    );
+    assert!(world.active(&c, &token).await);
+
+    // Namespace policy forbids a scope of the account.
+    world.namespaces[0].annotations = Some(BTreeMap::from([(
+        ALLOWED_SCOPES_ANNOTATION.to_owned(),
+        "artifacts:*".to_owned(),
+    )]));
+    world.sync();
+    let resp = world.token(&c, "").await;
+    assert_error(&resp, StatusCode::BAD_REQUEST, "unauthorized_client");
+    assert!(
+        resp.2["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("ScopesNotAllowedInNamespace")
+    );
+    world.namespaces[0].annotations = None;
+    world.sync();
+
+    // Missing account.
+    world.accounts.clear();
+    world.sync();
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::BAD_REQUEST,
+        "unauthorized_client",
+    );
+    world.account(
+        "ci-bot",
+        &["artifacts:read", "artifacts:write", "repo:read"],
+    );
+
+    // Expired credential.
+    world.cred_mut("uploads").spec.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+    world.sync();
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+    );
+    assert!(!world.active(&c, &token).await);
+    // Expiring soon: the token's exp is capped at the credential's expiry.
+    let soon = Utc::now() + chrono::Duration::seconds(120);
+    world.cred_mut("uploads").spec.expires_at = Some(soon);
+    world.sync();
+    let (_, _, json) = world.token(&c, "").await;
+    assert!(json["expires_in"].as_i64().unwrap() <= 120, "{json}");
+    world.cred_mut("uploads").spec.expires_at = None;
+    world.sync();
+
+    // Deletion (or a deletionTimestamp): everything stops at once.
+    world.cred_mut("uploads").metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    world.sync();
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    let other = world.simple("other");
+    let (_, _, body) = world
+        .post("/oauth/introspect", &format!("token={token}"), Some(&other))
+        .await;
+    assert_eq!(body["active"], false);
+}
+
+#[tokio::test]
+async fn rotation_without_grace_revokes_and_with_grace_keeps() {
+    let mut world = World::new(SigningAlg::Es256);
+    let old = world.simple("uploads");
+    let old_token = world.access_token(&old).await;
+
+    // With a grace period both secrets and the old token work.
+    let new = world.rotate("uploads", Some(Utc::now() + chrono::Duration::minutes(10)));
+    assert_eq!(new.id, old.id, "client id never changes");
+    assert_eq!(world.token(&old, "").await.0, StatusCode::OK);
+    let new_token = world.access_token(&new).await;
+    assert!(world.active(&new, &old_token).await);
+    assert_eq!(world.introspect(&new, &new_token).await["m2m_sv"], 2);
+
+    // When the grace period is over the old secret and its tokens stop.
+    for v in world
+        .cred_mut("uploads")
+        .status
+        .as_mut()
+        .unwrap()
+        .verifiers
+        .iter_mut()
+    {
+        if v.version == 1 {
+            v.not_after = Some(Utc::now() - chrono::Duration::seconds(1));
+        }
+    }
+    world.sync();
+    assert_error(
+        &world.token(&old, "").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    assert!(!world.active(&new, &old_token).await);
+    assert!(world.active(&new, &new_token).await);
+
+    // Without grace: immediately.
+    let newest = world.rotate("uploads", None);
+    assert_error(
+        &world.token(&new, "").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    assert!(!world.active(&newest, &new_token).await);
+    assert_eq!(world.token(&newest, "").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn introspection_and_revocation() {
+    let mut world = World::new(SigningAlg::EdDsa);
+    let a = world.simple("a");
+    let b = world.simple("b");
+    let token = world.access_token(&a).await;
+    let info = world.introspect(&a, &token).await;
+    assert_eq!(info["active"], true);
+    assert_eq!(info["client_id"], a.id.as_str());
+    assert_eq!(info["sub"], "m2m:team-a:ci-bot");
+    assert_eq!(info["token_type"], "Bearer");
+    assert_eq!(info["iss"], ISSUER);
+    assert!(info["exp"].is_i64() && info["jti"].is_string());
+    // Another client learns nothing.
+    assert_eq!(
+        world.introspect(&b, &token).await,
+        serde_json::json!({"active": false})
+    );
+    for garbage in ["nope", "a.b.c", &token[..token.len() - 3]] {
+        assert_eq!(world.introspect(&a, garbage).await["active"], false);
+    }
+    // A token from another server's key is not ours.
+    let other_world = World::new(SigningAlg::EdDsa);
+    let mut other_world = other_world;
+    let stranger = other_world.simple("a");
+    let foreign = other_world.access_token(&stranger).await;
+    assert_eq!(world.introspect(&a, &foreign).await["active"], false);
+    // Errors: missing token, unauthenticated caller.
+    assert_error(
+        &world.post("/oauth/introspect", "", Some(&a)).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    );
+    assert_error(
+        &world
+            .post("/oauth/introspect", &format!("token={token}"), None)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+
+    // Revocation: someone else's token is a no-op, own token turns inactive.
+    let (status, headers, _) = world
+        .post("/oauth/revoke", &format!("token={token}"), Some(&b))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert!(world.active(&a, &token).await);
+    let (status, _, _) = world
+        .post(
+            "/oauth/revoke",
+            &format!("token={token}&token_type_hint=access_token"),
+            Some(&a),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!world.active(&a, &token).await);
+    // Unknown tokens: 200 as well; other tokens of the client stay active.
+    assert_eq!(
+        world
+            .post("/oauth/revoke", "token=whatever", Some(&a))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let second = world.access_token(&a).await;
+    assert!(world.active(&a, &second).await);
+    assert_error(
+        &world.post("/oauth/revoke", "token=x", None).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+}
+
+#[tokio::test]
+async fn discovery_documents_and_missing_keys() {
+    let mut world = World::new(SigningAlg::Es256);
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let (status, _, meta) = world
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(meta["issuer"], ISSUER);
+        assert_eq!(meta["token_endpoint"], format!("{ISSUER}/oauth/token"));
+        assert_eq!(meta["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
+        assert_eq!(
+            meta["introspection_endpoint"],
+            format!("{ISSUER}/oauth/introspect")
+        );
+        assert_eq!(
+            meta["revocation_endpoint"],
+            format!("{ISSUER}/oauth/revoke")
+        );
+        assert_eq!(
+            meta["grant_types_supported"],
+            serde_json::json!(["client_credentials"])
+        );
+        assert_eq!(
+            meta["token_endpoint_auth_methods_supported"],
+            serde_json::json!(["client_secret_basic", "client_secret_post"])
+        );
+    }
+    let c = world.simple("uploads");
+    world.state.set_keys(None);
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+    );
+    let (status, _, _) = world
+        .call(
+            Request::get("/.well-known/jwks.json")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
