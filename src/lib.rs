@@ -5,5 +5,6 @@
 //!   verifiers, signing keys) with no Kubernetes I/O, unit-tested in place.
 
 pub mod cli;
+pub mod controller;
 pub mod core;
 pub mod crd;
