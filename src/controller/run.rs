@@ -30,12 +30,18 @@ where
     }
 }
 
+async fn stop_early<F: Future<Output = ()> + Unpin>(stop: &mut F) {
+    stop.await
+}
+
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
 pub async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    let stop = stop.boxed().shared();
+    let mut stop_rx = stop.clone();
     let watch_ns = config.watch_namespace.clone();
     let key = verifier_key::ensure_verifier_key(&client, &config.operator_namespace).await?;
 
@@ -77,6 +83,20 @@ pub async fn run_controllers(
             .for_each(|_| future::ready(())),
     );
 
+    // Reflectors run on their own; reconciles start only once every store
+    // has listed, so no reconcile mistakes an unsynced cache for absence
+    // (and writes a wrong status on every restart).
+    let reflectors = tokio::spawn(reflectors);
+    let ready = future::try_join3(
+        cred_store.wait_until_ready(),
+        account_store.wait_until_ready(),
+        ns_store.wait_until_ready(),
+    );
+    tokio::select! {
+        r = ready => { r?; }
+        _ = stop_early(&mut stop_rx) => return Ok(()),
+    }
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
@@ -87,7 +107,6 @@ pub async fn run_controllers(
         verifier_key: arc_swap::ArcSwapOption::from_pointee(key),
     });
 
-    let stop = stop.shared();
     let creds = cred_store.clone();
     let creds2 = cred_store.clone();
     let credential_controller = Controller::for_shared_stream(cred_for_creds, cred_store)
@@ -141,9 +160,9 @@ pub async fn run_controllers(
     tracing::info!("controllers started");
     tokio::select! {
         _ = future::join(credential_controller, account_controller) => {}
-        _ = reflectors => {}
         _ = stop => {}
     }
+    reflectors.abort();
     tracing::info!("controllers stopped");
     Ok(())
 }

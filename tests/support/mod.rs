@@ -257,6 +257,8 @@ pub struct OperatorOptions<'a> {
     pub env: Vec<(&'a str, String)>,
     /// Extra flags.
     pub args: Vec<String>,
+    /// `--issuer` [default: the token endpoint's own URL].
+    pub issuer: Option<String>,
 }
 
 impl Default for OperatorOptions<'_> {
@@ -265,6 +267,7 @@ impl Default for OperatorOptions<'_> {
             subcommand: "run",
             env: vec![],
             args: vec![],
+            issuer: None,
         }
     }
 }
@@ -285,7 +288,7 @@ impl Operator {
         cmd.arg(opts.subcommand)
             .args(["--namespace", &ns.name, "--watch-namespace", &ns.name])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--issuer", &url])
+            .args(["--issuer", opts.issuer.as_deref().unwrap_or(&url)])
             .env("KUBECONFIG", kubeconfig_path())
             .env("RUST_LOG", "info,m2m_operator=debug")
             .stdout(Stdio::null())
