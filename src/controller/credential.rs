@@ -327,26 +327,6 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
             Ok(()) => {}
         }
     }
-    if ready.is_ok() {
-        // Clear a conflict that was resolved.
-        status
-            .conditions
-            .retain(|c| !(c.type_ == SECRET_SYNCED && c.reason == "SecretNameConflict"));
-        set_condition(
-            &mut status.conditions,
-            cond(
-                SECRET_SYNCED,
-                true,
-                "SecretCurrent",
-                &format!(
-                    "Secret {secret_name:?} holds secret version {}",
-                    status.secret_version
-                ),
-                generation,
-                now,
-            ),
-        );
-    }
     set_condition(&mut status.conditions, ready_condition);
 
     if status != old_status {
