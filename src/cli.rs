@@ -82,6 +82,11 @@ pub struct CommonArgs {
     #[arg(long, env = "M2M_NAMESPACE")]
     pub namespace: Option<String>,
 
+    /// Watch only this namespace instead of the whole cluster (for
+    /// single-tenant installs and tests) [default: all namespaces].
+    #[arg(long, env = "M2M_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
     /// Address of `/livez`, `/readyz` and `/metrics`.
     #[arg(long, env = "M2M_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,

@@ -1,5 +1,162 @@
-//! The reconcilers. Each lives in its own module; this one holds the
-//! operator's key Secret, which the credential controller calls at start
-//! and whenever [`keys::KeyReconcile::next_due`] comes.
+//! The reconcilers: `M2MCredential` → Secret + verification state,
+//! `ServiceAccount` → status, and the operator's own key Secret. They run
+//! only while this replica holds the leader Lease. [`keys`] maintains the
+//! operator key Secret (verifier key and JWT signing keys).
 
+pub mod credential;
 pub mod keys;
+pub mod run;
+pub mod secret;
+pub mod service_account;
+pub mod verifier_key;
+
+use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::core::verifier::VerifierKey;
+use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use std::time::Duration;
+
+/// Everything that can fail in a reconcile, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("{step}: {source}")]
+    Kube {
+        /// What the controller was doing.
+        step: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The object lacks a field the apiserver always sets.
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+    /// The verifier key is not loaded yet.
+    #[error("the operator key Secret is not loaded yet")]
+    KeysNotReady,
+    /// The OS random generator failed.
+    #[error(transparent)]
+    Randomness(#[from] crate::core::client_secret::RandomnessError),
+}
+
+impl Error {
+    /// Short label for the reconcile-errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { step, .. } => step,
+            Self::MissingField(_) => "missing_field",
+            Self::KeysNotReady => "keys_not_ready",
+            Self::Randomness(_) => "randomness",
+        }
+    }
+
+    /// How long to wait before retrying: conflicts resolve fast, the key
+    /// Secret appears within seconds, anything else backs off further.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } if s.code == 409 => Duration::from_millis(500),
+            Self::KeysNotReady => Duration::from_secs(1),
+            Self::Kube { .. } => Duration::from_secs(5),
+            Self::MissingField(_) | Self::Randomness(_) => Duration::from_secs(30),
+        }
+    }
+}
+
+/// Wrap a kube error with the step that produced it.
+pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { step, source }
+}
+
+/// Static configuration of the controllers.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Namespace of the key Secret and the Lease.
+    pub operator_namespace: String,
+    /// Only this namespace is reconciled, if set.
+    pub watch_namespace: Option<String>,
+    /// Issuer URL written into Secrets.
+    pub issuer: String,
+    /// Token endpoint URL written into Secrets.
+    pub token_url: String,
+    /// Policy for namespaces without the allowed-scopes annotation.
+    pub default_policy: Result<ScopePolicy, ScopePolicyError>,
+}
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Configuration.
+    pub config: ControllerConfig,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// m2m ServiceAccounts, kept current by a reflector.
+    pub accounts: Store<ServiceAccount>,
+    /// Credentials, kept current by the credential controller's reflector.
+    pub credentials: Store<M2MCredential>,
+    /// Namespaces (for the scope policy annotation).
+    pub namespaces: Store<Namespace>,
+    /// The HMAC key of the verification state.
+    pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
+}
+
+impl Context {
+    /// The scope policy of `namespace`: its annotation, else the default.
+    pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
+        let ns = self.namespaces.get(&ObjectRef::new(namespace));
+        match ns.as_ref().and_then(|n| {
+            n.metadata
+                .annotations
+                .as_ref()?
+                .get(ALLOWED_SCOPES_ANNOTATION)
+        }) {
+            Some(annotation) => ScopePolicy::parse(annotation),
+            None => self.config.default_policy.clone(),
+        }
+    }
+
+    /// Publish an event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Build the event reporter identity.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "m2m-operator".into(),
+        instance: std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok()),
+    }
+}
+
+/// Test-only crash injection: when `M2M_TEST_FAILPOINT` names this point,
+/// the process aborts here as a crash would (no cleanup, no status write).
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var("M2M_TEST_FAILPOINT").is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint hit: aborting");
+        std::process::abort();
+    }
+}

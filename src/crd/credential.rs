@@ -79,12 +79,14 @@ pub struct M2MCredentialSpec {
     pub expires_at: Option<DateTime<Utc>>,
 
     /// Scheduled rotation and how long a replaced secret keeps working.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<CredentialRotation>,
+    // Not an Option: a nullable object loses its fields in the OpenAPI v2
+    // document older apiservers publish, and `kubectl explain` shows nothing.
+    #[serde(default, skip_serializing_if = "CredentialRotation::is_unset")]
+    pub rotation: CredentialRotation,
 
     /// Labels and annotations copied onto the generated Secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_template: Option<SecretTemplate>,
+    #[serde(default, skip_serializing_if = "SecretTemplate::is_empty")]
+    pub secret_template: SecretTemplate,
 }
 
 /// When the client secret is replaced, and for how long the previous one
@@ -104,6 +106,20 @@ pub struct CredentialRotation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
     pub grace_period: Option<String>,
+}
+
+impl CredentialRotation {
+    /// Neither field is set.
+    pub fn is_unset(&self) -> bool {
+        self.every.is_none() && self.grace_period.is_none()
+    }
+}
+
+impl SecretTemplate {
+    /// No labels and no annotations.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
 }
 
 /// Extra metadata for the generated Secret. The operator's own labels

@@ -210,6 +210,7 @@ pub async fn run_token_server(
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
+            watch_namespace: common.watch_namespace.clone(),
         },
         state.clone(),
         watch_ready,

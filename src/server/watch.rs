@@ -74,6 +74,9 @@ pub struct WatchConfig {
     pub operator_namespace: String,
     /// Scope policy of namespaces without the annotation.
     pub default_policy: ScopePolicy,
+    /// Watch credentials and ServiceAccounts of this namespace only
+    /// (`--watch-namespace`); `None`: the whole cluster.
+    pub watch_namespace: Option<String>,
 }
 
 /// Readiness flags the watches drive.
@@ -100,19 +103,28 @@ pub async fn run_watches(
     let (revocations, w_revocations) = reflector::store::<ConfigMap>();
     let all = watcher::Config::default();
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (credential_api, account_api, namespace_cfg): (Api<M2MCredential>, Api<ServiceAccount>, _) =
+        match &cfg.watch_namespace {
+            Some(watched) => (
+                Api::namespaced(client.clone(), watched),
+                Api::namespaced(client.clone(), watched),
+                by_name(watched),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                all.clone(),
+            ),
+        };
 
     let streams: Vec<ChangeStream> = vec![
         tag(
             Source::Credentials,
-            reflector(
-                w_credentials,
-                watcher(Api::all(client.clone()), all.clone()),
-            )
-            .default_backoff(),
+            reflector(w_credentials, watcher(credential_api, all.clone())).default_backoff(),
         ),
         tag(
             Source::Accounts,
-            reflector(w_accounts, watcher(Api::all(client.clone()), all.clone())).default_backoff(),
+            reflector(w_accounts, watcher(account_api, all.clone())).default_backoff(),
         ),
         tag(
             Source::Namespaces,
@@ -120,7 +132,7 @@ pub async fn run_watches(
                 w_namespaces,
                 watcher(
                     Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-                    all.clone(),
+                    namespace_cfg,
                 ),
             )
             .default_backoff(),

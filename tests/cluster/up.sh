@@ -293,8 +293,6 @@ start_controller_manager() {
   read -r -a extra <<<"$M2M_CONTROLLER_MANAGER_EXTRA_ARGS"
   spawn kube-controller-manager "$CONTROLLER_MANAGER_BIN" \
     --kubeconfig="$kubeconfig" \
-    --authentication-kubeconfig="$kubeconfig" \
-    --authorization-kubeconfig="$kubeconfig" \
     --bind-address="$M2M_BIND_ADDRESS" \
     --secure-port="$M2M_CONTROLLER_MANAGER_PORT" \
     "${version_args[@]}" \

@@ -1,0 +1,221 @@
+//! Wiring of the controllers: shared reflectors for the objects reconciles
+//! read (so a trigger never sees an older cache than the event that caused
+//! it), watch mappings (a ServiceAccount or Namespace change re-reconciles
+//! what it affects), and leader election — only the Lease holder runs the
+//! reconcilers, so exactly one replica writes.
+
+use super::{Context, ControllerConfig, credential, reporter, service_account, verifier_key};
+use crate::crd::{M2MCredential, ServiceAccount};
+use futures::{FutureExt, StreamExt, future};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use kube_lease_manager::LeaseManagerBuilder;
+use std::future::Future;
+use std::sync::Arc;
+
+const SHARED_BUFFER: usize = 1024;
+
+fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn stop_early<F: Future<Output = ()> + Unpin>(stop: &mut F) {
+    stop.await
+}
+
+/// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
+pub async fn run_controllers(
+    client: Client,
+    config: ControllerConfig,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let stop = stop.boxed().shared();
+    let mut stop_rx = stop.clone();
+    let watch_ns = config.watch_namespace.clone();
+    let key = verifier_key::ensure_verifier_key(&client, &config.operator_namespace).await?;
+
+    let cfg = watcher::Config::default().any_semantic();
+    let ns_cfg = match &watch_ns {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+
+    let (cred_store, cred_writer) = reflector::store_shared::<M2MCredential>(SHARED_BUFFER);
+    let (account_store, account_writer) = reflector::store_shared::<ServiceAccount>(SHARED_BUFFER);
+    let (ns_store, ns_writer) = reflector::store_shared::<Namespace>(SHARED_BUFFER);
+    let subscribe_err = || anyhow::anyhow!("shared reflector without dispatcher");
+    let cred_for_creds = cred_writer.subscribe().ok_or_else(subscribe_err)?;
+    let cred_for_accounts = cred_writer.subscribe().ok_or_else(subscribe_err)?;
+    let account_for_creds = account_writer.subscribe().ok_or_else(subscribe_err)?;
+    let account_for_accounts = account_writer.subscribe().ok_or_else(subscribe_err)?;
+    let ns_for_creds = ns_writer.subscribe().ok_or_else(subscribe_err)?;
+    let ns_for_accounts = ns_writer.subscribe().ok_or_else(subscribe_err)?;
+
+    let reflectors = future::join3(
+        watcher(
+            api_for::<M2MCredential>(&client, watch_ns.as_deref()),
+            cfg.clone(),
+        )
+        .default_backoff()
+        .reflect_shared(cred_writer)
+        .for_each(|_| future::ready(())),
+        watcher(
+            api_for::<ServiceAccount>(&client, watch_ns.as_deref()),
+            cfg.clone(),
+        )
+        .default_backoff()
+        .reflect_shared(account_writer)
+        .for_each(|_| future::ready(())),
+        watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
+            .default_backoff()
+            .reflect_shared(ns_writer)
+            .for_each(|_| future::ready(())),
+    );
+
+    // Reflectors run on their own; reconciles start only once every store
+    // has listed, so no reconcile mistakes an unsynced cache for absence
+    // (and writes a wrong status on every restart).
+    let reflectors = tokio::spawn(reflectors);
+    let ready = future::try_join3(
+        cred_store.wait_until_ready(),
+        account_store.wait_until_ready(),
+        ns_store.wait_until_ready(),
+    );
+    tokio::select! {
+        r = ready => { r?; }
+        _ = stop_early(&mut stop_rx) => return Ok(()),
+    }
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        config,
+        recorder: Recorder::new(client.clone(), reporter()),
+        accounts: account_store.clone(),
+        credentials: cred_store.clone(),
+        namespaces: ns_store,
+        verifier_key: arc_swap::ArcSwapOption::from_pointee(key),
+    });
+
+    let creds = cred_store.clone();
+    let creds2 = cred_store.clone();
+    let credential_controller = Controller::for_shared_stream(cred_for_creds, cred_store)
+        .owns(
+            api_for::<Secret>(&client, watch_ns.as_deref()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=m2m-operator"),
+        )
+        .watches_shared_stream(account_for_creds, move |account: Arc<ServiceAccount>| {
+            let ns = account.namespace();
+            let name = account.name_any();
+            creds
+                .state()
+                .into_iter()
+                .filter(move |c| c.namespace() == ns && c.spec.service_account_name == name)
+                .map(|c| ObjectRef::from_obj(&*c))
+        })
+        .watches_shared_stream(ns_for_creds, move |ns: Arc<Namespace>| {
+            let name = ns.name_any();
+            creds2
+                .state()
+                .into_iter()
+                .filter(move |c| c.namespace().as_deref() == Some(name.as_str()))
+                .map(|c| ObjectRef::from_obj(&*c))
+        })
+        .graceful_shutdown_on(stop.clone())
+        .run(credential::reconcile, credential::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    let accounts = account_store.clone();
+    let account_controller = Controller::for_shared_stream(account_for_accounts, account_store)
+        .watches_shared_stream(cred_for_accounts, |cred: Arc<M2MCredential>| {
+            let ns = cred.namespace().unwrap_or_default();
+            Some(ObjectRef::new(&cred.spec.service_account_name).within(&ns))
+        })
+        .watches_shared_stream(ns_for_accounts, move |ns: Arc<Namespace>| {
+            let name = ns.name_any();
+            accounts
+                .state()
+                .into_iter()
+                .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
+                .map(|a| ObjectRef::from_obj(&*a))
+        })
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            service_account::reconcile,
+            service_account::error_policy,
+            ctx,
+        )
+        .for_each(|_| future::ready(()));
+
+    tracing::info!("controllers started");
+    tokio::select! {
+        _ = future::join(credential_controller, account_controller) => {}
+        _ = stop => {}
+    }
+    reflectors.abort();
+    tracing::info!("controllers stopped");
+    Ok(())
+}
+
+/// Lease timing: a standby takes over at most this long after the holder dies.
+const LEASE_DURATION_SECS: u64 = 15;
+const LEASE_GRACE_SECS: u64 = 5;
+
+/// Run the controllers whenever this replica holds the Lease, until `shutdown`.
+pub async fn run_with_leader_election(
+    client: Client,
+    config: ControllerConfig,
+    lease_name: &str,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map(|h| format!("{h}-{}", uuid::Uuid::new_v4().simple()))
+        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+    let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
+        .with_namespace(&config.operator_namespace)
+        .with_identity(&identity)
+        .with_duration(LEASE_DURATION_SECS)
+        .with_grace(LEASE_GRACE_SECS)
+        .build()
+        .await?;
+    let (mut leader, lease_task) = manager.watch().await;
+    let shutdown = shutdown.shared();
+    tracing::info!(lease = lease_name, identity, "waiting for leadership");
+    loop {
+        tokio::select! {
+            _ = shutdown.clone() => break,
+            changed = leader.wait_for(|is| *is) => {
+                if changed.is_err() { break; }
+            }
+        }
+        tracing::info!(lease = lease_name, "acquired leadership");
+        let mut lost = leader.clone();
+        let stop_shutdown = shutdown.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = lost.wait_for(|is| !*is) => {}
+                _ = stop_shutdown => {}
+            }
+        };
+        run_controllers(client.clone(), config.clone(), stop).await?;
+        if shutdown.clone().now_or_never().is_some() {
+            break;
+        }
+        tracing::warn!(lease = lease_name, "lost leadership; standing by");
+    }
+    // Dropping the receiver makes the lease task release the Lease.
+    drop(leader);
+    let _ = lease_task.await;
+    Ok(())
+}
