@@ -401,10 +401,14 @@ impl Fixture {
         }
     }
 
+    /// Wait until `token` is active on every server (a replica may see the
+    /// credential a few milliseconds after the one that issued the token).
     async fn assert_active_everywhere(&self, caller: &Creds, token: &str) {
         for i in 0..self.servers.len() {
-            let info = self.introspect(i, caller, token).await;
-            assert_eq!(info["active"], true, "server {i}: {info}");
+            eventually(&format!("active on server {i}"), PROPAGATION, || async {
+                (self.introspect(i, caller, token).await["active"] == true).then_some(())
+            })
+            .await;
         }
     }
 

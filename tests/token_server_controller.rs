@@ -127,8 +127,13 @@ async fn controller_secrets_work_and_rotation_revokes_on_both_replicas() {
         token(&http, &servers[0].url, &id, &secret)
     })
     .await;
-    for s in &servers {
-        assert!(active(&http, &s.url, &id, &secret, &t1).await);
+    for (i, s) in servers.iter().enumerate() {
+        eventually(
+            &format!("token active on server {i}"),
+            PROPAGATION,
+            || async { active(&http, &s.url, &id, &secret, &t1).await.then_some(()) },
+        )
+        .await;
     }
 
     // Rotate by annotation, gracePeriod 0: the old secret and token stop on both.
