@@ -5,7 +5,10 @@
 //!   verifiers) with no Kubernetes I/O, unit-tested in place.
 //! - [`signing`]: JWT signing keys, their stored format, rotation and JWKS.
 //! - [`server`]: the OAuth 2.0 token endpoint and its watch-fed index.
-//! - [`controller`]: the reconcilers (here: the operator's key Secret).
+//! - [`controller`]: the reconcilers (credentials, service accounts, the
+//!   operator's key Secret) and their leader election.
+//! - [`runtime`]: process wiring of the `controller`, `token-server` and `run` subcommands.
+//! - [`cli`]: flags and their environment fallbacks.
 //! - [`telemetry`] and [`admin`]: logs, metrics, `/livez`, `/readyz`, `/metrics`.
 
 pub mod admin;
@@ -13,6 +16,7 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod runtime;
 pub mod server;
 pub mod signing;
 pub mod telemetry;

@@ -8,7 +8,6 @@ pub mod keys;
 pub mod run;
 pub mod secret;
 pub mod service_account;
-pub mod verifier_key;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
 use crate::core::verifier::VerifierKey;
@@ -37,6 +36,9 @@ pub enum Error {
     /// The verifier key is not loaded yet.
     #[error("the operator key Secret is not loaded yet")]
     KeysNotReady,
+    /// The operator key Secret could not be reconciled.
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
     /// The OS random generator failed.
     #[error(transparent)]
     Randomness(#[from] crate::core::client_secret::RandomnessError),
@@ -49,6 +51,7 @@ impl Error {
             Self::Kube { step, .. } => step,
             Self::MissingField(_) => "missing_field",
             Self::KeysNotReady => "keys_not_ready",
+            Self::Keys(_) => "keys",
             Self::Randomness(_) => "randomness",
         }
     }
@@ -61,7 +64,7 @@ impl Error {
                 source: kube::Error::Api(s),
                 ..
             } if s.code == 409 => Duration::from_millis(500),
-            Self::KeysNotReady => Duration::from_secs(1),
+            Self::KeysNotReady | Self::Keys(_) => Duration::from_secs(1),
             Self::Kube { .. } => Duration::from_secs(5),
             Self::MissingField(_) | Self::Randomness(_) => Duration::from_secs(30),
         }
@@ -104,6 +107,8 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// The HMAC key of the verification state.
     pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
+    /// Reconcile and credential metrics.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl Context {

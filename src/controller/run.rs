@@ -4,8 +4,12 @@
 //! what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
-use super::{Context, ControllerConfig, credential, reporter, service_account, verifier_key};
+use super::keys::{KeySecretConfig, reconcile_keys};
+use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
+use crate::admin::ReadyFlag;
 use crate::crd::{M2MCredential, ServiceAccount};
+use crate::telemetry::Metrics;
+use chrono::Utc;
 use futures::{FutureExt, StreamExt, future};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
@@ -17,6 +21,7 @@ use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const SHARED_BUFFER: usize = 1024;
 
@@ -38,12 +43,18 @@ async fn stop_early<F: Future<Output = ()> + Unpin>(stop: &mut F) {
 pub async fn run_controllers(
     client: Client,
     config: ControllerConfig,
+    keys: KeySecretConfig,
+    metrics: Metrics,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let stop = stop.boxed().shared();
     let mut stop_rx = stop.clone();
     let watch_ns = config.watch_namespace.clone();
-    let key = verifier_key::ensure_verifier_key(&client, &config.operator_namespace).await?;
+    let first = tokio::select! {
+        k = reconcile_keys_until_ok(&client, &keys, &metrics) => k,
+        _ = stop_early(&mut stop_rx) => return Ok(()),
+    };
+    let key = first.verifier_key.clone();
 
     let cfg = watcher::Config::default().any_semantic();
     let ns_cfg = match &watch_ns {
@@ -105,7 +116,15 @@ pub async fn run_controllers(
         credentials: cred_store.clone(),
         namespaces: ns_store,
         verifier_key: arc_swap::ArcSwapOption::from_pointee(key),
+        metrics: metrics.clone(),
     });
+    let key_loop = tokio::spawn(maintain_keys(
+        client.clone(),
+        keys,
+        ctx.clone(),
+        first.next_due,
+    ));
+    let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
 
     let creds = cred_store.clone();
     let creds2 = cred_store.clone();
@@ -132,7 +151,16 @@ pub async fn run_controllers(
                 .map(|c| ObjectRef::from_obj(&*c))
         })
         .graceful_shutdown_on(stop.clone())
-        .run(credential::reconcile, credential::error_policy, ctx.clone())
+        .run(
+            |cred, ctx: Arc<Context>| async move {
+                let start = Instant::now();
+                let result = credential::reconcile(cred, ctx.clone()).await;
+                observe(&ctx.metrics, "credential", start, &result);
+                result
+            },
+            credential::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
     let accounts = account_store.clone();
@@ -163,8 +191,98 @@ pub async fn run_controllers(
         _ = stop => {}
     }
     reflectors.abort();
+    key_loop.abort();
+    gauge_loop.abort();
     tracing::info!("controllers stopped");
     Ok(())
+}
+
+fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Result<T, Error>) {
+    let error = result.as_ref().err().map(Error::metric_label);
+    metrics.observe_reconcile(controller, start.elapsed().as_secs_f64(), error);
+}
+
+/// How often the key Secret is re-checked even when nothing is due, so a
+/// hand-deleted or damaged key Secret is noticed.
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
+async fn reconcile_keys_until_ok(
+    client: &Client,
+    cfg: &KeySecretConfig,
+    metrics: &Metrics,
+) -> super::keys::KeyReconcile {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let start = Instant::now();
+        let result = reconcile_keys(client, cfg, Utc::now())
+            .await
+            .map_err(Error::from);
+        observe(metrics, "keys", start, &result);
+        match result {
+            Ok(r) => return r,
+            Err(error) => {
+                tracing::warn!(%error, "could not reconcile the operator key Secret; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Rotate and prune signing keys exactly when due (and re-check now and
+/// then), keeping the verifier key the credential reconciler uses current.
+async fn maintain_keys(
+    client: Client,
+    cfg: KeySecretConfig,
+    ctx: Arc<Context>,
+    mut next_due: Option<chrono::DateTime<Utc>>,
+) {
+    loop {
+        let wait = match next_due {
+            Some(t) => (t - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(KEY_CHECK_INTERVAL),
+            None => KEY_CHECK_INTERVAL,
+        };
+        tokio::time::sleep(wait + Duration::from_millis(50)).await;
+        let r = reconcile_keys_until_ok(&client, &cfg, &ctx.metrics).await;
+        if ctx.verifier_key.load().as_deref() != Some(&r.verifier_key) {
+            tracing::warn!("the verifier key changed: every credential Secret will be re-issued");
+            ctx.verifier_key.store(Some(Arc::new(r.verifier_key)));
+        }
+        next_due = r.next_due;
+    }
+}
+
+/// Publish how many credentials are in each state, from the reflector.
+async fn export_credential_states(ctx: Arc<Context>) {
+    let mut last: std::collections::BTreeMap<String, i64> = Default::default();
+    loop {
+        let mut counts: std::collections::BTreeMap<String, i64> = ["ready", "not_ready", "pending"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        for cred in ctx.credentials.state() {
+            let ready = cred
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == credential::READY));
+            let state = match ready {
+                None => "pending",
+                Some(c) if c.status == crate::crd::ConditionStatus::True => "ready",
+                Some(_) => "not_ready",
+            };
+            *counts.entry(state.to_owned()).or_default() += 1;
+        }
+        if counts != last {
+            for (state, n) in &counts {
+                ctx.metrics.set_credentials(state, *n);
+            }
+            last = counts;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// Lease timing: a standby takes over at most this long after the holder dies.
@@ -175,7 +293,10 @@ const LEASE_GRACE_SECS: u64 = 5;
 pub async fn run_with_leader_election(
     client: Client,
     config: ControllerConfig,
+    keys: KeySecretConfig,
     lease_name: &str,
+    metrics: Metrics,
+    ready: ReadyFlag,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let identity = std::env::var("POD_NAME")
@@ -190,6 +311,9 @@ pub async fn run_with_leader_election(
         .build()
         .await?;
     let (mut leader, lease_task) = manager.watch().await;
+    // A standby replica is healthy and ready: readiness must not depend on
+    // leadership, or a PodDisruptionBudget could never let a node drain.
+    ready.set(true);
     let shutdown = shutdown.shared();
     tracing::info!(lease = lease_name, identity, "waiting for leadership");
     loop {
@@ -208,7 +332,14 @@ pub async fn run_with_leader_election(
                 _ = stop_shutdown => {}
             }
         };
-        run_controllers(client.clone(), config.clone(), stop).await?;
+        run_controllers(
+            client.clone(),
+            config.clone(),
+            keys.clone(),
+            metrics.clone(),
+            stop,
+        )
+        .await?;
         if shutdown.clone().now_or_never().is_some() {
             break;
         }

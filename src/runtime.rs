@@ -1,0 +1,117 @@
+//! Process wiring of the long-running subcommands: one client, one metrics
+//! registry, one readiness set and one admin endpoint per process, shared by
+//! the controller and the token server when `run` hosts both.
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::cli::{CommonArgs, ControllerArgs, ControllerOptions, RunArgs};
+use crate::controller::ControllerConfig;
+use crate::controller::keys::KeySecretConfig;
+use crate::controller::run::run_with_leader_election;
+use crate::core::grant::ScopePolicy;
+use crate::telemetry::{Metrics, init_logging};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+/// Controller configuration from flags; refuses an unparsable default policy.
+pub fn controller_config(
+    common: &CommonArgs,
+    opts: &ControllerOptions,
+) -> anyhow::Result<ControllerConfig> {
+    let issuer = common.issuer();
+    let default_policy = ScopePolicy::parse(&common.default_allowed_scopes);
+    if let Err(e) = &default_policy {
+        anyhow::bail!("--default-allowed-scopes: {e}");
+    }
+    Ok(ControllerConfig {
+        operator_namespace: common.namespace(),
+        watch_namespace: common.watch_namespace.clone(),
+        token_url: opts
+            .token_url
+            .clone()
+            .unwrap_or_else(|| format!("{issuer}/oauth/token")),
+        issuer,
+        default_policy,
+    })
+}
+
+struct Process {
+    client: kube::Client,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(common: &CommonArgs) -> anyhow::Result<Process> {
+    init_logging(common.log_format);
+    let client = kube::Client::try_default().await?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::new();
+    let shutdown = admin::shutdown_signal().boxed().shared();
+    let state = AdminState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    };
+    let admin = tokio::spawn(admin::serve(common.admin_listen, state, shutdown.clone()));
+    Ok(Process {
+        client,
+        metrics,
+        readiness,
+        shutdown,
+        admin,
+    })
+}
+
+async fn finish(process: Process) {
+    if let Ok(Err(e)) = process.admin.await {
+        tracing::warn!(error = %e, "admin endpoint failed");
+    }
+}
+
+/// `m2m-operator controller`.
+pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = controller_config(&args.common, &args.controller)?;
+    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
+    let p = start(&args.common).await?;
+    let result = run_with_leader_election(
+        p.client.clone(),
+        config,
+        keys,
+        &args.controller.lease_name,
+        p.metrics.clone(),
+        p.readiness.flag("controller"),
+        p.shutdown.clone(),
+    )
+    .await;
+    finish(p).await;
+    result
+}
+
+/// `m2m-operator run`: the controller and the token server in one process.
+pub async fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let config = controller_config(&args.common, &args.controller)?;
+    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
+    let p = start(&args.common).await?;
+    let controller = run_with_leader_election(
+        p.client.clone(),
+        config,
+        keys,
+        &args.controller.lease_name,
+        p.metrics.clone(),
+        p.readiness.flag("controller"),
+        p.shutdown.clone(),
+    );
+    let server = crate::server::run_token_server(
+        p.client.clone(),
+        &args.common,
+        &args.server,
+        p.metrics.clone(),
+        &p.readiness,
+        p.shutdown.clone(),
+    );
+    let (c, s) = tokio::join!(controller, server);
+    finish(p).await;
+    c?;
+    s?;
+    Ok(())
+}
