@@ -14,8 +14,11 @@
 //! granted), and the secret version that obtained it is still accepted.
 //! So a rotation without grace period, a deletion, a disable or an expiry
 //! turns every token issued before inactive as soon as the watch delivers
-//! the change. A client may introspect or revoke only its own tokens; for
-//! anyone else's the answer is `active: false` (and revocation is a no-op).
+//! the change. Any authenticated client may introspect any token — resource
+//! servers authenticate with their own credential to check their callers'
+//! tokens, and a token's holder can read its claims anyway — but a client
+//! may revoke only its own tokens (RFC 7009 §2.1); revoking anyone else's
+//! is a no-op.
 
 use super::TokenServer;
 use super::error::{OAuthError, no_store};
@@ -370,11 +373,11 @@ impl TokenServer {
         &self,
         keys: &KeyMaterial,
         token: &str,
-        caller: &CredentialEntry,
+        owner: Option<&CredentialEntry>,
     ) -> Option<ClaimsIn> {
         let verified = keys.ring.verify(token)?;
         let claims: ClaimsIn = serde_json::from_slice(&verified.claims_json).ok()?;
-        if claims.client_id != caller.client_id {
+        if owner.is_some_and(|o| claims.client_id != o.client_id) {
             return None;
         }
         Some(claims)
@@ -470,12 +473,13 @@ pub async fn introspect(
         let creds = creds.ok_or_else(|| OAuthError::invalid_client(true))?;
         let now = Utc::now();
         let keys = server.keys()?;
-        let (caller, _) = server.authenticate(&creds, &keys, now)?;
+        // Authentication gates access; the answer does not depend on who asks.
+        server.authenticate(&creds, &keys, now)?;
         let token = form
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
         let claims = server
-            .inspect(&keys, token, &caller)
+            .inspect(&keys, token, None)
             .filter(|c| server.is_active(c, now));
         let body = match claims {
             None => serde_json::json!({ "active": false }),
@@ -522,7 +526,7 @@ pub async fn revoke(State(server): State<TokenServer>, headers: HeaderMap, body:
         let token = form
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
-        if let Some(claims) = server.inspect(&keys, token, &caller)
+        if let Some(claims) = server.inspect(&keys, token, Some(&caller))
             && claims.exp > now.timestamp()
             && !server.inner.state.revoked().contains(&claims.jti)
         {

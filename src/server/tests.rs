@@ -855,11 +855,10 @@ async fn introspection_and_revocation() {
     assert_eq!(info["token_type"], "Bearer");
     assert_eq!(info["iss"], ISSUER);
     assert!(info["exp"].is_i64() && info["jti"].is_string());
-    // Another client learns nothing.
-    assert_eq!(
-        world.introspect(&b, &token).await,
-        serde_json::json!({"active": false})
-    );
+    // A resource server introspects its caller's token with its own credential.
+    let seen_by_b = world.introspect(&b, &token).await;
+    assert_eq!(seen_by_b["active"], true);
+    assert_eq!(seen_by_b["client_id"], a.id.as_str());
     for garbage in ["nope", "a.b.c", &token[..token.len() - 3]] {
         assert_eq!(world.introspect(&a, garbage).await["active"], false);
     }
