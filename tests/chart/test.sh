@@ -550,6 +550,67 @@ YAML
     -n "$OTHER_NS" run rbac-probe --image=example.invalid/none --restart=Never --dry-run=server
 fi
 
+# --- the binaries do their jobs under the chart's identities ------------------
+# Not just "may": the real controller and token server run on this host with
+# the chart's ServiceAccount tokens, and must together turn a credential into
+# a Secret and a token, introspect it and revoke it (which writes the
+# revocation ConfigMap) — with no "forbidden" anywhere in their logs.
+say "controller and token server run as the chart's ServiceAccounts"
+BIN="${M2M_BIN:-$ROOT/target/debug/m2m-operator}"
+if ((tokens)) && [[ -x "$BIN" ]]; then
+  APP_NS="m2m-chart-app-$suffix"
+  "$KUBECTL" create namespace "$APP_NS" >/dev/null
+  # The RBAC fixtures above are not real keys: let the controller make its own.
+  "$KUBECTL" -n "$NS" delete secret m2m-operator-keys --ignore-not-found >/dev/null
+  "$KUBECTL" -n "$NS" delete configmap m2m-revoked-tokens --ignore-not-found >/dev/null
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  TS_PORT="$(free_port)"; TS_ADMIN="$(free_port)"; CTRL_ADMIN="$(free_port)"
+  ISSUER_URL="http://127.0.0.1:$TS_PORT"
+  KUBECONFIG="$CTRL_CFG" "$BIN" controller --namespace "$NS" --watch-namespace "$APP_NS" \
+    --issuer "$ISSUER_URL" --admin-listen "127.0.0.1:$CTRL_ADMIN" >"$WORK/controller.log" 2>&1 &
+  CTRL_PID=$!
+  KUBECONFIG="$TS_CFG" "$BIN" token-server --namespace "$NS" --watch-namespace "$APP_NS" \
+    --issuer "$ISSUER_URL" --listen "127.0.0.1:$TS_PORT" --admin-listen "127.0.0.1:$TS_ADMIN" \
+    >"$WORK/token-server.log" 2>&1 &
+  TS_PID=$!
+  stop_binaries() { kill "$CTRL_PID" "$TS_PID" 2>/dev/null || true; wait "$CTRL_PID" "$TS_PID" 2>/dev/null || true; }
+  "$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: m2m.dev/v1alpha1
+kind: ServiceAccount
+metadata: { name: probe, namespace: $APP_NS }
+spec: { scopes: ["probe:read"] }
+---
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: { name: probe, namespace: $APP_NS }
+spec: { serviceAccountName: probe }
+YAML
+  wait_for() { local i; for i in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
+  check "controller (as $CTRL) creates the credential Secret" \
+    wait_for "$KUBECTL" -n "$APP_NS" get secret probe-credentials
+  check "token server (as $TS) becomes ready: watches synced, signing key loaded" \
+    wait_for curl -fsS "http://127.0.0.1:$TS_ADMIN/readyz"
+  check "controller (as $CTRL) is ready" wait_for curl -fsS "http://127.0.0.1:$CTRL_ADMIN/readyz"
+  cid="$("$KUBECTL" -n "$APP_NS" get secret probe-credentials -o jsonpath='{.data.client_id}' | base64 -d)"
+  csec="$("$KUBECTL" -n "$APP_NS" get secret probe-credentials -o jsonpath='{.data.client_secret}' | base64 -d)"
+  get_token() { curl -fsS -u "$cid:$csec" -d grant_type=client_credentials "$ISSUER_URL/oauth/token" >"$WORK/token.json"; }
+  if check "token server issues a token for the controller's credential" wait_for get_token; then
+    at="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$WORK/token.json")"
+    check "introspection says active" bash -c '[[ "$(curl -fsS -u "$1:$2" --data-urlencode "token=$3" "$4/oauth/introspect")" == *"\"active\":true"* ]]' _ "$cid" "$csec" "$at" "$ISSUER_URL"
+    check "revocation succeeds (token server writes the revocation ConfigMap)" \
+      curl -fsS -u "$cid:$csec" --data-urlencode "token=$at" "$ISSUER_URL/oauth/revoke"
+    check "the revoked token is recorded in m2m-revoked-tokens" \
+      wait_for bash -c '"$1" -n "$2" get configmap m2m-revoked-tokens -o json | grep -q "$3"' _ "$KUBECTL" "$NS" \
+      "$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4)))["jti"])' "$at")"
+  fi
+  stop_binaries
+  check "no request of either binary was forbidden" \
+    bash -c '! grep -qi forbidden "$1" "$2"' _ "$WORK/controller.log" "$WORK/token-server.log"
+  "$KUBECTL" delete namespace "$APP_NS" --wait=false >/dev/null 2>&1 || true
+elif ((tokens)); then
+  fail "binary $BIN exists" "build it first (scripts/test.sh does)"
+fi
+
 # --- examples accepted by the API server --------------------------------------
 say "examples (server-side dry run)"
 # Examples live in namespace m2m-demo; run them in a fresh one instead, so the
