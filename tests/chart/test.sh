@@ -585,7 +585,7 @@ kind: M2MCredential
 metadata: { name: probe, namespace: $APP_NS }
 spec: { serviceAccountName: probe }
 YAML
-  wait_for() { local i; for i in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
+  wait_for() { local _; for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
   check "controller (as $CTRL) creates the credential Secret" \
     wait_for "$KUBECTL" -n "$APP_NS" get secret probe-credentials
   check "token server (as $TS) becomes ready: watches synced, signing key loaded" \
