@@ -766,3 +766,46 @@ async fn standby_replica_takes_over_when_the_leader_dies() {
     annotate_rotate(&ns, "c", "after-failover").await;
     wait_version(&ns, "c", 2).await;
 }
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_and_releases_the_lease() {
+    let ns = TestNamespace::new("sigterm").await;
+    let mut first = controller(&ns);
+    apply(&ns, &account_yaml("sa", &["a"], "")).await;
+    apply(&ns, &credential_yaml("c", "sa", "")).await;
+    wait_version(&ns, "c", 1).await;
+    let second = controller(&ns);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.terminate();
+    let status = first.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "graceful exit: {status:?}\n{}",
+        first.log_text()
+    );
+    // The Lease is released on the way out: no holder until the standby takes it.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = ns.api();
+    let lease = leases.get("m2m-operator-controller").await.unwrap();
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty());
+    assert!(
+        holder.is_none() || second.log_text().contains("acquired leadership"),
+        "lease still held by the stopped replica: {holder:?}"
+    );
+    // The standby picks it up within the lease duration and does the work.
+    eventually(
+        "standby acquires the released lease",
+        Duration::from_secs(30),
+        || async {
+            second
+                .log_text()
+                .contains("acquired leadership")
+                .then_some(())
+        },
+    )
+    .await;
+    annotate_rotate(&ns, "c", "after-handover").await;
+    wait_version(&ns, "c", 2).await;
+}

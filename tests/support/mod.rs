@@ -331,6 +331,13 @@ impl Operator {
         }
     }
 
+    /// Ask the process to stop (SIGTERM, as the kubelet does).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
     /// Kill the process at once (SIGKILL: a crash, not a shutdown).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
