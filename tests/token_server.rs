@@ -4,15 +4,15 @@
 //! verifier (`jsonwebtoken` against the served JWKS), and every revocation
 //! case of issue #4 observed on both replicas within 2 s.
 //!
-//! Until the credential controller lands, the tests play its part: they
-//! create the credential Secret and write `status.verifiers` with the
-//! verifier key that `reconcile_keys` created.
+//! The tests play the credential controller's part (tests/token_server_controller.rs
+//! runs the real one): they write `status.verifiers` themselves with the
+//! verifier key that `reconcile_keys` created, which also lets them set up
+//! states such as an expired grace period precisely.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+mod support;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use m2m_operator::cli::SigningAlg;
 use m2m_operator::controller::keys::{KeySecretConfig, reconcile_keys};
 use m2m_operator::core::client_secret::{ClientSecret, client_id_for_uid};
@@ -22,184 +22,21 @@ use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret as OAuthSecret, Scope, TokenResponse, TokenUrl};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{Operator, OperatorOptions, TestNamespace, eventually};
 
 const PROPAGATION: Duration = Duration::from_secs(2);
 
-fn kubeconfig_path() -> PathBuf {
-    let dir = std::env::var("M2M_CLUSTER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/m2m-operator/cluster")
-        });
-    dir.join("kubeconfig")
-}
-
-async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
-        panic!(
-            "no local control plane at {}: run tests/cluster/up.sh ({e})",
-            path.display()
-        )
-    });
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("usable kubeconfig");
-    Client::try_from(config).expect("client")
-}
-
-async fn ensure_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in m2m_operator::crd::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("m2m-operator-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-    }
-    eventually("CRDs served", Duration::from_secs(30), || async {
-        let creds: Api<M2MCredential> = Api::all(client.clone());
-        creds.list(&Default::default()).await.ok().map(|_| ())
-    })
-    .await;
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A namespace per test, also used as the operator namespace of the
-/// servers it starts (so key Secret and revocation list are per test).
-struct TestNamespace {
-    client: Client,
-    name: String,
-}
-
-impl TestNamespace {
-    async fn new(prefix: &str) -> Self {
-        let client = client().await;
-        ensure_crds(&client).await;
-        let name = format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.clone());
-        ns.metadata.labels = Some([("m2m.dev/test".to_owned(), "true".to_owned())].into());
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        Self { client, name }
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.name)
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        // A client of its own: the test's client is served by a task of the
-        // test runtime, which this blocking drop would deadlock.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let client = client().await;
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::background())
-                    .await;
-            });
-            Ok::<_, std::io::Error>(())
-        })
-        .join();
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `m2m-operator token-server` child process.
-struct TokenServerProcess {
-    child: Child,
-    base: String,
-    admin: String,
-}
-
-impl TokenServerProcess {
-    fn start(namespace: &str, issuer: &str) -> Self {
-        let (port, admin_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_m2m-operator"))
-            .args(["token-server", "--namespace", namespace, "--issuer", issuer])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start token-server");
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
-        }
-    }
-
-    async fn wait_ready(&self, http: &reqwest::Client) {
-        eventually("token server ready", Duration::from_secs(30), || async {
-            let r = http
-                .get(format!("{}/readyz", self.admin))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await;
-    }
-}
-
-impl Drop for TokenServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A token server for `ns` (also its operator namespace) with a shared issuer.
+fn token_server(ns: &TestNamespace, issuer: &str) -> Operator {
+    Operator::start_with(
+        ns,
+        OperatorOptions {
+            subcommand: "token-server",
+            issuer: Some(issuer.to_owned()),
+            ..Default::default()
+        },
+    )
 }
 
 struct Creds {
@@ -213,7 +50,7 @@ struct Fixture {
     key: VerifierKey,
     keys_cfg: KeySecretConfig,
     http: reqwest::Client,
-    servers: Vec<TokenServerProcess>,
+    servers: Vec<Operator>,
     issuer: String,
 }
 
@@ -230,17 +67,14 @@ impl Fixture {
             .expect("key Secret");
         assert!(keys.changed);
         let issuer = format!("https://m2m.{}.test", ns.name);
-        let servers = vec![
-            TokenServerProcess::start(&ns.name, &issuer),
-            TokenServerProcess::start(&ns.name, &issuer),
-        ];
+        let servers = vec![token_server(&ns, &issuer), token_server(&ns, &issuer)];
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
         for s in &servers {
-            s.wait_ready(&http).await;
+            s.wait_ready().await;
         }
         Self {
             ns,
@@ -362,7 +196,7 @@ impl Fixture {
         let client = BasicClient::new(ClientId::new(c.id.clone()))
             .set_client_secret(OAuthSecret::new(c.secret.clone()))
             .set_token_uri(
-                TokenUrl::new(format!("{}/oauth/token", self.servers[server].base)).unwrap(),
+                TokenUrl::new(format!("{}/oauth/token", self.servers[server].url)).unwrap(),
             );
         let mut req = client.exchange_client_credentials();
         if let Some(s) = scope {
@@ -376,7 +210,7 @@ impl Fixture {
 
     async fn introspect(&self, server: usize, caller: &Creds, token: &str) -> Value {
         self.http
-            .post(format!("{}/oauth/introspect", self.servers[server].base))
+            .post(format!("{}/oauth/introspect", self.servers[server].url))
             .basic_auth(&caller.id, Some(&caller.secret))
             .form(&[("token", token)])
             .send()
@@ -418,7 +252,7 @@ impl Fixture {
             .http
             .get(format!(
                 "{}/.well-known/jwks.json",
-                self.servers[server].base
+                self.servers[server].url
             ))
             .send()
             .await
@@ -465,7 +299,7 @@ async fn oauth2_client_gets_a_verifiable_token_and_revocation_holds_across_repli
     // /oauth/revoke on one replica holds on both, and after a restart.
     let resp = f
         .http
-        .post(format!("{}/oauth/revoke", f.servers[1].base))
+        .post(format!("{}/oauth/revoke", f.servers[1].url))
         .basic_auth(&c.id, Some(&c.secret))
         .form(&[("token", token.as_str())])
         .send()
@@ -483,11 +317,11 @@ async fn oauth2_client_gets_a_verifiable_token_and_revocation_holds_across_repli
             .unwrap()
             .contains_key(claims["jti"].as_str().unwrap())
     );
-    let restarted = TokenServerProcess::start(&f.ns.name, &f.issuer);
-    restarted.wait_ready(&f.http).await;
+    let restarted = token_server(&f.ns, &f.issuer);
+    restarted.wait_ready().await;
     let info: Value = f
         .http
-        .post(format!("{}/oauth/introspect", restarted.base))
+        .post(format!("{}/oauth/introspect", restarted.url))
         .basic_auth(&c.id, Some(&c.secret))
         .form(&[("token", token.as_str())])
         .send()

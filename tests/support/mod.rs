@@ -309,6 +309,17 @@ impl Operator {
         }
     }
 
+    /// Wait until `/readyz` answers 200 (watches synced, keys loaded).
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.admin_url);
+        let http = reqwest::Client::new();
+        eventually(&format!("{url} ready"), Duration::from_secs(30), || async {
+            let r = http.get(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
