@@ -73,18 +73,27 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let config = controller_config(&args.common, &args.controller)?;
     let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
     let p = start(&args.common).await?;
-    let result = run_with_leader_election(
+    let result = controller(&p, config, keys, &args.controller.lease_name).await;
+    finish(p).await;
+    result
+}
+
+async fn controller(
+    p: &Process,
+    config: ControllerConfig,
+    keys: KeySecretConfig,
+    lease: &str,
+) -> anyhow::Result<()> {
+    run_with_leader_election(
         p.client.clone(),
         config,
         keys,
-        &args.controller.lease_name,
+        lease,
         p.metrics.clone(),
         p.readiness.flag("controller"),
         p.shutdown.clone(),
     )
-    .await;
-    finish(p).await;
-    result
+    .await
 }
 
 /// `m2m-operator run`: the controller and the token server in one process.
@@ -92,15 +101,7 @@ pub async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let config = controller_config(&args.common, &args.controller)?;
     let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
     let p = start(&args.common).await?;
-    let controller = run_with_leader_election(
-        p.client.clone(),
-        config,
-        keys,
-        &args.controller.lease_name,
-        p.metrics.clone(),
-        p.readiness.flag("controller"),
-        p.shutdown.clone(),
-    );
+    let controller = controller(&p, config, keys, &args.controller.lease_name);
     let server = crate::server::run_token_server(
         p.client.clone(),
         &args.common,

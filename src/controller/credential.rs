@@ -173,7 +173,8 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         (Err(e), _) => Err((e.reason(), e.to_string())),
         (Ok(grant), observed) => {
             let decision = decide(&cred, &status, &secret_name, observed, now);
-            match decision {
+            // The authentic Secret that stays (its non-secret fields are kept current).
+            let kept = match decision {
                 Decision::Generate(why) => {
                     let version = status.secret_version.max(highest_version(&status)) + 1;
                     let grace = why.grace(grace_period(&cred));
@@ -217,6 +218,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
                     status.last_handled_rotate_annotation = handled;
                     status.secret_hint = Some(value.hint());
                     events.push(why.event());
+                    None
                 }
                 Decision::Adopt(found) => {
                     // A rotation wrote its Secret but crashed before its status:
@@ -230,17 +232,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
                             found.version
                         ),
                     ));
-                    ensure_secret_fields(
-                        &ctx,
-                        &cred,
-                        &secrets,
-                        &secret_name,
-                        existing.as_ref(),
-                        &found,
-                        &client_id,
-                        grant,
-                    )
-                    .await?;
+                    Some(found)
                 }
                 Decision::Steady(found) => {
                     // Repair a status that lost or altered the current verifier.
@@ -262,18 +254,21 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
                         );
                     }
                     status.secret_hint = Some(found.secret.hint());
-                    ensure_secret_fields(
-                        &ctx,
-                        &cred,
-                        &secrets,
-                        &secret_name,
-                        existing.as_ref(),
-                        &found,
-                        &client_id,
-                        grant,
-                    )
-                    .await?;
+                    Some(found)
                 }
+            };
+            if let Some(found) = kept {
+                ensure_secret_fields(
+                    &ctx,
+                    &cred,
+                    &secrets,
+                    &secret_name,
+                    existing.as_ref(),
+                    &found,
+                    &client_id,
+                    grant,
+                )
+                .await?;
             }
             status.secret_name = Some(secret_name.clone());
             set_condition(
