@@ -147,6 +147,14 @@ pub fn router(server: TokenServer) -> Router {
         )
         .route("/.well-known/openid-configuration", get(oauth::metadata))
         .route("/.well-known/jwks.json", get(oauth::jwks))
+        // A wrong method is a malformed request too: an RFC 6749 JSON error
+        // (with the Allow header axum adds), not an empty 405.
+        .method_not_allowed_fallback(|| async {
+            error::OAuthError::invalid_request_status(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
         .with_state(server)
 }
 

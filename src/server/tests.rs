@@ -422,6 +422,16 @@ async fn request_syntax_errors() {
     let mut world = World::new(SigningAlg::Es256);
     let c = world.simple("uploads");
     let bad = StatusCode::BAD_REQUEST;
+    // Wrong method: still an RFC 6749 error, and the allowed method is named.
+    let wrong_method = world
+        .call(Request::get("/oauth/token").body(Body::empty()).unwrap())
+        .await;
+    assert_error(
+        &wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request",
+    );
+    assert_eq!(wrong_method.1[header::ALLOW], "POST");
     // Repeated parameter.
     assert_error(
         &world
