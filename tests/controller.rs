@@ -809,3 +809,42 @@ async fn sigterm_shuts_down_cleanly_and_releases_the_lease() {
     annotate_rotate(&ns, "c", "after-handover").await;
     wait_version(&ns, "c", 2).await;
 }
+
+#[tokio::test]
+async fn verifiers_written_without_the_key_are_dropped_with_a_warning() {
+    let ns = TestNamespace::new("forge").await;
+    let _op = controller(&ns);
+    apply(&ns, &account_yaml("sa", &["a"], "")).await;
+    apply(&ns, &credential_yaml("c", "sa", "")).await;
+    let (c1, _) = wait_version(&ns, "c", 1).await;
+    let genuine = c1.status.unwrap().verifiers;
+    assert!(
+        genuine.iter().all(|v| v.seal.is_some()),
+        "the controller seals what it writes"
+    );
+
+    // A status writer without the key adds a verifier of their own.
+    let mut forged = genuine.clone();
+    forged.push(m2m_operator::crd::SecretVerifier {
+        version: 7,
+        digest: "chosen-by-the-writer".into(),
+        not_after: Some(chrono::Utc::now() + chrono::Duration::days(365)),
+        seal: Some("not-a-seal".into()),
+    });
+    let creds: Api<M2MCredential> = ns.api();
+    creds
+        .patch_status(
+            "c",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"verifiers": forged}})),
+        )
+        .await
+        .unwrap();
+    wait_event(&ns, "c", "Warning", "VerifiersTampered").await;
+    let cleaned = eventually("forged verifier dropped", WAIT, || async {
+        let v = creds.get("c").await.ok()?.status?.verifiers;
+        (v.len() == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(cleaned, genuine, "the genuine verifier is kept as it was");
+}

@@ -162,22 +162,25 @@ impl Fixture {
     ) -> String {
         let secret = ClientSecret::generate().unwrap().expose().to_owned();
         let client_id = client_id_for_uid(uid);
-        let digest = self.key.digest(
-            &SecretBinding {
-                namespace: &self.ns.name,
-                name,
-                uid,
-                client_id: &client_id,
-                version,
-            },
-            &secret,
-        );
+        let binding = SecretBinding {
+            namespace: &self.ns.name,
+            name,
+            uid,
+            client_id: &client_id,
+            version,
+        };
+        let digest = self.key.digest(&binding, &secret);
         let mut verifiers = vec![SecretVerifier {
             version,
             digest,
             not_after: None,
+            seal: None,
         }];
         verifiers.extend(keep);
+        // Sealed as the controller does, with its grace-period end.
+        for v in &mut verifiers {
+            self.key.seal(&binding, v);
+        }
         let patch = json!({"status": {"secretVersion": version, "verifiers": verifiers}});
         self.ns
             .api::<M2MCredential>()

@@ -152,6 +152,18 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
     let observed = secret::observe(existing.as_ref(), &uid, &key, &binding);
     let mut events: Vec<(EventType, &'static str, String)> = vec![];
 
+    // Only verifiers this operator sealed are kept: anything else in status
+    // was written by someone without the key and must never become valid.
+    let before = status.verifiers.len();
+    status.verifiers.retain(|v| key.is_sealed(&binding, v));
+    if status.verifiers.len() != before {
+        events.push((
+            EventType::Warning,
+            "VerifiersTampered",
+            "status.verifiers held entries the operator did not write: they were dropped".into(),
+        ));
+    }
+
     let ready = match (&grant, observed) {
         (_, ObservedSecret::Foreign) => {
             let msg = format!(
@@ -211,6 +223,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
                         version,
                         digest,
                         not_after: None,
+                        seal: None,
                     };
                     status.verifiers = rotate_verifiers(&status.verifiers, new, now, grace);
                     status.secret_version = version;
@@ -250,6 +263,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
                                 version: found.version,
                                 digest: found.digest.clone(),
                                 not_after: None,
+                                seal: None,
                             },
                         );
                     }
@@ -291,6 +305,9 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
 
     // Status is derived from the spec and the clock as well as from actions.
     status.verifiers = prune_verifiers(&status.verifiers, now);
+    for v in &mut status.verifiers {
+        key.seal(&binding, v);
+    }
     status.next_rotation_time = next_scheduled(&rotation_inputs(&cred, &status));
     let ready_condition = match &ready {
         Ok(()) => cond(
@@ -432,6 +449,7 @@ fn adopt(status: &mut M2MCredentialStatus, found: &AuthenticSecret) {
         version: found.version,
         digest: found.digest.clone(),
         not_after: None,
+        seal: None,
     };
     let mut verifiers = vec![new];
     for v in &status.verifiers {
@@ -636,6 +654,7 @@ mod tests {
                     version,
                     digest: format!("d{version}"),
                     not_after: None,
+                    seal: None,
                 })
                 .into_iter()
                 .collect(),

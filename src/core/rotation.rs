@@ -225,6 +225,7 @@ mod tests {
             version,
             digest: format!("d{version}"),
             not_after: not_after.map(at),
+            seal: None,
         }
     }
 

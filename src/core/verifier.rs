@@ -53,39 +53,79 @@ impl VerifierKey {
         &self.0
     }
 
-    fn mac(&self, binding: &SecretBinding<'_>, secret: &str) -> HmacSha256 {
+    /// HMAC over length-prefixed fields: no two different inputs share bytes.
+    fn mac(&self, domain: &str, binding: &SecretBinding<'_>, last: &[&str]) -> HmacSha256 {
         // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        // Length-prefixed fields: no two different bindings share an input.
-        for field in [
-            "m2m.dev/secret-verifier/v1",
+        let version = binding.version.to_string();
+        let fields = [
+            domain,
             binding.namespace,
             binding.name,
             binding.uid,
             binding.client_id,
-            &binding.version.to_string(),
-            secret,
-        ] {
+            &version,
+        ];
+        for field in fields.iter().chain(last) {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field.as_bytes());
         }
         mac
     }
 
+    fn check(mac: HmacSha256, expected_b64: &str) -> bool {
+        let Ok(expected) = URL_SAFE_NO_PAD.decode(expected_b64) else {
+            return false;
+        };
+        mac.verify_slice(&expected).is_ok()
+    }
+
     /// The digest of `secret` for this credential and version.
     pub fn digest(&self, binding: &SecretBinding<'_>, secret: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(binding, secret).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(
+            self.mac(DIGEST_DOMAIN, binding, &[secret])
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// Whether `secret` matches `digest`, compared in constant time.
     pub fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
-        let Ok(expected) = URL_SAFE_NO_PAD.decode(digest) else {
-            return false;
-        };
-        self.mac(binding, secret).verify_slice(&expected).is_ok()
+        Self::check(self.mac(DIGEST_DOMAIN, binding, &[secret]), digest)
+    }
+
+    fn seal_mac(&self, binding: &SecretBinding<'_>, v: &SecretVerifier) -> HmacSha256 {
+        let not_after = v
+            .not_after
+            .map(|t| t.timestamp_millis().to_string())
+            .unwrap_or_default();
+        self.mac(
+            SEAL_DOMAIN,
+            &binding.with_version(v.version),
+            &[&v.digest, &not_after],
+        )
+    }
+
+    /// Seal a verifier the controller itself produced: binds its digest and
+    /// grace-period end, so a status writer can neither invent a verifier
+    /// nor lengthen a grace period.
+    pub fn seal(&self, binding: &SecretBinding<'_>, verifier: &mut SecretVerifier) {
+        verifier.seal =
+            Some(URL_SAFE_NO_PAD.encode(self.seal_mac(binding, verifier).finalize().into_bytes()));
+    }
+
+    /// Whether the verifier carries a valid seal (constant-time comparison).
+    pub fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+        verifier
+            .seal
+            .as_deref()
+            .is_some_and(|seal| Self::check(self.seal_mac(binding, verifier), seal))
     }
 }
+
+const DIGEST_DOMAIN: &str = "m2m.dev/secret-verifier/v1";
+const SEAL_DOMAIN: &str = "m2m.dev/verifier-seal/v1";
 
 /// What a digest is bound to besides the secret itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +221,60 @@ mod tests {
     }
 
     #[test]
+    fn seals_bind_digest_version_and_grace_end() {
+        let key = VerifierKey::generate().unwrap();
+        let mut v = SecretVerifier {
+            version: 3,
+            digest: "d3".into(),
+            not_after: Some(at(100)),
+            seal: None,
+        };
+        assert!(!key.is_sealed(&binding(), &v), "unsealed");
+        key.seal(&binding(), &mut v);
+        assert!(key.is_sealed(&binding(), &v));
+        let lengthened = SecretVerifier {
+            not_after: Some(at(10_000)),
+            ..v.clone()
+        };
+        assert!(
+            !key.is_sealed(&binding(), &lengthened),
+            "grace cannot be lengthened"
+        );
+        let endless = SecretVerifier {
+            not_after: None,
+            ..v.clone()
+        };
+        assert!(
+            !key.is_sealed(&binding(), &endless),
+            "a graced verifier cannot become current"
+        );
+        let relabelled = SecretVerifier {
+            version: 4,
+            ..v.clone()
+        };
+        assert!(!key.is_sealed(&binding(), &relabelled));
+        let other_digest = SecretVerifier {
+            digest: "forged".into(),
+            ..v.clone()
+        };
+        assert!(!key.is_sealed(&binding(), &other_digest));
+        assert!(
+            !key.is_sealed(
+                &SecretBinding {
+                    uid: "uid-2",
+                    ..binding()
+                },
+                &v
+            ),
+            "bound to the credential"
+        );
+        assert!(
+            !VerifierKey::generate().unwrap().is_sealed(&binding(), &v),
+            "needs the key"
+        );
+    }
+
+    #[test]
     fn field_boundaries_cannot_be_shifted() {
         let key = VerifierKey::from_bytes(&[7; 32]).unwrap();
         let a = SecretBinding {
@@ -209,6 +303,7 @@ mod tests {
             version,
             digest: String::new(),
             not_after: not_after.map(at),
+            seal: None,
         };
         let list = vec![v(3, None), v(2, Some(100)), v(1, Some(50))];
         let versions = |t| {

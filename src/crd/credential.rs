@@ -149,6 +149,11 @@ pub struct SecretVerifier {
     /// End of the grace period of a replaced secret; unset for the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<DateTime<Utc>>,
+    /// Keyed hash over the digest, version and `notAfter`, written by the
+    /// operator: the token endpoint ignores a verifier whose seal does not
+    /// match, so none can be added or have its grace period lengthened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// What the operator observed and did for an `M2MCredential`.

@@ -83,10 +83,15 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
             ..Default::default()
         },
         status: Some(M2MCredentialStatus {
-            verifiers: vec![SecretVerifier {
-                version: 1,
-                digest: verifier_key.digest(&binding, secret.expose()),
-                not_after: None,
+            verifiers: vec![{
+                let mut v = SecretVerifier {
+                    version: 1,
+                    digest: verifier_key.digest(&binding, secret.expose()),
+                    not_after: None,
+                    seal: None,
+                };
+                verifier_key.seal(&binding, &mut v);
+                v
             }],
             ..Default::default()
         }),

@@ -71,18 +71,24 @@ impl CredentialEntry {
         }
     }
 
+    /// Whether a verifier is usable at `now`: sealed by the operator and
+    /// current or within its grace period.
+    fn usable(&self, key: &VerifierKey, v: &SecretVerifier, now: DateTime<Utc>) -> bool {
+        is_accepted(v, now) && key.is_sealed(&self.binding(v.version), v)
+    }
+
     /// Whether secret `version` is accepted at `now`.
-    pub fn accepts_version(&self, version: i64, now: DateTime<Utc>) -> bool {
+    pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
         self.verifiers
             .iter()
-            .any(|v| v.version == version && is_accepted(v, now))
+            .any(|v| v.version == version && self.usable(key, v, now))
     }
 
     /// The secret version `secret` authenticates at `now`, if any. Checks
     /// every accepted verifier in constant time per comparison.
     pub fn authenticate(&self, key: &VerifierKey, secret: &str, now: DateTime<Utc>) -> Option<i64> {
         let mut matched = None;
-        for v in self.verifiers.iter().filter(|v| is_accepted(v, now)) {
+        for v in self.verifiers.iter().filter(|v| self.usable(key, v, now)) {
             if key.verify(&self.binding(v.version), secret, &v.digest) && matched.is_none() {
                 matched = Some(v.version);
             }

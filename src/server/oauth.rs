@@ -383,7 +383,7 @@ impl TokenServer {
         Some(claims)
     }
 
-    fn is_active(&self, claims: &ClaimsIn, now: DateTime<Utc>) -> bool {
+    fn is_active(&self, keys: &KeyMaterial, claims: &ClaimsIn, now: DateTime<Utc>) -> bool {
         let ts = now.timestamp();
         if claims.exp <= ts
             || claims.nbf.is_some_and(|nbf| nbf > ts + 60)
@@ -400,7 +400,7 @@ impl TokenServer {
             return false;
         };
         entry.subject == claims.sub
-            && entry.accepts_version(claims.m2m_sv, now)
+            && entry.accepts_version(&keys.verifier_key, claims.m2m_sv, now)
             && claims
                 .scope
                 .split(' ')
@@ -480,7 +480,7 @@ pub async fn introspect(
             .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
         let claims = server
             .inspect(&keys, token, None)
-            .filter(|c| server.is_active(c, now));
+            .filter(|c| server.is_active(&keys, c, now));
         let body = match claims {
             None => serde_json::json!({ "active": false }),
             Some(c) => {

@@ -145,6 +145,22 @@ impl World {
         )
     }
 
+    /// A verifier as the controller writes it: sealed with the verifier key.
+    fn sealed(&self, cred: &M2MCredential, v: SecretVerifier) -> SecretVerifier {
+        let uid = cred.metadata.uid.as_deref().unwrap();
+        let client_id = client_id_for_uid(uid);
+        let binding = SecretBinding {
+            namespace: NS,
+            name: cred.metadata.name.as_deref().unwrap(),
+            uid,
+            client_id: &client_id,
+            version: 0,
+        };
+        let mut v = v;
+        self.key.seal(&binding, &mut v);
+        v
+    }
+
     fn credential(&mut self, name: &str, spec: M2MCredentialSpec) -> Client {
         let uid = uuid::Uuid::new_v4().to_string();
         let mut cred = M2MCredential {
@@ -159,11 +175,13 @@ impl World {
         };
         let secret = ClientSecret::generate().unwrap().expose().to_owned();
         let digest = self.digest(&cred, 1, &secret);
-        cred.status.as_mut().unwrap().verifiers = vec![SecretVerifier {
+        let verifier = SecretVerifier {
             version: 1,
             digest,
             not_after: None,
-        }];
+            seal: None,
+        };
+        cred.status.as_mut().unwrap().verifiers = vec![self.sealed(&cred, verifier)];
         self.credentials.push(cred);
         self.sync();
         Client {
@@ -195,20 +213,22 @@ impl World {
             Some(end) => status
                 .verifiers
                 .into_iter()
-                .map(|v| SecretVerifier {
-                    not_after: Some(v.not_after.unwrap_or(end)),
-                    ..v
+                .map(|v| {
+                    let graced = SecretVerifier {
+                        not_after: Some(v.not_after.unwrap_or(end)),
+                        ..v
+                    };
+                    self.sealed(&cred, graced)
                 })
                 .collect(),
         };
-        verifiers.insert(
-            0,
-            SecretVerifier {
-                version,
-                digest,
-                not_after: None,
-            },
-        );
+        let current = SecretVerifier {
+            version,
+            digest,
+            not_after: None,
+            seal: None,
+        };
+        verifiers.insert(0, self.sealed(&cred, current));
         self.cred_mut(name).status.as_mut().unwrap().verifiers = verifiers;
         self.sync();
         Client {
@@ -613,6 +633,28 @@ async fn client_authentication_errors() {
 }
 
 #[tokio::test]
+async fn a_grace_period_lengthened_in_status_is_refused() {
+    let mut world = World::new(SigningAlg::Es256);
+    let old = world.simple("uploads");
+    let old_token = world.access_token(&old).await;
+    // Rotated with a grace period that has already ended.
+    let new = world.rotate("uploads", Some(Utc::now() - chrono::Duration::seconds(1)));
+    assert_eq!(world.token(&old, "").await.0, StatusCode::UNAUTHORIZED);
+    // A status writer without the key stretches the ended grace period.
+    let verifiers = &mut world.cred_mut("uploads").status.as_mut().unwrap().verifiers;
+    assert_eq!(verifiers.len(), 2);
+    verifiers[1].not_after = Some(Utc::now() + chrono::Duration::hours(1));
+    world.sync();
+    assert_error(
+        &world.token(&old, "").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+    );
+    assert_eq!(world.introspect(&new, &old_token).await["active"], false);
+    assert_eq!(world.token(&new, "").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn forged_verifiers_are_refused() {
     let mut world = World::new(SigningAlg::Es256);
     let c = world.simple("uploads");
@@ -641,6 +683,7 @@ async fn forged_verifiers_are_refused() {
             version: 2,
             digest: forged,
             not_after: None,
+            seal: None,
         });
     // And a forged clientId in status changes nothing: ids come from the UID.
     world.cred_mut("uploads").status.as_mut().unwrap().client_id = Some("m2mc_forged".into());
