@@ -278,7 +278,7 @@ async fn annotation_rotates_with_same_client_id_and_version_bump() {
         st.verifiers.iter().map(|v| v.version).collect::<Vec<_>>(),
         vec![2]
     );
-    let note = wait_event(&ns, "c", "Normal", "SecretRotated").await;
+    let note = wait_event(&ns, "c", "Normal", "RotateAnnotationChanged").await;
     assert!(note.contains("2026-11-23"), "{note}");
 }
 
@@ -326,7 +326,7 @@ async fn scheduled_rotation_with_grace_period() {
         (st.verifiers.iter().all(|v| v.not_after.is_none()) && st.secret_version >= 2).then_some(())
     })
     .await;
-    wait_event(&ns, "c", "Normal", "SecretRotated").await;
+    wait_event(&ns, "c", "Normal", "ScheduledRotation").await;
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ impl Generate {
     fn event(&self) -> (EventType, &'static str, String) {
         match self {
             Self::Initial => (EventType::Normal, "SecretCreated", "generated the client secret".into()),
-            Self::Rotation(t) => (EventType::Normal, "SecretRotated", format!("rotated the client secret: {}", t.message())),
+            Self::Rotation(t) => (EventType::Normal, t.reason(), format!("rotated the client secret: {}", t.message())),
             Self::Renamed { old } => (EventType::Normal, "SecretRenamed", format!("moved the credential from Secret {old:?} to a new Secret with a fresh client secret")),
             Self::Deleted => (EventType::Warning, "SecretDeleted", "the Secret was deleted by hand: repaired with a fresh client secret; the old one no longer works".into()),
             Self::Tampered => (EventType::Warning, "SecretTampered", "the Secret was edited by hand: repaired with a fresh client secret; the edited value is never accepted".into()),
