@@ -138,6 +138,14 @@ async fn wait_event(ns: &TestNamespace, name: &str, type_: &str, reason: &str) -
     .await
 }
 
+/// Wait until `op` logs that it holds the leader Lease.
+async fn wait_leader(op: &Operator, what: &str, timeout: Duration) {
+    eventually(what, timeout, || async {
+        op.log_text().contains("acquired leadership").then_some(())
+    })
+    .await;
+}
+
 async fn annotate_rotate(ns: &TestNamespace, name: &str, value: &str) {
     let api: Api<M2MCredential> = ns.api();
     api.patch(
@@ -752,15 +760,10 @@ async fn standby_replica_takes_over_when_the_leader_dies() {
     );
     first.kill();
     // Takes over within the lease duration (15 s) and reconciles new work.
-    eventually(
+    wait_leader(
+        &second,
         "standby acquires the lease",
         Duration::from_secs(40),
-        || async {
-            second
-                .log_text()
-                .contains("acquired leadership")
-                .then_some(())
-        },
     )
     .await;
     annotate_rotate(&ns, "c", "after-failover").await;
@@ -795,15 +798,10 @@ async fn sigterm_shuts_down_cleanly_and_releases_the_lease() {
         "lease still held by the stopped replica: {holder:?}"
     );
     // The standby picks it up within the lease duration and does the work.
-    eventually(
+    wait_leader(
+        &second,
         "standby acquires the released lease",
         Duration::from_secs(30),
-        || async {
-            second
-                .log_text()
-                .contains("acquired leadership")
-                .then_some(())
-        },
     )
     .await;
     annotate_rotate(&ns, "c", "after-handover").await;
