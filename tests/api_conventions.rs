@@ -2,7 +2,8 @@
 //! `kubectl explain` from the OpenAPI v3 document shows every field of both
 //! kinds with its type, `kubectl get --watch` and `kubectl wait
 //! --for=condition=Ready` work on both kinds, and `--show-managed-fields`
-//! shows which field manager owns what (server-side apply).
+//! shows which field manager owns what (server-side apply); the control
+//! plane issues audience- and Pod-bound service-account tokens.
 
 mod support;
 
@@ -264,4 +265,67 @@ spec: { serviceAccountName: ci-bot }
         let out = kubectl(&["get", object, "-n", &ns.name, "-o", "yaml"]);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("managedFields"));
     }
+}
+
+/// The local control plane issues service-account tokens through the
+/// TokenRequest API, also bound to a Pod object: what workload identity
+/// builds on (tests/cluster/up.sh passes the issuer, keys and audiences).
+#[tokio::test]
+async fn control_plane_issues_audience_and_pod_bound_service_account_tokens() {
+    use base64::Engine as _;
+    let ns = TestNamespace::new("sa-tokens").await;
+    let out = ns.apply_yaml(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: workload }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: workload-0 }
+spec:
+  serviceAccountName: workload
+  containers: [{ name: app, image: example.invalid/app }]
+"#,
+    );
+    assert!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&[
+        "create",
+        "token",
+        "workload",
+        "-n",
+        &ns.name,
+        "--audience",
+        "m2m-test",
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "workload-0",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl create token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url payload"),
+    )
+    .expect("JSON claims");
+    assert_eq!(claims["aud"], serde_json::json!(["m2m-test"]), "{claims}");
+    assert_eq!(
+        claims["sub"],
+        format!("system:serviceaccount:{}:workload", ns.name)
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["pod"]["name"], "workload-0",
+        "{claims}"
+    );
 }

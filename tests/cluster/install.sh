@@ -296,6 +296,8 @@ main() {
   if ((update_module)); then
     find_go
     generate_k8s_module "$M2M_CLUSTER_SCRIPTS_DIR/k8s/v$M2M_K8S_VERSION" "$M2M_K8S_VERSION"
+    # The module may have changed: build again.
+    rm -rf "$M2M_K8S_BUILD_OUT"
   fi
   if m2m_use_assets; then
     m2m_log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has kube-apiserver and etcd: not building them"
