@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use kube::api::ObjectMeta;
 use serde_json::Value;
@@ -40,6 +41,7 @@ struct World {
     accounts: Vec<ServiceAccount>,
     namespaces: Vec<ObjectMeta>,
     state: Arc<TokenState>,
+    metrics: Metrics,
     app: Router,
 }
 
@@ -50,6 +52,10 @@ struct Client {
 
 impl World {
     fn new(alg: SigningAlg) -> Self {
+        Self::with_limits(alg, crate::http::HttpLimits::token_endpoint())
+    }
+
+    fn with_limits(alg: SigningAlg, limits: crate::http::HttpLimits) -> Self {
         let key = VerifierKey::generate().unwrap();
         let cfg = KeySecretConfig::new("ops".into(), alg, Duration::from_secs(3600));
         let (_, set) = next_key_set(&KeySet::default(), &cfg.policy, Utc::now())
@@ -63,11 +69,13 @@ impl World {
             default_audience: ISSUER.into(),
             default_policy: ScopePolicy::allow_all(),
             operator_namespace: "ops".into(),
+            limits,
         };
+        let metrics = Metrics::new();
         let server = TokenServer::new(
             config,
             state.clone(),
-            Metrics::new(),
+            metrics.clone(),
             Arc::new(LocalRevocations::new(state.clone())),
         );
         let mut world = Self {
@@ -79,6 +87,7 @@ impl World {
                 ..Default::default()
             }],
             state,
+            metrics,
             app: router(server),
         };
         world.account(
@@ -1014,4 +1023,39 @@ async fn discovery_documents_and_missing_keys() {
         )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A body that stops arriving is cut off by the body deadline with an RFC
+/// 6749 error (408), and the metrics middleware counts every outcome, the
+/// layers' own answers included.
+#[tokio::test]
+async fn stalled_bodies_time_out_and_every_outcome_is_counted() {
+    let limits = crate::http::HttpLimits {
+        body_read_timeout: Duration::from_millis(200),
+        ..crate::http::HttpLimits::token_endpoint()
+    };
+    let mut world = World::with_limits(SigningAlg::Es256, limits);
+    let c = world.simple("uploads");
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(b"grant_type=cli".to_vec())]);
+    let stalled = first.chain(futures::stream::pending());
+    let req = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::AUTHORIZATION, basic_header(&c.id, &c.secret))
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), world.call(req))
+        .await
+        .expect("a stalled body must not hold the request open");
+    assert_error(&resp, StatusCode::REQUEST_TIMEOUT, "invalid_request");
+
+    assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+    let big = format!("grant_type=client_credentials&pad={}", "x".repeat(9000));
+    world.post("/oauth/token", &big, Some(&c)).await;
+    let text = world.metrics.encode().unwrap();
+    for needle in [
+        r#"m2m_token_requests_total{endpoint="token",outcome="ok"} 1"#,
+        r#"m2m_token_requests_total{endpoint="token",outcome="invalid_request"} 2"#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing in\n{text}");
+    }
 }
