@@ -130,9 +130,9 @@ pub async fn serve(
                 }
             }
         };
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(listener = name, %error, "accept failed");
@@ -143,7 +143,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(WithPeer {
+            app: app.clone(),
+            peer,
+        });
         let watcher = graceful.watcher();
         let limits = limits.clone();
         let tls = tls
@@ -215,7 +218,35 @@ async fn is_h2_preface(tcp: &TcpStream) -> Option<bool> {
     }
 }
 
-type Service = TowerToHyperService<Router>;
+/// The router, with the client's address in each request's extensions
+/// (`ConnectInfo<SocketAddr>`, as `axum::serve` provides it).
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: std::net::SocketAddr,
+}
+
+impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = axum::routing::future::RouteFuture<std::convert::Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<axum::http::Request<hyper::body::Incoming>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        self.app.call(request)
+    }
+}
+
+type Service = TowerToHyperService<WithPeer>;
 
 async fn serve_connection<I>(
     io: I,

@@ -157,6 +157,8 @@ pub struct OAuthRequest {
     pub form: Form,
     /// The client credentials presented, if any.
     pub credentials: Option<ClientCredentials>,
+    /// The client's address, when the server knows it.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
@@ -168,7 +170,15 @@ impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
         let body = read_body(&parts.headers, body).await?;
         let form = Form::parse(&body)?;
         let credentials = client_credentials(&parts.headers, &form)?;
-        Ok(Self { form, credentials })
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Self {
+            form,
+            credentials,
+            source,
+        })
     }
 }
 

@@ -42,7 +42,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use futures::FutureExt;
 use index::TokenState;
-use ratelimit::FailureLimiter;
+use ratelimit::AuthLimiter;
 use revocation::{ConfigMapRevocations, RevocationStore};
 use std::future::Future;
 use std::sync::Arc;
@@ -105,7 +105,7 @@ impl ServerConfig {
 struct Inner {
     config: ServerConfig,
     state: Arc<TokenState>,
-    limiter: FailureLimiter,
+    limiter: AuthLimiter,
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
 }
@@ -136,7 +136,7 @@ impl TokenServer {
             inner: Arc::new(Inner {
                 config,
                 state,
-                limiter: FailureLimiter::new(),
+                limiter: AuthLimiter::new(),
                 metrics,
                 revocations,
             }),

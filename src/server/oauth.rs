@@ -36,6 +36,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,20 +114,19 @@ fn audit_id(client_id: &str) -> &str {
 }
 
 impl TokenServer {
-    /// Authenticate a client: the same response and similar work whether
+    /// Authenticate a client: the same response and the same work whether
     /// the id is unknown or the secret is wrong. Returns the credential and
-    /// the secret version that matched.
+    /// the secret version that matched. A correct secret is always
+    /// accepted; failures count against the id and the source, and once
+    /// either has run out they are answered `429` instead of `401`
+    /// ([`super::ratelimit`]).
     fn authenticate(
         &self,
         creds: &ClientCredentials,
+        source: Option<IpAddr>,
         keys: &KeyMaterial,
         now: DateTime<Utc>,
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
-        let started = Instant::now();
-        let limiter = &self.inner.limiter;
-        if let Err(retry) = limiter.check(&creds.client_id, started) {
-            return Err(OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64));
-        }
         let basic = creds.method == AuthMethod::Basic;
         let index = self.inner.state.credentials();
         let entry = index.get(&creds.client_id);
@@ -155,8 +155,14 @@ impl TokenServer {
             None
         };
         matched.ok_or_else(|| {
-            limiter.record_failure(&creds.client_id, started);
-            OAuthError::invalid_client(basic)
+            match self
+                .inner
+                .limiter
+                .failed(&creds.client_id, source, Instant::now())
+            {
+                Ok(()) => OAuthError::invalid_client(basic),
+                Err(retry) => OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64),
+            }
         })
     }
 
@@ -171,7 +177,11 @@ impl TokenServer {
     /// authentication, grant, scopes, audiences, claims. The signature is
     /// the caller's: [`token`] signs with the active key.
     pub(crate) fn prepare_token(&self, request: OAuthRequest) -> Result<Issued, Refusal> {
-        let OAuthRequest { form, credentials } = request;
+        let OAuthRequest {
+            form,
+            credentials,
+            source,
+        } = request;
         let refuse = |error: OAuthError| Refusal {
             error,
             who: credentials
@@ -191,7 +201,9 @@ impl TokenServer {
         };
         let now = Utc::now();
         let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
-        let (entry, version) = self.authenticate(creds, &keys, now).map_err(refuse)?;
+        let (entry, version) = self
+            .authenticate(creds, source, &keys, now)
+            .map_err(refuse)?;
         let refuse = |error: OAuthError| Refusal {
             error,
             who: Some(Box::new(Who::of(&entry))),
@@ -471,13 +483,17 @@ pub async fn token(
 /// `POST /oauth/introspect` (RFC 7662).
 pub async fn introspect(
     State(server): State<TokenServer>,
-    OAuthRequest { form, credentials }: OAuthRequest,
+    OAuthRequest {
+        form,
+        credentials,
+        source,
+    }: OAuthRequest,
 ) -> Result<Response, OAuthError> {
     let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
     let now = Utc::now();
     let keys = server.keys()?;
     // Authentication gates access; the answer does not depend on who asks.
-    server.authenticate(&creds, &keys, now)?;
+    server.authenticate(&creds, source, &keys, now)?;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
@@ -517,12 +533,16 @@ pub async fn introspect(
 /// expired tokens too.
 pub async fn revoke(
     State(server): State<TokenServer>,
-    OAuthRequest { form, credentials }: OAuthRequest,
+    OAuthRequest {
+        form,
+        credentials,
+        source,
+    }: OAuthRequest,
 ) -> Result<Response, OAuthError> {
     let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
     let now = Utc::now();
     let keys = server.keys()?;
-    let (caller, _) = server.authenticate(&creds, &keys, now)?;
+    let (caller, _) = server.authenticate(&creds, source, &keys, now)?;
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;

@@ -726,14 +726,16 @@ async fn forged_verifiers_are_refused() {
     assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
 }
 
+/// Knowing a client id must not lock its owner out: failures are answered
+/// 429 once the id has run out, but the right secret always works.
 #[tokio::test]
-async fn failed_authentication_is_rate_limited_per_client_id() {
+async fn failed_authentication_is_limited_but_never_refuses_the_right_secret() {
     let mut world = World::new(SigningAlg::Es256);
     let c = world.simple("uploads");
     let other = world.simple("other");
     let wrong = Client {
         id: c.id.clone(),
-        secret: "m2ms_wrong".into(),
+        secret: ClientSecret::generate().unwrap().expose().to_owned(),
     };
     for _ in 0..10 {
         assert_eq!(world.token(&wrong, "").await.0, StatusCode::UNAUTHORIZED);
@@ -746,8 +748,17 @@ async fn failed_authentication_is_rate_limited_per_client_id() {
         .parse()
         .unwrap();
     assert!((1..=2).contains(&retry));
-    // Even the right secret waits; other clients are unaffected.
-    assert_eq!(world.token(&c, "").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // The attacker keeps going; the owner's right secret still works, on
+    // every endpoint, and other clients are unaffected.
+    for _ in 0..5 {
+        assert_eq!(
+            world.token(&wrong, "").await.0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+    }
+    let token = world.access_token(&c).await;
+    assert!(world.active(&c, &token).await);
     assert_eq!(world.token(&other, "").await.0, StatusCode::OK);
     // Unknown ids are limited the same way.
     let ghost = Client {
@@ -761,6 +772,52 @@ async fn failed_authentication_is_rate_limited_per_client_id() {
         world.token(&ghost, "").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// Failures are limited per source address too: one source trying many
+/// ids runs out, another source does not, and the right secret from the
+/// limited source still works.
+#[tokio::test]
+async fn failed_authentication_is_limited_per_source() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let from = |ip: &str, client: &Client| {
+        let mut req = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                header::AUTHORIZATION,
+                basic_header(&client.id, &client.secret),
+            )
+            .body(Body::from("grant_type=client_credentials"))
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    for i in 0..10 {
+        let ghost = Client {
+            id: format!("m2mc_ghost{i}"),
+            secret: "x".into(),
+        };
+        assert_eq!(
+            world.call(from("10.0.0.7", &ghost)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let fresh = Client {
+        id: "m2mc_fresh".into(),
+        secret: "x".into(),
+    };
+    assert_eq!(
+        world.call(from("10.0.0.7", &fresh)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        world.call(from("10.0.0.8", &fresh)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(world.call(from("10.0.0.7", &c)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
