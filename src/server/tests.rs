@@ -1116,3 +1116,68 @@ async fn stalled_bodies_time_out_and_every_outcome_is_counted() {
         assert!(text.contains(needle), "{needle} missing in\n{text}");
     }
 }
+
+/// Counts the keyed checks authentication performs.
+struct CountingKey<'a> {
+    key: &'a VerifierKey,
+    macs: std::cell::Cell<usize>,
+}
+
+impl super::oauth::SecretCheck for CountingKey<'_> {
+    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+        self.macs.set(self.macs.get() + 1);
+        self.key.is_sealed(binding, verifier)
+    }
+
+    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
+        self.macs.set(self.macs.get() + 1);
+        self.key.verify(binding, secret, digest)
+    }
+}
+
+/// No timing oracle: the same number of MAC computations for an unknown
+/// id, a known id with one verifier, one in a grace period (two verifiers),
+/// a right and a wrong secret.
+#[tokio::test]
+async fn authentication_does_equal_work_for_every_client_id() {
+    let mut world = World::new(SigningAlg::Es256);
+    let one = world.simple("one");
+    world.simple("two");
+    let two = world.rotate("two", Some(Utc::now() + chrono::Duration::hours(1)));
+    let index = world.state.credentials();
+    let now = Utc::now();
+    let count = |entry: &super::index::CredentialEntry, secret: &str| {
+        let k = CountingKey {
+            key: &world.key,
+            macs: std::cell::Cell::new(0),
+        };
+        let matched = entry.authenticate(&k, secret, now);
+        (k.macs.get(), matched.is_some())
+    };
+    let wrong = ClientSecret::generate().unwrap().expose().to_owned();
+    let unknown = super::oauth::unknown_client();
+    let cases = [
+        ("unknown id", count(unknown, &wrong)),
+        (
+            "one verifier, right",
+            count(index.get(&one.id).unwrap(), &one.secret),
+        ),
+        (
+            "one verifier, wrong",
+            count(index.get(&one.id).unwrap(), &wrong),
+        ),
+        (
+            "grace period, right",
+            count(index.get(&two.id).unwrap(), &two.secret),
+        ),
+        (
+            "grace period, wrong",
+            count(index.get(&two.id).unwrap(), &wrong),
+        ),
+    ];
+    let expected = 2 * super::oauth::MAX_VERIFIERS;
+    for (what, (macs, matched)) in cases {
+        assert_eq!(macs, expected, "{what}");
+        assert_eq!(matched, what.ends_with("right"), "{what}");
+    }
+}
