@@ -26,6 +26,7 @@ use super::form::{
     AuthMethod, ClientCredentials, Form, check_content_type, client_credentials, read_body,
 };
 use super::index::{CredentialEntry, KeyMaterial};
+use super::revocation::Revoked;
 use crate::core::client_secret::is_well_formed;
 use crate::core::grant::GrantError;
 use crate::core::verifier::SecretBinding;
@@ -388,7 +389,11 @@ impl TokenServer {
         if claims.exp <= ts
             || claims.nbf.is_some_and(|nbf| nbf > ts + 60)
             || claims.iss != self.inner.config.issuer
-            || self.inner.state.revoked().contains(&claims.jti)
+            || self
+                .inner
+                .state
+                .revocations()
+                .is_revoked(&claims.client_id, &claims.jti, claims.iat)
         {
             return false;
         }
@@ -528,12 +533,17 @@ pub async fn revoke(State(server): State<TokenServer>, headers: HeaderMap, body:
             .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
         if let Some(claims) = server.inspect(&keys, token, Some(&caller))
             && claims.exp > now.timestamp()
-            && !server.inner.state.revoked().contains(&claims.jti)
         {
+            let token = Revoked {
+                client_id: &claims.client_id,
+                jti: &claims.jti,
+                iat: claims.iat,
+                exp: claims.exp,
+            };
             server
                 .inner
                 .revocations
-                .revoke(&claims.jti, claims.exp, now.timestamp())
+                .revoke(token, now.timestamp())
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "recording a revocation failed");
