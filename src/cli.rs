@@ -167,6 +167,20 @@ pub struct TokenServerOptions {
     /// Deadline for a whole request, body included.
     #[arg(long, env = "M2M_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration_flag)]
     pub request_timeout: std::time::Duration,
+
+    /// Revoked tokens kept one by one per client; beyond it, a client's next
+    /// revocation revokes every token it was issued up to the newest revoked one.
+    #[arg(long, env = "M2M_REVOCATION_QUOTA", default_value_t = crate::server::revocation::DEFAULT_QUOTA,
+          value_parser = parse_revocation_quota)]
+    pub revocation_quota: usize,
+}
+
+/// 1 to 10,000: a list of that many entries stays far below the ConfigMap limit.
+fn parse_revocation_quota(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("expected an integer from 1 to 10000".into()),
+    }
 }
 
 fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {

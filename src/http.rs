@@ -475,6 +475,7 @@ mod tests {
             max_connections: 100,
             header_read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
+            revocation_quota: crate::server::revocation::DEFAULT_QUOTA,
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {

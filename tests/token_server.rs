@@ -312,7 +312,9 @@ async fn oauth2_client_gets_a_verifiable_token_and_revocation_holds_across_repli
     f.inactive_everywhere(&c, &token, "revoked").await;
     let cm =
         f.ns.api::<ConfigMap>()
-            .get("m2m-revoked-tokens")
+            .get(&m2m_operator::server::revocation::list::config_map_name(
+                &c.id,
+            ))
             .await
             .unwrap();
     assert!(

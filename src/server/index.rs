@@ -11,6 +11,7 @@
 //! the credential spec, its ServiceAccount and the namespace's scope policy,
 //! and the client id is derived from the credential's UID.
 
+use super::revocation::Revocations;
 use crate::controller::keys::{KeysError, parse_key_secret};
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
@@ -19,10 +20,10 @@ use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, SecretVerifier, Servi
 use crate::signing::{KeyRing, KeyRingError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One credential as the token endpoint sees it.
 #[derive(Debug, Clone)]
@@ -263,59 +264,12 @@ impl KeyMaterial {
     }
 }
 
-/// Revoked token ids and their expiry (unix seconds).
-#[derive(Debug, Default, Clone)]
-pub struct RevocationList {
-    revoked: HashMap<String, i64>,
-}
-
-impl RevocationList {
-    /// Read the revocation ConfigMap (`<jti>: <exp>`); values that are not
-    /// integers were not written by the operator and are ignored.
-    pub fn from_config_map(cm: Option<&ConfigMap>) -> Self {
-        let revoked = cm
-            .and_then(|cm| cm.data.as_ref())
-            .map(|data| {
-                data.iter()
-                    .filter_map(|(jti, exp)| Some((jti.clone(), exp.trim().parse().ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self { revoked }
-    }
-
-    /// Whether `jti` was revoked.
-    pub fn contains(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
-    }
-
-    /// Entries whose token has expired at `now` (unix seconds): safe to drop.
-    pub fn expired(&self, now: i64) -> impl Iterator<Item = &str> {
-        self.revoked
-            .iter()
-            .filter(move |(_, exp)| **exp < now)
-            .map(|(jti, _)| jti.as_str())
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.revoked.len()
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.revoked.is_empty()
-    }
-}
-
 /// Everything the handlers read, swapped atomically by the watches.
 #[derive(Debug, Default)]
 pub struct TokenState {
     credentials: ArcSwap<CredentialIndex>,
     keys: ArcSwapOption<KeyMaterial>,
-    revoked: ArcSwap<RevocationList>,
-    /// Revocations made by this replica and not yet seen through the watch.
-    local_revoked: Mutex<HashMap<String, i64>>,
+    revocations: Revocations,
 }
 
 impl TokenState {
@@ -334,9 +288,9 @@ impl TokenState {
         self.keys.load_full()
     }
 
-    /// The current revocation list.
-    pub fn revoked(&self) -> Arc<RevocationList> {
-        self.revoked.load_full()
+    /// Revoked tokens (this replica's knowledge and the stored lists).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Replace the credential index.
@@ -347,29 +301,5 @@ impl TokenState {
     /// Replace (or clear) the keys.
     pub fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
-    }
-
-    /// Replace the revocation list with what the ConfigMap holds, keeping
-    /// this replica's own revocations until the watch shows them.
-    pub fn set_revocations(&self, mut list: RevocationList, now: i64) {
-        if let Ok(mut local) = self.local_revoked.lock() {
-            local.retain(|jti, exp| *exp >= now && !list.revoked.contains_key(jti));
-            for (jti, exp) in local.iter() {
-                list.revoked.insert(jti.clone(), *exp);
-            }
-        }
-        self.revoked.store(Arc::new(list));
-    }
-
-    /// Record a revocation made by this replica, effective immediately here.
-    pub fn revoke_locally(&self, jti: &str, exp: i64) {
-        if let Ok(mut local) = self.local_revoked.lock() {
-            local.insert(jti.to_owned(), exp);
-        }
-        self.revoked.rcu(|current| {
-            let mut next = RevocationList::clone(current);
-            next.revoked.insert(jti.to_owned(), exp);
-            next
-        });
     }
 }

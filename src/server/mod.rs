@@ -278,11 +278,13 @@ pub async fn run_token_server(
 ) -> Result<(), ServerError> {
     let config = ServerConfig::from_args(common, opts)?;
     let state = Arc::new(TokenState::new());
-    let revocations =
-        ConfigMapRevocations::new(client.clone(), &config.operator_namespace, state.clone());
-    if let Err(error) = revocations.ensure_exists().await {
-        tracing::warn!(%error, "could not create the revocation ConfigMap; will retry on first revocation");
-    }
+    let revocations = ConfigMapRevocations::new(
+        client.clone(),
+        &config.operator_namespace,
+        state.clone(),
+        opts.revocation_quota,
+    );
+    let repairs = tokio::spawn(revocations.clone().run_repairs());
     let watch_ready = watch::WatchReadiness {
         synced: readiness.flag("token-server-watches"),
         signing_key: readiness.flag("token-server-signing-key"),
@@ -301,6 +303,7 @@ pub async fn run_token_server(
     let server = TokenServer::new(config, state, metrics.clone(), Arc::new(revocations));
     let result = serve(router(server), opts, metrics, shutdown).await;
     watches.abort();
+    repairs.abort();
     result
 }
 

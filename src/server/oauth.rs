@@ -24,6 +24,7 @@ use super::TokenServer;
 use super::error::{OAuthError, no_store};
 use super::form::{AuthMethod, ClientCredentials, OAuthRequest};
 use super::index::{CredentialEntry, KeyMaterial};
+use super::revocation::Revoked;
 use crate::core::client_secret::is_well_formed;
 use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -405,7 +406,11 @@ impl TokenServer {
         if claims.exp <= ts
             || claims.nbf.is_some_and(|nbf| nbf > ts + 60)
             || claims.iss != self.inner.config.issuer
-            || self.inner.state.revoked().contains(&claims.jti)
+            || self
+                .inner
+                .state
+                .revocations()
+                .is_revoked(&claims.client_id, &claims.jti, claims.iat)
         {
             return false;
         }
@@ -600,12 +605,17 @@ pub async fn revoke(
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
     if let Some(claims) = server.inspect(&keys, token, Some(&caller))
         && claims.exp > now.timestamp()
-        && !server.inner.state.revoked().contains(&claims.jti)
     {
+        let token = Revoked {
+            client_id: &claims.client_id,
+            jti: &claims.jti,
+            iat: claims.iat,
+            exp: claims.exp,
+        };
         server
             .inner
             .revocations
-            .revoke(&claims.jti, claims.exp, now.timestamp())
+            .revoke(token, now.timestamp())
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "recording a revocation failed");

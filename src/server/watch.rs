@@ -10,8 +10,8 @@
 //! bursts of events are coalesced into one rebuild. Readiness: every watch
 //! has completed its initial list and a signing key is loaded.
 
-use super::index::{CredentialIndex, KeyMaterial, RevocationList, TokenState};
-use super::revocation::REVOCATION_CONFIGMAP_NAME;
+use super::index::{CredentialIndex, KeyMaterial, TokenState};
+use super::revocation::REVOCATION_SELECTOR;
 use crate::admin::ReadyFlag;
 use crate::controller::keys::KEY_SECRET_NAME;
 use crate::core::grant::ScopePolicy;
@@ -154,7 +154,7 @@ pub async fn run_watches(
                 w_revocations,
                 watcher(
                     Api::namespaced(client.clone(), ns),
-                    by_name(REVOCATION_CONFIGMAP_NAME),
+                    watcher::Config::default().labels(REVOCATION_SELECTOR),
                 ),
             )
             .default_backoff(),
@@ -216,11 +216,14 @@ pub async fn run_watches(
                 },
             }
         }
-        if dirty[Source::Revocations as usize] {
-            let list = RevocationList::from_config_map(
-                stores.revocations.state().first().map(|c| c.as_ref()),
+        // Entries are verified with the key: re-read them when it changes.
+        if dirty[Source::Revocations as usize] || dirty[Source::Keys as usize] {
+            let keys = state.keys();
+            state.revocations().observe(
+                stores.revocations.state().iter().map(|c| c.as_ref()),
+                keys.as_ref().map(|k| &k.verifier_key),
+                Utc::now().timestamp(),
             );
-            state.set_revocations(list, Utc::now().timestamp());
         }
         ready.synced.set(synced.iter().all(|s| *s));
         ready

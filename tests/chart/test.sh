@@ -347,14 +347,15 @@ if ((installed)); then
   denied "$TS" patch serviceaccounts.m2m.dev --subresource=status -n "$OTHER_NS"
   denied "$TS" patch namespaces
   # Token server: the revocation list only.
-  allowed "$TS" get configmaps/m2m-revoked-tokens -n "$NS"
-  allowed "$TS" patch configmaps/m2m-revoked-tokens -n "$NS"
+  # (one ConfigMap per client: not nameable in advance, so namespace-wide)
+  allowed "$TS" get configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" patch configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" delete configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" list configmaps -n "$NS"
   allowed "$TS" create configmaps -n "$NS"
-  denied "$TS" get configmaps/other -n "$NS"
-  denied "$TS" patch configmaps/other -n "$NS"
-  denied "$TS" list configmaps -n "$NS"
   denied "$TS" create configmaps -n "$OTHER_NS"
-  denied "$TS" get configmaps/m2m-revoked-tokens -n "$OTHER_NS"
+  denied "$TS" list configmaps -n "$OTHER_NS"
+  denied "$TS" get configmaps/m2m-revoked-tokens-0123 -n "$OTHER_NS"
   denied "$TS" create leases.coordination.k8s.io -n "$NS"
   denied "$TS" create pods -n "$NS"
 
@@ -463,7 +464,7 @@ metadata: { name: rbac-probe, namespace: $OTHER_NS }
 spec: { serviceAccountName: rbac-probe }
 YAML
   keys_watch="/api/v1/namespaces/$NS/secrets?fieldSelector=metadata.name%3Dm2m-operator-keys&watch=1&timeoutSeconds=1"
-  revoked_watch="/api/v1/namespaces/$NS/configmaps?fieldSelector=metadata.name%3Dm2m-revoked-tokens&watch=1&timeoutSeconds=1"
+  revoked_watch="/api/v1/namespaces/$NS/configmaps?labelSelector=m2m.dev%2Frevocation-list%3Dv2&watch=1&timeoutSeconds=1"
   all_watch="/api/v1/namespaces/$NS/secrets?watch=1&timeoutSeconds=1"
 
   as_sa "$TS_CFG" ok "token server reads its keys Secret" -n "$NS" get secret m2m-operator-keys
@@ -480,20 +481,22 @@ YAML
   as_sa "$TS_CFG" ok "token server lists M2MCredentials cluster-wide" get m2mcredentials.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists m2m.dev ServiceAccounts cluster-wide" get serviceaccounts.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists Namespaces" get namespaces
-  # Created the way the token server does it: server-side apply by name.
-  as_sa "$TS_CFG" ok "token server creates the revocation ConfigMap (server-side apply)" \
-    -n "$NS" apply --server-side --field-manager=m2m-operator -f - <<YAML
+  # Created and written the way the token server does it: create, then merge patches.
+  as_sa "$TS_CFG" ok "token server creates a revocation ConfigMap" \
+    -n "$NS" create -f - <<YAML
 apiVersion: v1
 kind: ConfigMap
 metadata:
-  name: m2m-revoked-tokens
-  labels: { app.kubernetes.io/managed-by: m2m-operator }
+  name: m2m-revoked-tokens-rbac-probe
+  labels: { app.kubernetes.io/managed-by: m2m-operator, m2m.dev/revocation-list: v2 }
 YAML
-  as_sa "$TS_CFG" ok "token server patches the revocation ConfigMap" \
-    -n "$NS" patch configmap m2m-revoked-tokens --type=merge -p '{"data":{"jti-1":"1999999999"}}'
-  as_sa "$TS_CFG" ok "token server watches the revocation ConfigMap by name" get --raw "$revoked_watch"
-  as_sa "$TS_CFG" forbidden "token server is refused other ConfigMaps" \
-    -n "$NS" get configmap kube-root-ca.crt
+  as_sa "$TS_CFG" ok "token server patches a revocation ConfigMap" \
+    -n "$NS" patch configmap m2m-revoked-tokens-rbac-probe --type=merge -p '{"data":{"jti-1":"1.1999999999.x"}}'
+  as_sa "$TS_CFG" ok "token server watches the revocation ConfigMaps by label" get --raw "$revoked_watch"
+  as_sa "$TS_CFG" ok "token server deletes an empty revocation ConfigMap" \
+    -n "$NS" delete configmap m2m-revoked-tokens-rbac-probe
+  as_sa "$TS_CFG" forbidden "token server is refused ConfigMaps in other namespaces" \
+    -n "$OTHER_NS" get configmaps
   as_sa "$TS_CFG" forbidden "token server is refused writing credential status" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=merge \
     -p '{"status":{"secretHint":"...evil"}}' --dry-run=server
@@ -562,7 +565,7 @@ if ((tokens)) && [[ -x "$BIN" ]]; then
   "$KUBECTL" create namespace "$APP_NS" >/dev/null
   # The RBAC fixtures above are not real keys: let the controller make its own.
   "$KUBECTL" -n "$NS" delete secret m2m-operator-keys --ignore-not-found >/dev/null
-  "$KUBECTL" -n "$NS" delete configmap m2m-revoked-tokens --ignore-not-found >/dev/null
+  "$KUBECTL" -n "$NS" delete configmap -l m2m.dev/revocation-list=v2 --ignore-not-found >/dev/null
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   TS_PORT="$(free_port)"; TS_ADMIN="$(free_port)"; CTRL_ADMIN="$(free_port)"
   ISSUER_URL="http://127.0.0.1:$TS_PORT"
@@ -599,8 +602,8 @@ YAML
     check "introspection says active" bash -c '[[ "$(curl -fsS -u "$1:$2" --data-urlencode "token=$3" "$4/oauth/introspect")" == *"\"active\":true"* ]]' _ "$cid" "$csec" "$at" "$ISSUER_URL"
     check "revocation succeeds (token server writes the revocation ConfigMap)" \
       curl -fsS -u "$cid:$csec" --data-urlencode "token=$at" "$ISSUER_URL/oauth/revoke"
-    check "the revoked token is recorded in m2m-revoked-tokens" \
-      wait_for bash -c '"$1" -n "$2" get configmap m2m-revoked-tokens -o json | grep -q "$3"' _ "$KUBECTL" "$NS" \
+    check "the revoked token is recorded in its client's revocation ConfigMap" \
+      wait_for bash -c '"$1" -n "$2" get configmap -l m2m.dev/revocation-list=v2 -o json | grep -q "$3"' _ "$KUBECTL" "$NS" \
       "$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4)))["jti"])' "$at")"
   fi
   stop_binaries
