@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
 
 /// The tracing target of audit lines.
@@ -132,6 +133,11 @@ pub struct Metrics {
     pub http_connections: Family<ListenerLabels, Gauge>,
     /// `m2m_http_connection_limit_reached_total{listener}`.
     pub http_connection_limit: Family<ListenerLabels, Counter>,
+    /// `m2m_token_server_state_age_seconds`: time since the token server's
+    /// watches last confirmed its state is current.
+    pub token_server_state_age: Gauge<f64, AtomicU64>,
+    /// `m2m_token_server_credentials`: credentials the token server serves.
+    pub token_server_credentials: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -193,9 +199,23 @@ impl Metrics {
             "Times a listener reached its connection limit and paused accepting",
             http_connection_limit.clone(),
         );
+        let token_server_state_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "token_server_state_age_seconds",
+            "Seconds since the token server's watches last confirmed the served state is current",
+            token_server_state_age.clone(),
+        );
+        let token_server_credentials = Gauge::default();
+        registry.register(
+            "token_server_credentials",
+            "Credentials in the token server's index",
+            token_server_credentials.clone(),
+        );
         Self {
             http_connections,
             http_connection_limit,
+            token_server_state_age,
+            token_server_credentials,
             token_requests,
             request_duration,
             reconcile_duration,
@@ -255,6 +275,16 @@ impl Metrics {
             .set(count);
     }
 
+    /// Set the age of the token server's state.
+    pub fn set_token_server_state_age(&self, seconds: f64) {
+        self.token_server_state_age.set(seconds);
+    }
+
+    /// Set the number of credentials the token server serves.
+    pub fn set_token_server_credentials(&self, count: i64) {
+        self.token_server_credentials.set(count);
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -274,6 +304,8 @@ mod tests {
         m.observe_request(Endpoint::token, "invalid_client", 0.0001);
         m.observe_reconcile("credential", 0.01, Some("ApplySecret"));
         m.set_credentials("ready", 3);
+        m.set_token_server_state_age(1.5);
+        m.set_token_server_credentials(7);
         let text = m.encode().unwrap();
         for needle in [
             "m2m_token_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
@@ -281,6 +313,8 @@ mod tests {
             "m2m_reconcile_duration_seconds_count{controller=\"credential\"} 1",
             "m2m_reconcile_errors_total{controller=\"credential\",reason=\"ApplySecret\"} 1",
             "m2m_credentials{state=\"ready\"} 3",
+            "m2m_token_server_state_age_seconds 1.5",
+            "m2m_token_server_credentials 7",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

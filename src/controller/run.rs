@@ -56,7 +56,9 @@ pub async fn run_controllers(
     };
     let key = first.verifier_key.clone();
 
-    let cfg = watcher::Config::default().any_semantic();
+    // Paginated lists (the default): with `any_semantic()` (resourceVersion=0)
+    // the apiserver ignores the page size and sends every object at once.
+    let cfg = watcher::Config::default();
     let ns_cfg = match &watch_ns {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
@@ -79,6 +81,7 @@ pub async fn run_controllers(
             cfg.clone(),
         )
         .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect_shared(cred_writer)
         .for_each(|_| future::ready(())),
         watcher(
@@ -86,10 +89,12 @@ pub async fn run_controllers(
             cfg.clone(),
         )
         .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect_shared(account_writer)
         .for_each(|_| future::ready(())),
         watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
             .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(ns_writer)
             .for_each(|_| future::ready(())),
     );

@@ -288,6 +288,8 @@ pub async fn run_token_server(
     let watch_ready = watch::WatchReadiness {
         synced: readiness.flag("token-server-watches"),
         signing_key: readiness.flag("token-server-signing-key"),
+        fresh: readiness.flag("token-server-state-fresh"),
+        metrics: metrics.clone(),
     };
     let watches = tokio::spawn(watch::run_watches(
         client,
