@@ -416,7 +416,23 @@ impl TokenServer {
         let Ok(grant) = entry.grant_at(now) else {
             return false;
         };
+        // Every audience of the token must still be allowed: removing an
+        // audience from the credential deactivates its tokens, as removing
+        // a scope does.
+        let default_audience = self.inner.config.default_audience.as_str();
+        let audience_allowed = |a: &str| {
+            if grant.audiences.is_empty() {
+                a == default_audience
+            } else {
+                grant.audiences.iter().any(|g| g == a)
+            }
+        };
+        let audiences_ok = match &claims.aud {
+            AudienceIn::One(a) => audience_allowed(a),
+            AudienceIn::Many(many) => !many.is_empty() && many.iter().all(|a| audience_allowed(a)),
+        };
         entry.subject == claims.sub
+            && audiences_ok
             && entry.accepts_version(&keys.verifier_key, claims.m2m_sv, now)
             && claims
                 .scope

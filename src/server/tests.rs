@@ -1181,3 +1181,34 @@ async fn authentication_does_equal_work_for_every_client_id() {
         assert_eq!(matched, what.ends_with("right"), "{what}");
     }
 }
+
+/// Removing an audience from a credential deactivates the tokens issued
+/// for it, as removing a scope does; tokens for the remaining audience stay.
+#[tokio::test]
+async fn tokens_for_a_removed_audience_introspect_inactive() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.credential(
+        "uploads",
+        M2MCredentialSpec {
+            service_account_name: "ci-bot".into(),
+            audiences: vec!["https://a.example".into(), "https://b.example".into()],
+            ..Default::default()
+        },
+    );
+    let both = world.access_token(&c).await;
+    let (status, _, body) = world.token(&c, "&audience=https%3A%2F%2Fa.example").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let only_a = body["access_token"].as_str().unwrap().to_owned();
+    let (_, _, body) = world.token(&c, "&audience=https%3A%2F%2Fb.example").await;
+    let only_b = body["access_token"].as_str().unwrap().to_owned();
+    assert!(world.active(&c, &both).await);
+    assert!(world.active(&c, &only_b).await);
+    world.cred_mut("uploads").spec.audiences = vec!["https://a.example".into()];
+    world.sync();
+    assert!(world.active(&c, &only_a).await);
+    assert!(!world.active(&c, &only_b).await, "removed audience");
+    assert!(
+        !world.active(&c, &both).await,
+        "one of its audiences was removed"
+    );
+}
