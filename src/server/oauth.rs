@@ -24,7 +24,7 @@ use super::TokenServer;
 use super::error::{OAuthError, no_store};
 use super::form::{AuthMethod, ClientCredentials, OAuthRequest};
 use super::index::{CredentialEntry, KeyMaterial};
-use crate::core::client_secret::is_well_formed;
+use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
 use crate::crd::SecretVerifier;
@@ -163,11 +163,18 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
     &UNKNOWN
 }
 
-fn audit_id(client_id: &str) -> &str {
-    match client_id.char_indices().nth(80) {
-        Some((i, _)) => &client_id[..i],
-        None => client_id,
+/// How a presented client id appears in logs: in full only when it is a
+/// known client id; anything else — a secret sent in its place (client_id
+/// and client_secret swapped), a typo, garbage — as a short hash, which
+/// still lets repeated attempts be correlated without revealing the value.
+fn loggable_client_id(presented: &str, known: bool) -> String {
+    if known && !presented.starts_with(SECRET_PREFIX) {
+        return presented.to_owned();
     }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(presented.as_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("unknown:sha256:{hex}")
 }
 
 impl TokenServer {
@@ -236,9 +243,10 @@ impl TokenServer {
         } = request;
         let refuse = |error: OAuthError| Refusal {
             error,
-            who: credentials
-                .as_ref()
-                .map(|c| Box::new(Who::unauthenticated(c))),
+            who: credentials.as_ref().map(|c| {
+                let known = self.inner.state.credentials().get(&c.client_id).is_some();
+                Box::new(Who::unauthenticated(c, known))
+            }),
         };
         match form.get("grant_type") {
             None => return Err(refuse(OAuthError::invalid_request("missing grant_type"))),
@@ -471,7 +479,7 @@ impl Refusal {
                 target: AUDIT_TARGET,
                 event = "token",
                 outcome = error.outcome(),
-                client_id = ?audit_id(&who.client_id),
+                client_id = %who.client_id,
                 namespace = who.namespace.as_deref(),
                 service_account = who.service_account.as_deref(),
                 reason = %error.description,
@@ -482,7 +490,8 @@ impl Refusal {
     }
 }
 
-/// Who a refused request was about, for the audit line.
+/// Who a refused request was about, for the audit line. `client_id` is
+/// already safe to log.
 struct Who {
     client_id: String,
     namespace: Option<String>,
@@ -490,9 +499,11 @@ struct Who {
 }
 
 impl Who {
-    fn unauthenticated(creds: &ClientCredentials) -> Self {
+    /// A client that did not authenticate: its presented id, logged in
+    /// full only if `known` ([`loggable_client_id`]).
+    fn unauthenticated(creds: &ClientCredentials, known: bool) -> Self {
         Self {
-            client_id: creds.client_id.clone(),
+            client_id: loggable_client_id(&creds.client_id, known),
             namespace: None,
             service_account: None,
         }

@@ -1212,3 +1212,65 @@ async fn tokens_for_a_removed_audience_introspect_inactive() {
         "one of its audiences was removed"
     );
 }
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A secret sent as the client id (id and secret swapped, in the form or
+/// in Basic) never reaches the audit log; unknown ids are logged as a
+/// short hash, known ids in full.
+#[tokio::test]
+async fn the_audit_log_never_shows_a_secret_as_client_id() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let swapped = Client {
+        id: c.secret.clone(),
+        secret: c.id.clone(),
+    };
+    assert_eq!(world.token(&swapped, "").await.0, StatusCode::UNAUTHORIZED);
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        c.secret, c.id
+    );
+    assert_eq!(
+        world.post("/oauth/token", &form, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A refusal after authentication, and a typo'd id.
+    assert_eq!(
+        world.token(&c, "&scope=nope").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let typo = Client {
+        id: format!("{}x", c.id),
+        secret: c.secret.clone(),
+    };
+    assert_eq!(world.token(&typo, "").await.0, StatusCode::UNAUTHORIZED);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(&c.secret[5..]), "secret in the log:\n{text}");
+    assert!(!text.contains(&typo.id), "unknown id in full:\n{text}");
+    assert_eq!(
+        text.matches("client_id=unknown:sha256:").count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains(&format!("client_id={}", c.id)), "{text}");
+}
