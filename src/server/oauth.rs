@@ -22,7 +22,7 @@
 
 use super::TokenServer;
 use super::error::{OAuthError, no_store};
-use super::form::{AuthMethod, ClientCredentials, OAuthRequest};
+use super::form::{AuthMethod, ClientCredentials, MAX_TOKEN_BYTES, OAuthRequest};
 use super::index::{CredentialEntry, KeyMaterial};
 use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
@@ -351,8 +351,24 @@ impl TokenServer {
     }
 
     /// The token response for a prepared token and its encoding, with the
-    /// audit line.
-    pub(crate) fn token_response(&self, issued: Issued, access_token: &str) -> Response {
+    /// audit line. A token over [`MAX_TOKEN_BYTES`] is refused: it could
+    /// not be introspected or revoked within the body limit.
+    pub(crate) fn token_response(
+        &self,
+        issued: Issued,
+        access_token: &str,
+    ) -> Result<Response, OAuthError> {
+        if access_token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal {
+                error: OAuthError::invalid_scope(format!(
+                    "the token would be {} bytes, over the limit of {MAX_TOKEN_BYTES}; \
+                     request fewer scopes or audiences",
+                    access_token.len()
+                )),
+                who: Some(Box::new(Who::of(&issued.entry))),
+            }
+            .audit());
+        }
         let Issued {
             scope,
             jti,
@@ -390,7 +406,7 @@ impl TokenServer {
             scope: &scope,
         })
         .unwrap_or_default();
-        json_response(StatusCode::OK, body)
+        Ok(json_response(StatusCode::OK, body))
     }
 
     /// The claims of `token` if its signature checks and it belongs to `caller`.
@@ -556,7 +572,7 @@ pub async fn token(
         tracing::error!(error = %e, "signing failed");
         OAuthError::unavailable("signing failed")
     })?;
-    Ok(server.token_response(issued, &token))
+    server.token_response(issued, &token)
 }
 
 /// `POST /oauth/introspect` (RFC 7662).
