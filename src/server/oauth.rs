@@ -670,8 +670,8 @@ pub async fn revoke(
     Ok(response)
 }
 
-/// `GET /.well-known/oauth-authorization-server` and
-/// `/.well-known/openid-configuration` (RFC 8414).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Only
+/// authorization-server metadata: no OpenID Provider fields.
 pub async fn metadata(State(server): State<TokenServer>) -> Response {
     let issuer = &server.inner.config.issuer;
     let algs: Vec<&str> = server
@@ -692,8 +692,6 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
     });
     (

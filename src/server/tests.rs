@@ -1037,10 +1037,17 @@ async fn introspection_and_revocation() {
 #[tokio::test]
 async fn discovery_documents_and_missing_keys() {
     let mut world = World::new(SigningAlg::Es256);
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    // Not an OpenID Provider: no discovery document strict OIDC clients
+    // would reject (it had an empty response_types_supported).
+    let (status, _, _) = world
+        .call(
+            Request::get("/.well-known/openid-configuration")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/.well-known/oauth-authorization-server"] {
         let (status, _, meta) = world
             .call(Request::get(path).body(Body::empty()).unwrap())
             .await;
@@ -1064,6 +1071,7 @@ async fn discovery_documents_and_missing_keys() {
             meta["token_endpoint_auth_methods_supported"],
             serde_json::json!(["client_secret_basic", "client_secret_post"])
         );
+        assert!(meta.get("id_token_signing_alg_values_supported").is_none());
     }
     let c = world.simple("uploads");
     world.state.set_keys(None);
