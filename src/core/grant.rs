@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// No access token lives longer than this.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `tokenTTL` (ServiceAccount or credential): shorter tokens would
+/// be expired, or nearly, when they arrive.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// One entry of a scope policy: an exact scope, a `prefix*` pattern
 /// (`repo:*` allows `repo:read`), or `*` for everything.
@@ -144,6 +147,17 @@ pub enum GrantError {
         /// The bound it broke.
         max: String,
     },
+    /// A `tokenTTL` is below [`MIN_TOKEN_TTL`]: its tokens would expire
+    /// before a client could use them (`expires_in` rounds to seconds).
+    #[error("{field} {value} is below the minimum of {min}")]
+    TokenTTLTooShort {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The bound it broke.
+        min: String,
+    },
     /// `spec.expiresAt` has passed.
     #[error("the credential expired at {0}")]
     Expired(DateTime<Utc>),
@@ -160,6 +174,7 @@ impl GrantError {
             Self::ScopesOutsideServiceAccount { .. } => "ScopesOutsideServiceAccount",
             Self::InvalidTokenTTL { .. } => "InvalidTokenTTL",
             Self::TokenTTLTooLong { .. } => "TokenTTLTooLong",
+            Self::TokenTTLTooShort { .. } => "TokenTTLTooShort",
             Self::Expired(_) => "Expired",
         }
     }
@@ -189,8 +204,17 @@ pub struct Grant {
 
 fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
     match parse_duration(value) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(GrantError::InvalidTokenTTL {
+        Ok(d) if d.is_zero() => Err(GrantError::InvalidTokenTTL {
+            field,
+            value: value.to_owned(),
+        }),
+        Ok(d) if d < MIN_TOKEN_TTL => Err(GrantError::TokenTTLTooShort {
+            field,
+            value: value.to_owned(),
+            min: crate::core::duration::format_duration(MIN_TOKEN_TTL),
+        }),
+        Ok(d) => Ok(d),
+        Err(_) => Err(GrantError::InvalidTokenTTL {
             field,
             value: value.to_owned(),
         }),
@@ -503,6 +527,33 @@ mod tests {
         };
         let g = resolve_grant(&c, Some(&acc), Ok(&all), now()).unwrap();
         assert_eq!(g.token_ttl, Duration::from_secs(900));
+    }
+
+    /// `tokenTTL: 500ms` issued already-expired tokens (`expires_in: 0`).
+    #[test]
+    fn ttls_below_one_minute_are_refused_with_a_precise_reason() {
+        let all = ScopePolicy::allow_all();
+        for ttl in ["500ms", "1s", "59s"] {
+            let c = M2MCredentialSpec {
+                token_ttl: Some(ttl.into()),
+                ..cred(&[])
+            };
+            let e = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap_err();
+            assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
+            assert!(e.to_string().contains("below the minimum of 1m"), "{e}");
+            let acc = ServiceAccountSpec {
+                token_ttl: Some(ttl.into()),
+                ..account(&["a"])
+            };
+            let e = resolve_grant(&cred(&[]), Some(&acc), Ok(&all), now()).unwrap_err();
+            assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
+        }
+        let c = M2MCredentialSpec {
+            token_ttl: Some("1m".into()),
+            ..cred(&[])
+        };
+        let g = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap();
+        assert_eq!(g.token_ttl, MIN_TOKEN_TTL);
     }
 
     #[test]

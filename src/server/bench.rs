@@ -141,7 +141,7 @@ async fn token_unsigned(
 ) -> Result<Response, OAuthError> {
     let issued = server.prepare_token(request).map_err(Refusal::audit)?;
     let token = URL_SAFE_NO_PAD.encode(&issued.claims_json);
-    Ok(server.token_response(issued, &token))
+    server.token_response(issued, &token)
 }
 
 /// The production routes plus `/bench/token-unsigned`, behind the same layers.

@@ -166,7 +166,9 @@ pub fn router(server: TokenServer) -> Router {
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
         )
-        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        // No /.well-known/openid-configuration: this is no OpenID Provider
+        // (no authorization endpoint, no ID tokens), and a document there
+        // that strict OIDC discovery clients reject is worse than a 404.
         .route("/.well-known/jwks.json", get(oauth::jwks))
         // A wrong method is a malformed request too: an RFC 6749 JSON error
         // (with the Allow header axum adds), not an empty 405.

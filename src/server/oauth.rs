@@ -22,10 +22,10 @@
 
 use super::TokenServer;
 use super::error::{OAuthError, no_store};
-use super::form::{AuthMethod, ClientCredentials, OAuthRequest};
+use super::form::{AuthMethod, ClientCredentials, MAX_TOKEN_BYTES, OAuthRequest};
 use super::index::{CredentialEntry, KeyMaterial};
 use super::revocation::Revoked;
-use crate::core::client_secret::is_well_formed;
+use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
 use crate::crd::SecretVerifier;
@@ -164,11 +164,18 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
     &UNKNOWN
 }
 
-fn audit_id(client_id: &str) -> &str {
-    match client_id.char_indices().nth(80) {
-        Some((i, _)) => &client_id[..i],
-        None => client_id,
+/// How a presented client id appears in logs: in full only when it is a
+/// known client id; anything else — a secret sent in its place (client_id
+/// and client_secret swapped), a typo, garbage — as a short hash, which
+/// still lets repeated attempts be correlated without revealing the value.
+fn loggable_client_id(presented: &str, known: bool) -> String {
+    if known && !presented.starts_with(SECRET_PREFIX) {
+        return presented.to_owned();
     }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(presented.as_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("unknown:sha256:{hex}")
 }
 
 impl TokenServer {
@@ -237,9 +244,10 @@ impl TokenServer {
         } = request;
         let refuse = |error: OAuthError| Refusal {
             error,
-            who: credentials
-                .as_ref()
-                .map(|c| Box::new(Who::unauthenticated(c))),
+            who: credentials.as_ref().map(|c| {
+                let known = self.inner.state.credentials().get(&c.client_id).is_some();
+                Box::new(Who::unauthenticated(c, known))
+            }),
         };
         match form.get("grant_type") {
             None => return Err(refuse(OAuthError::invalid_request("missing grant_type"))),
@@ -344,8 +352,24 @@ impl TokenServer {
     }
 
     /// The token response for a prepared token and its encoding, with the
-    /// audit line.
-    pub(crate) fn token_response(&self, issued: Issued, access_token: &str) -> Response {
+    /// audit line. A token over [`MAX_TOKEN_BYTES`] is refused: it could
+    /// not be introspected or revoked within the body limit.
+    pub(crate) fn token_response(
+        &self,
+        issued: Issued,
+        access_token: &str,
+    ) -> Result<Response, OAuthError> {
+        if access_token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal {
+                error: OAuthError::invalid_scope(format!(
+                    "the token would be {} bytes, over the limit of {MAX_TOKEN_BYTES}; \
+                     request fewer scopes or audiences",
+                    access_token.len()
+                )),
+                who: Some(Box::new(Who::of(&issued.entry))),
+            }
+            .audit());
+        }
         let Issued {
             scope,
             jti,
@@ -383,7 +407,7 @@ impl TokenServer {
             scope: &scope,
         })
         .unwrap_or_default();
-        json_response(StatusCode::OK, body)
+        Ok(json_response(StatusCode::OK, body))
     }
 
     /// The claims of `token` if its signature checks and it belongs to `caller`.
@@ -421,7 +445,23 @@ impl TokenServer {
         let Ok(grant) = entry.grant_at(now) else {
             return false;
         };
+        // Every audience of the token must still be allowed: removing an
+        // audience from the credential deactivates its tokens, as removing
+        // a scope does.
+        let default_audience = self.inner.config.default_audience.as_str();
+        let audience_allowed = |a: &str| {
+            if grant.audiences.is_empty() {
+                a == default_audience
+            } else {
+                grant.audiences.iter().any(|g| g == a)
+            }
+        };
+        let audiences_ok = match &claims.aud {
+            AudienceIn::One(a) => audience_allowed(a),
+            AudienceIn::Many(many) => !many.is_empty() && many.iter().all(|a| audience_allowed(a)),
+        };
         entry.subject == claims.sub
+            && audiences_ok
             && entry.accepts_version(&keys.verifier_key, claims.m2m_sv, now)
             && claims
                 .scope
@@ -460,7 +500,7 @@ impl Refusal {
                 target: AUDIT_TARGET,
                 event = "token",
                 outcome = error.outcome(),
-                client_id = ?audit_id(&who.client_id),
+                client_id = %who.client_id,
                 namespace = who.namespace.as_deref(),
                 service_account = who.service_account.as_deref(),
                 reason = %error.description,
@@ -471,7 +511,8 @@ impl Refusal {
     }
 }
 
-/// Who a refused request was about, for the audit line.
+/// Who a refused request was about, for the audit line. `client_id` is
+/// already safe to log.
 struct Who {
     client_id: String,
     namespace: Option<String>,
@@ -479,9 +520,11 @@ struct Who {
 }
 
 impl Who {
-    fn unauthenticated(creds: &ClientCredentials) -> Self {
+    /// A client that did not authenticate: its presented id, logged in
+    /// full only if `known` ([`loggable_client_id`]).
+    fn unauthenticated(creds: &ClientCredentials, known: bool) -> Self {
         Self {
-            client_id: creds.client_id.clone(),
+            client_id: loggable_client_id(&creds.client_id, known),
             namespace: None,
             service_account: None,
         }
@@ -534,7 +577,7 @@ pub async fn token(
         tracing::error!(error = %e, "signing failed");
         OAuthError::unavailable("signing failed")
     })?;
-    Ok(server.token_response(issued, &token))
+    server.token_response(issued, &token)
 }
 
 /// `POST /oauth/introspect` (RFC 7662).
@@ -637,8 +680,8 @@ pub async fn revoke(
     Ok(response)
 }
 
-/// `GET /.well-known/oauth-authorization-server` and
-/// `/.well-known/openid-configuration` (RFC 8414).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Only
+/// authorization-server metadata: no OpenID Provider fields.
 pub async fn metadata(State(server): State<TokenServer>) -> Response {
     let issuer = &server.inner.config.issuer;
     let algs: Vec<&str> = server
@@ -659,8 +702,6 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "token_endpoint_auth_methods_supported": auth_methods,
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
     });
     (

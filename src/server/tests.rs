@@ -1037,10 +1037,17 @@ async fn introspection_and_revocation() {
 #[tokio::test]
 async fn discovery_documents_and_missing_keys() {
     let mut world = World::new(SigningAlg::Es256);
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    // Not an OpenID Provider: no discovery document strict OIDC clients
+    // would reject (it had an empty response_types_supported).
+    let (status, _, _) = world
+        .call(
+            Request::get("/.well-known/openid-configuration")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/.well-known/oauth-authorization-server"] {
         let (status, _, meta) = world
             .call(Request::get(path).body(Body::empty()).unwrap())
             .await;
@@ -1064,6 +1071,7 @@ async fn discovery_documents_and_missing_keys() {
             meta["token_endpoint_auth_methods_supported"],
             serde_json::json!(["client_secret_basic", "client_secret_post"])
         );
+        assert!(meta.get("id_token_signing_alg_values_supported").is_none());
     }
     let c = world.simple("uploads");
     world.state.set_keys(None);
@@ -1180,4 +1188,157 @@ async fn authentication_does_equal_work_for_every_client_id() {
         assert_eq!(macs, expected, "{what}");
         assert_eq!(matched, what.ends_with("right"), "{what}");
     }
+}
+
+/// Removing an audience from a credential deactivates the tokens issued
+/// for it, as removing a scope does; tokens for the remaining audience stay.
+#[tokio::test]
+async fn tokens_for_a_removed_audience_introspect_inactive() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.credential(
+        "uploads",
+        M2MCredentialSpec {
+            service_account_name: "ci-bot".into(),
+            audiences: vec!["https://a.example".into(), "https://b.example".into()],
+            ..Default::default()
+        },
+    );
+    let both = world.access_token(&c).await;
+    let (status, _, body) = world.token(&c, "&audience=https%3A%2F%2Fa.example").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let only_a = body["access_token"].as_str().unwrap().to_owned();
+    let (_, _, body) = world.token(&c, "&audience=https%3A%2F%2Fb.example").await;
+    let only_b = body["access_token"].as_str().unwrap().to_owned();
+    assert!(world.active(&c, &both).await);
+    assert!(world.active(&c, &only_b).await);
+    world.cred_mut("uploads").spec.audiences = vec!["https://a.example".into()];
+    world.sync();
+    assert!(world.active(&c, &only_a).await);
+    assert!(!world.active(&c, &only_b).await, "removed audience");
+    assert!(
+        !world.active(&c, &both).await,
+        "one of its audiences was removed"
+    );
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A secret sent as the client id (id and secret swapped, in the form or
+/// in Basic) never reaches the audit log; unknown ids are logged as a
+/// short hash, known ids in full.
+#[tokio::test]
+async fn the_audit_log_never_shows_a_secret_as_client_id() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let swapped = Client {
+        id: c.secret.clone(),
+        secret: c.id.clone(),
+    };
+    assert_eq!(world.token(&swapped, "").await.0, StatusCode::UNAUTHORIZED);
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        c.secret, c.id
+    );
+    assert_eq!(
+        world.post("/oauth/token", &form, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A refusal after authentication, and a typo'd id.
+    assert_eq!(
+        world.token(&c, "&scope=nope").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let typo = Client {
+        id: format!("{}x", c.id),
+        secret: c.secret.clone(),
+    };
+    assert_eq!(world.token(&typo, "").await.0, StatusCode::UNAUTHORIZED);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(&c.secret[5..]), "secret in the log:\n{text}");
+    assert!(!text.contains(&typo.id), "unknown id in full:\n{text}");
+    assert_eq!(
+        text.matches("client_id=unknown:sha256:").count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains(&format!("client_id={}", c.id)), "{text}");
+}
+
+/// Whatever can be issued can be introspected and revoked: a token of 40
+/// long scopes (14 KB) used to be issued and then be refused by the 8 KiB
+/// body limit of introspection and revocation.
+#[tokio::test]
+async fn every_issued_token_fits_introspection_and_revocation() {
+    let mut world = World::new(SigningAlg::Es256);
+    let scopes: Vec<String> = (0..40)
+        .map(|i| format!("scope-{i:02}:{}", "x".repeat(300)))
+        .collect();
+    let refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    world.account("wide", &refs);
+    let c = world.credential(
+        "wide",
+        M2MCredentialSpec {
+            service_account_name: "wide".into(),
+            ..Default::default()
+        },
+    );
+    // All 40 (the default) is too large to issue.
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+    );
+    // The largest token that is issued introspects and revokes, with the
+    // client authenticating in the body (the largest request form).
+    let mut largest = None;
+    for n in 1..=40 {
+        let (status, _, body) = world
+            .token(&c, &format!("&scope={}", scopes[..n].join("+")))
+            .await;
+        if status != StatusCode::OK {
+            assert_eq!(body["error"], "invalid_scope", "{body}");
+            break;
+        }
+        largest = Some(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let token = largest.expect("some token is issued");
+    assert!(token.len() > 5000, "{}", token.len());
+    let auth = format!("&client_id={}&client_secret={}", c.id, c.secret);
+    let (status, _, body) = world
+        .post(
+            "/oauth/introspect",
+            &format!("token={token}&token_type_hint=access_token{auth}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active"], true);
+    let (status, _, body) = world
+        .post(
+            "/oauth/revoke",
+            &format!("token={token}&token_type_hint=access_token{auth}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!world.active(&c, &token).await);
 }

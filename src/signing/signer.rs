@@ -201,8 +201,10 @@ impl TokenSigner {
                 let s = k
                     .sign(&SystemRandom::new(), message)
                     .map_err(|_| failed())?;
+                let mut fixed: [u8; 64] = s.as_ref().try_into().map_err(|_| failed())?;
+                to_low_s(&mut fixed);
                 out.push('.');
-                URL_SAFE_NO_PAD.encode_string(s.as_ref(), &mut out);
+                URL_SAFE_NO_PAD.encode_string(fixed, &mut out);
             }
             PrivateKey::EdDsa(k) => {
                 let s = k.sign(message);
@@ -226,6 +228,37 @@ impl TokenSigner {
     }
 }
 
+/// The order n of P-256, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+/// ⌊n / 2⌋: an ECDSA `s` above it is the "high" twin of a valid signature.
+const P256_HALF_N: [u8; 32] = [
+    0x7f, 0xff, 0xff, 0xff, 0x80, 0x00, 0x00, 0x00, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xde, 0x73, 0x7d, 0x56, 0xd3, 0x8b, 0xcf, 0x42, 0x79, 0xdc, 0xe5, 0x61, 0x7e, 0x31, 0x92, 0xa8,
+];
+
+/// Whether a fixed-size (r ‖ s) P-256 signature has s ≤ n/2. Big-endian
+/// byte strings of equal length compare like the numbers they encode.
+fn is_low_s(signature: &[u8]) -> bool {
+    signature.len() == 64 && signature[32..] <= P256_HALF_N[..]
+}
+
+/// Replace s by n − s when s > n/2: (r, s) and (r, n − s) both verify, and
+/// only the low one is accepted, so each token has one encoding.
+fn to_low_s(signature: &mut [u8; 64]) {
+    if is_low_s(signature) {
+        return;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_N[i]) - i16::from(signature[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        signature[32 + i] = (d + (borrow << 8)) as u8;
+    }
+}
+
 struct PublicKey {
     alg: SigningAlg,
     bytes: Vec<u8>,
@@ -233,6 +266,11 @@ struct PublicKey {
 
 impl PublicKey {
     fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        // ECDSA is malleable: refuse the high-S twin of a signature, so a
+        // token cannot be re-encoded into a second valid string.
+        if self.alg == SigningAlg::Es256 && !is_low_s(signature) {
+            return false;
+        }
         let params: &dyn sig::VerificationAlgorithm = match self.alg {
             SigningAlg::Es256 => &sig::ECDSA_P256_SHA256_FIXED,
             SigningAlg::EdDsa => &sig::ED25519,
@@ -404,6 +442,32 @@ mod tests {
             assert!(ring.verify(&tampered).is_none(), "{alg:?}");
             assert!(ring.verify("a.b.c").is_none());
             assert!(ring.verify("").is_none());
+        }
+    }
+
+    /// (r, n − s) verifies as ECDSA too; only the low-S form is accepted,
+    /// and every token we sign is in that form.
+    #[test]
+    fn high_s_ecdsa_signatures_are_refused() {
+        let (_, ring) = ring(SigningAlg::Es256);
+        let signer = ring.active().unwrap();
+        for i in 0..32 {
+            let token = signer.sign(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap();
+            let (message, sig_b64) = token.rsplit_once('.').unwrap();
+            let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig_b64).unwrap().try_into().unwrap();
+            assert!(is_low_s(&sig), "signed with high S");
+            assert!(ring.verify(&token).is_some());
+            // The twin (r, n − s).
+            let mut twin = sig;
+            let mut borrow = 0i16;
+            for j in (0..32).rev() {
+                let d = i16::from(P256_N[j]) - i16::from(sig[32 + j]) - borrow;
+                borrow = i16::from(d < 0);
+                twin[32 + j] = (d + (borrow << 8)) as u8;
+            }
+            assert_ne!(twin, sig);
+            let twin_token = format!("{message}.{}", URL_SAFE_NO_PAD.encode(twin));
+            assert!(ring.verify(&twin_token).is_none(), "high-S twin accepted");
         }
     }
 
