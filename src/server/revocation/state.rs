@@ -148,11 +148,10 @@ impl Revocations {
                 first_seen.insert(id, seen);
             }
         }
+        // Without the key everything looks unsealed: remember nothing as
+        // first seen, so entries are judged (and reported) once it loads.
         if key.is_some() {
             inner.first_seen = first_seen;
-        } else {
-            // Without the key everything looks unsealed: remember nothing as first seen.
-            inner.first_seen.extend(first_seen);
         }
         inner.stored = stored;
         self.rebuild(&mut inner, now);
