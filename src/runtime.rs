@@ -5,9 +5,10 @@
 use crate::admin::{self, AdminState, Readiness};
 use crate::cli::{CommonArgs, ControllerArgs, ControllerOptions, RunArgs};
 use crate::controller::ControllerConfig;
-use crate::controller::keys::KeySecretConfig;
 use crate::controller::run::run_with_leader_election;
+use crate::core::duration::parse_duration;
 use crate::core::grant::ScopePolicy;
+use crate::signing::store::KeySecretConfig;
 use crate::telemetry::{Metrics, init_logging};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -32,6 +33,25 @@ pub fn controller_config(
         issuer,
         default_policy,
     })
+}
+
+/// Key Secret configuration from flags; refuses a rotation age that is not
+/// a positive duration.
+pub fn key_secret_config(
+    common: &CommonArgs,
+    opts: &ControllerOptions,
+) -> anyhow::Result<KeySecretConfig> {
+    let rotation = &opts.signing_key_rotation;
+    let rotate_every = parse_duration(rotation)
+        .map_err(|e| anyhow::anyhow!("--signing-key-rotation {rotation:?}: {e}"))?;
+    if rotate_every.is_zero() {
+        anyhow::bail!("--signing-key-rotation {rotation:?} is not a positive duration");
+    }
+    Ok(KeySecretConfig::new(
+        common.namespace(),
+        opts.signing_alg,
+        rotate_every,
+    ))
 }
 
 struct Process {
@@ -71,7 +91,7 @@ async fn finish(process: Process) {
 /// `m2m-operator controller`.
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let config = controller_config(&args.common, &args.controller)?;
-    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
+    let keys = key_secret_config(&args.common, &args.controller)?;
     let p = start(&args.common).await?;
     let result = controller(&p, config, keys, &args.controller.lease_name).await;
     finish(p).await;
@@ -99,7 +119,7 @@ async fn controller(
 /// `m2m-operator run`: the controller and the token server in one process.
 pub async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let config = controller_config(&args.common, &args.controller)?;
-    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
+    let keys = key_secret_config(&args.common, &args.controller)?;
     let p = start(&args.common).await?;
     let controller = controller(&p, config, keys, &args.controller.lease_name);
     let server = crate::server::run_token_server(

@@ -5,9 +5,7 @@
 //! recoverable: the Secret's HMAC annotations prove it was our write, so the
 //! next reconcile adopts it instead of treating it as tampering.
 
-use super::secret::{
-    self, AuthenticSecret, FIELD_MANAGER, ObservedSecret, SecretContents, build_secret,
-};
+use super::secret::{self, AuthenticSecret, ObservedSecret, SecretContents, build_secret};
 use super::{Context, Error, failpoint, kube_err};
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::duration::parse_duration;
@@ -20,6 +18,7 @@ use crate::crd::{
     Condition, ConditionStatus, M2MCredential, M2MCredentialStatus, ROTATE_ANNOTATION,
     SecretVerifier, set_condition,
 };
+use crate::labels::FIELD_MANAGER;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};

@@ -10,8 +10,9 @@ pub mod secret;
 pub mod service_account;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::core::policy::namespace_policy;
 use crate::core::verifier::VerifierKey;
-use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, ServiceAccount};
+use crate::crd::{M2MCredential, ServiceAccount};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -115,15 +116,10 @@ impl Context {
     /// The scope policy of `namespace`: its annotation, else the default.
     pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
         let ns = self.namespaces.get(&ObjectRef::new(namespace));
-        match ns.as_ref().and_then(|n| {
-            n.metadata
-                .annotations
-                .as_ref()?
-                .get(ALLOWED_SCOPES_ANNOTATION)
-        }) {
-            Some(annotation) => ScopePolicy::parse(annotation),
-            None => self.config.default_policy.clone(),
-        }
+        namespace_policy(
+            ns.as_ref().map(|n| &n.metadata),
+            &self.config.default_policy,
+        )
     }
 
     /// Publish an event about `obj`; failures are logged, never fatal.

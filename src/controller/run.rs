@@ -4,10 +4,11 @@
 //! what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
-use super::keys::{KeySecretConfig, reconcile_keys};
+use super::keys::reconcile_keys;
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
 use crate::crd::{M2MCredential, ServiceAccount};
+use crate::signing::store::KeySecretConfig;
 use crate::telemetry::Metrics;
 use chrono::Utc;
 use futures::{FutureExt, StreamExt, future};

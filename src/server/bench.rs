@@ -10,7 +10,6 @@ use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router};
 use crate::cli::{BenchServerArgs, SigningAlg};
-use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -19,6 +18,8 @@ use crate::crd::{
     ServiceAccountSpec,
 };
 use crate::signing::KeySet;
+use crate::signing::keyset::next_key_set;
+use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::{Metrics, init_logging};
 use axum::Router;
 use axum::body::Body;

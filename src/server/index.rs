@@ -11,11 +11,12 @@
 //! the credential spec, its ServiceAccount and the namespace's scope policy,
 //! and the client id is derived from the credential's UID.
 
-use crate::controller::keys::{KeysError, parse_key_secret};
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
+use crate::core::policy::annotated_policy;
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
-use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, SecretVerifier, ServiceAccount};
+use crate::crd::{M2MCredential, SecretVerifier, ServiceAccount};
+use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
@@ -103,11 +104,7 @@ fn namespace_policies<'a>(
 ) -> HashMap<&'a str, Result<ScopePolicy, ScopePolicyError>> {
     namespaces
         .into_iter()
-        .filter_map(|meta| {
-            let name = meta.name.as_deref()?;
-            let value = meta.annotations.as_ref()?.get(ALLOWED_SCOPES_ANNOTATION)?;
-            Some((name, ScopePolicy::parse(value)))
-        })
+        .filter_map(|meta| Some((meta.name.as_deref()?, annotated_policy(meta)?)))
         .collect()
 }
 
@@ -226,7 +223,7 @@ pub struct KeyMaterial {
 pub enum KeyMaterialError {
     /// The Secret's content.
     #[error(transparent)]
-    Secret(#[from] KeysError),
+    Secret(#[from] KeySecretError),
     /// The signing keys.
     #[error(transparent)]
     Ring(#[from] KeyRingError),

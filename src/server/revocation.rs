@@ -15,7 +15,7 @@
 //! `temporarily_unavailable` rather than pretending.
 
 use super::index::TokenState;
-use crate::controller::keys::{FIELD_MANAGER, MANAGED_BY};
+use crate::labels::{FIELD_MANAGER, MANAGED_BY};
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};

@@ -13,9 +13,9 @@
 use super::index::{CredentialIndex, KeyMaterial, RevocationList, TokenState};
 use super::revocation::REVOCATION_CONFIGMAP_NAME;
 use crate::admin::ReadyFlag;
-use crate::controller::keys::KEY_SECRET_NAME;
 use crate::core::grant::ScopePolicy;
 use crate::crd::{M2MCredential, ServiceAccount};
+use crate::signing::store::KEY_SECRET_NAME;
 use chrono::Utc;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};

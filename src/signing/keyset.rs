@@ -352,6 +352,25 @@ pub fn apply_plan(
     }
 }
 
+/// The key set after applying what is due at `now` (a rotation, pruning),
+/// or `None` when nothing is due. Pure apart from key generation.
+pub fn next_key_set(
+    set: &KeySet,
+    policy: &KeyPolicy,
+    now: DateTime<Utc>,
+) -> Result<Option<(KeyPlan, KeySet)>, KeySetError> {
+    let plan = plan(set, policy, now);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let new_key = match &plan.rotate {
+        Some(_) => Some(generate_key(policy.alg, now)?),
+        None => None,
+    };
+    let next = apply_plan(set, &plan, new_key, now);
+    Ok(Some((plan, next)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +501,42 @@ mod tests {
         assert!(KeySet::from_json(b"nope").is_err());
         let ed = generate_key(SigningAlg::EdDsa, at(0)).unwrap();
         assert_eq!(ed.private_key_pkcs8.len(), 48, "PKCS#8 v1 Ed25519");
+    }
+
+    #[test]
+    fn nothing_is_written_when_nothing_is_due() {
+        let policy = KeyPolicy {
+            alg: SigningAlg::Es256,
+            rotate_every: Duration::from_secs(10 * 3600),
+        };
+        let (_, set) = next_key_set(&KeySet::default(), &policy, at(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert!(next_key_set(&set, &policy, at(9)).unwrap().is_none());
+        let (plan, rotated) = next_key_set(&set, &policy, at(10)).unwrap().unwrap();
+        assert_eq!(plan.rotate.unwrap().reason(), "KeyExpired");
+        assert_eq!(rotated.keys.len(), 2);
+        assert!(next_key_set(&rotated, &policy, at(19)).unwrap().is_none());
+        let (plan, twice) = next_key_set(&rotated, &policy, at(20)).unwrap().unwrap();
+        assert!(plan.rotate.is_some(), "the second key is due at 20h");
+        assert!(
+            plan.prune.is_empty(),
+            "the first key is published until 34h05m"
+        );
+        assert_eq!(twice.keys.len(), 3);
+        let first = set.keys[0].kid.clone();
+        assert!(next_key_set(&twice, &policy, at(29)).unwrap().is_none());
+        assert_eq!(next_due(&twice, &policy), Some(at(30)));
+        let late = at(34) + chrono::Duration::minutes(5);
+        let (plan, pruned) = next_key_set(&twice, &policy, late).unwrap().unwrap();
+        assert_eq!(plan.prune, vec![first]);
+        assert_eq!(pruned.keys.len(), 3, "pruned one, rotated the active one");
+        let policy_rs = KeyPolicy {
+            alg: SigningAlg::EdDsa,
+            ..policy
+        };
+        let (plan, _) = next_key_set(&set, &policy_rs, at(1)).unwrap().unwrap();
+        assert_eq!(plan.rotate.unwrap().reason(), "AlgorithmChanged");
     }
 }

@@ -7,9 +7,11 @@
 //! - [`keyset`]: the stored format and the pure rotation decisions.
 //! - [`signer`]: parsed keys that sign and verify access tokens; built once
 //!   per key, never per request.
+//! - [`store`]: the operator's key Secret: name, data keys, builder and parser.
 
 pub mod keyset;
 pub mod signer;
+pub mod store;
 
 pub use keyset::{
     KeyPolicy, KeySet, KeySetError, RotationReason, SigningKeyRecord, generate_key, publication_end,
