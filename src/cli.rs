@@ -1,6 +1,7 @@
 //! Command-line interface: one binary, four subcommands. Every flag has an
 //! environment fallback so the Helm chart can configure it either way.
 
+use crate::signing::SigningAlg;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,19 +60,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// JWT signing algorithm of the keys the controller generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum SigningAlg {
-    /// ECDSA P-256 with SHA-256.
-    #[default]
-    #[value(name = "ES256")]
-    Es256,
-    /// Ed25519.
-    #[value(name = "EdDSA")]
-    EdDsa,
-    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
-    #[value(name = "RS256")]
-    Rs256,
+/// `--signing-alg` takes the JOSE names (`ES256`, `EdDSA`, `RS256`).
+impl ValueEnum for SigningAlg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 /// Flags every long-running subcommand takes.

@@ -9,7 +9,7 @@
 use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router};
-use crate::cli::{BenchServerArgs, SigningAlg};
+use crate::cli::BenchServerArgs;
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -18,6 +18,7 @@ use crate::crd::{
     ServiceAccountSpec,
 };
 use crate::signing::KeySet;
+use crate::signing::SigningAlg;
 use crate::signing::keyset::next_key_set;
 use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::{Metrics, init_logging};

@@ -14,7 +14,8 @@
 //! still published (it may have signed tokens that have not expired) until
 //! `retiredAt + 24h` (the longest token lifetime) plus [`PUBLICATION_SKEW`].
 
-use crate::cli::SigningAlg;
+use super::algorithm::SigningAlg;
+use super::crypto::{CryptoError, generate_pkcs8, thumbprint};
 use crate::core::grant::MAX_TOKEN_TTL;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,24 +40,13 @@ pub enum KeySetError {
     /// Serialising the key set failed.
     #[error("serialising signing-keys.json failed")]
     Serialize(#[source] serde_json::Error),
-    /// The crypto library could not generate a key.
-    #[error("generating a {0} signing key failed")]
-    Generate(&'static str),
-    /// A stored private key does not parse for its algorithm.
-    #[error("signing key {kid:?} ({alg}) is not a valid PKCS#8 key")]
-    InvalidKey {
-        /// Its key id.
-        kid: String,
-        /// Its algorithm.
-        alg: &'static str,
-    },
-    /// The RFC 7638 thumbprint could not be computed.
-    #[error("computing the key id failed")]
-    Thumbprint(#[source] jsonwebtoken::errors::Error),
+    /// A key could not be generated, parsed or named.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
 }
 
 mod alg_serde {
-    use crate::cli::SigningAlg;
+    use crate::signing::algorithm::SigningAlg;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(alg: &SigningAlg, s: S) -> Result<S::Ok, S::Error> {
@@ -118,28 +108,8 @@ impl fmt::Debug for SigningKeyRecord {
 
 /// Generate a fresh key of `alg` from the OS CSPRNG (through aws-lc).
 pub fn generate_key(alg: SigningAlg, now: DateTime<Utc>) -> Result<SigningKeyRecord, KeySetError> {
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
-    let failed = || KeySetError::Generate(alg.as_str());
-    let pkcs8: Vec<u8> = match alg {
-        SigningAlg::Es256 => EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .and_then(|k| k.to_pkcs8v1())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-        // PKCS#8 v1 (48 bytes): the form jsonwebtoken's `EncodingKey::from_ed_der` expects.
-        SigningAlg::EdDsa => Ed25519KeyPair::generate()
-            .and_then(|k| k.to_pkcs8v1())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-        SigningAlg::Rs256 => aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .and_then(|k| k.as_der())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-    };
-    let kid = super::signer::thumbprint(alg, &pkcs8)?;
+    let pkcs8 = generate_pkcs8(alg)?;
+    let kid = thumbprint(alg, &pkcs8)?;
     Ok(SigningKeyRecord {
         kid,
         alg,

@@ -6,9 +6,9 @@
 //! (`controller::keys::reconcile_keys`), the token server reads it; both
 //! use these functions so they agree on the format.
 
-use crate::cli::SigningAlg;
 use crate::core::verifier::{VerifierKey, VerifierKeyLengthError};
 use crate::labels::MANAGED_BY;
+use crate::signing::SigningAlg;
 use crate::signing::keyset::{KeyPolicy, KeySet, KeySetError};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
