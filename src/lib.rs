@@ -9,11 +9,13 @@
 //! - [`controller`]: the reconcilers (credentials, service accounts, the
 //!   operator's key Secret) and their leader election.
 //! - [`runtime`]: process wiring of the `controller`, `token-server` and `run` subcommands.
-//! - [`cli`]: flags and their environment fallbacks.
+//! - [`cli`]: flags and their environment fallbacks; [`config`]: the typed
+//!   configuration resolved from them once (the only environment reads).
 //! - [`telemetry`] and [`admin`]: logs, metrics, `/livez`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod controller;
 pub mod core;
 pub mod crd;

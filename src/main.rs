@@ -12,7 +12,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Controller(args) => runtime::run_controller(args).await,
-        Command::TokenServer(args) => Ok(m2m_operator::server::run(args).await?),
+        Command::TokenServer(args) => runtime::run_token_server(args).await,
         Command::Run(args) => runtime::run_all(args).await,
         Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
     }

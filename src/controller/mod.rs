@@ -89,7 +89,9 @@ pub struct ControllerConfig {
     /// Token endpoint URL written into Secrets.
     pub token_url: String,
     /// Policy for namespaces without the allowed-scopes annotation.
-    pub default_policy: Result<ScopePolicy, ScopePolicyError>,
+    pub default_policy: ScopePolicy,
+    /// This replica's name (Events, Lease identity).
+    pub instance: Option<String>,
 }
 
 /// Shared state of the reconcilers.
@@ -143,13 +145,11 @@ impl Context {
     }
 }
 
-/// Build the event reporter identity.
-pub fn reporter() -> Reporter {
+/// The event reporter identity of replica `instance`.
+pub fn reporter(instance: Option<String>) -> Reporter {
     Reporter {
         controller: "m2m-operator".into(),
-        instance: std::env::var("POD_NAME")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
+        instance,
     }
 }
 

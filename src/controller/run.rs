@@ -109,10 +109,11 @@ pub async fn run_controllers(
         _ = stop_early(&mut stop_rx) => return Ok(()),
     }
 
+    let recorder = Recorder::new(client.clone(), reporter(config.instance.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        recorder: Recorder::new(client.clone(), reporter()),
+        recorder,
         accounts: account_store.clone(),
         credentials: cred_store.clone(),
         namespaces: ns_store,
@@ -300,10 +301,10 @@ pub async fn run_with_leader_election(
     ready: ReadyFlag,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .map(|h| format!("{h}-{}", uuid::Uuid::new_v4().simple()))
-        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+    let identity = match &config.instance {
+        Some(h) => format!("{h}-{}", uuid::Uuid::new_v4().simple()),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
     let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
         .with_namespace(&config.operator_namespace)
         .with_identity(&identity)

@@ -20,11 +20,11 @@ pub fn annotated_policy(namespace: &ObjectMeta) -> Option<Result<ScopePolicy, Sc
 /// `default`.
 pub fn namespace_policy(
     namespace: Option<&ObjectMeta>,
-    default: &Result<ScopePolicy, ScopePolicyError>,
+    default: &ScopePolicy,
 ) -> Result<ScopePolicy, ScopePolicyError> {
     namespace
         .and_then(annotated_policy)
-        .unwrap_or_else(|| default.clone())
+        .unwrap_or_else(|| Ok(default.clone()))
 }
 
 #[cfg(test)]
@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn annotation_wins_over_default_and_errors_are_kept() {
-        let default = ScopePolicy::parse("*");
+        let default = ScopePolicy::allow_all();
         let annotated = namespace_policy(Some(&ns(Some("orders.read"))), &default).unwrap();
         assert!(annotated.allows("orders.read"));
         assert!(!annotated.allows("orders.write"));
