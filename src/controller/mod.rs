@@ -23,10 +23,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An API call failed.
-    #[error("{step}: {source}")]
+    #[error("{}: {source}", step.description())]
     Kube {
         /// What the controller was doing.
-        step: &'static str,
+        step: Step,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -49,7 +49,7 @@ impl Error {
     /// Short label for the reconcile-errors metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube { step, .. } => step,
+            Self::Kube { step, .. } => step.metric_label(),
             Self::MissingField(_) => "missing_field",
             Self::KeysNotReady => "keys_not_ready",
             Self::Keys(_) => "keys",
@@ -72,8 +72,51 @@ impl Error {
     }
 }
 
+/// The API call a reconcile was making when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading a credential's Secret.
+    ReadSecret,
+    /// Applying a credential's Secret.
+    ApplySecret,
+    /// Reading the Secret under a credential's previous `secretName`.
+    ReadOldSecret,
+    /// Deleting the Secret under a credential's previous `secretName`.
+    DeleteOldSecret,
+    /// Applying a credential's status.
+    PatchCredentialStatus,
+    /// Applying a ServiceAccount's status.
+    PatchServiceAccountStatus,
+}
+
+impl Step {
+    /// The `reason` label of `m2m_reconcile_errors_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::ReadSecret => "read_secret",
+            Self::ApplySecret => "apply_secret",
+            Self::ReadOldSecret => "read_old_secret",
+            Self::DeleteOldSecret => "delete_old_secret",
+            Self::PatchCredentialStatus => "patch_credential_status",
+            Self::PatchServiceAccountStatus => "patch_serviceaccount_status",
+        }
+    }
+
+    /// What the controller was doing, for logs.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::ReadSecret => "read Secret",
+            Self::ApplySecret => "apply Secret",
+            Self::ReadOldSecret => "read old Secret",
+            Self::DeleteOldSecret => "delete old Secret",
+            Self::PatchCredentialStatus => "patch credential status",
+            Self::PatchServiceAccountStatus => "patch ServiceAccount status",
+        }
+    }
+}
+
 /// Wrap a kube error with the step that produced it.
-pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(step: Step) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { step, source }
 }
 

@@ -2,7 +2,7 @@
 //! the namespace's scope policy, is it enabled, how many credentials use it.
 //! Its credentials react to its changes through their own watch mapping.
 
-use super::{Context, Error, kube_err};
+use super::{Context, Error, Step, kube_err};
 use crate::core::grant::resolve_account;
 use crate::crd::{Condition, ConditionStatus, ServiceAccount, ServiceAccountStatus, set_condition};
 use crate::labels::FIELD_MANAGER;
@@ -131,7 +131,7 @@ async fn patch_status(
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_err("patch ServiceAccount status")(e)),
+        Err(e) => Err(kube_err(Step::PatchServiceAccountStatus)(e)),
     }
 }
 
