@@ -196,11 +196,19 @@ pub fn reporter(instance: Option<String>) -> Reporter {
     }
 }
 
-/// Test-only crash injection: when `M2M_TEST_FAILPOINT` names this point,
-/// the process aborts here as a crash would (no cleanup, no status write).
+/// Test-only crash injection (cargo feature `test-hooks`, which the
+/// integration tests build with; release builds compile it out): when
+/// `M2M_TEST_FAILPOINT` names this point, the process aborts here as a
+/// crash would (no cleanup, no status write).
+#[cfg(feature = "test-hooks")]
 pub(crate) fn failpoint(name: &str) {
     if std::env::var("M2M_TEST_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint hit: aborting");
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature a failpoint is nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &str) {}
