@@ -13,6 +13,8 @@
 //!   configuration resolved from them once (the only environment reads).
 //! - [`telemetry`] and [`admin`]: logs, metrics, `/livez`, `/readyz`, `/metrics`.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod cli;
 pub mod config;

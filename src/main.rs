@@ -1,5 +1,7 @@
 //! The `m2m-operator` binary: parses flags and hands over to the library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use m2m_operator::cli::{Cli, Command};
 use m2m_operator::runtime;
