@@ -1,9 +1,12 @@
 //! Command-line interface: one binary, four subcommands. Every flag has an
 //! environment fallback so the Helm chart can configure it either way.
 
+use crate::core::duration::parse_duration;
+use crate::signing::SigningAlg;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Machine-to-machine identities for Kubernetes: OAuth 2.0 client-credentials
 /// Secrets, rotation, and an in-cluster token endpoint.
@@ -62,19 +65,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// JWT signing algorithm of the keys the controller generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum SigningAlg {
-    /// ECDSA P-256 with SHA-256.
-    #[default]
-    #[value(name = "ES256")]
-    Es256,
-    /// Ed25519.
-    #[value(name = "EdDSA")]
-    EdDsa,
-    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
-    #[value(name = "RS256")]
-    Rs256,
+/// `--signing-alg` takes the JOSE names (`ES256`, `EdDSA`, `RS256`).
+impl ValueEnum for SigningAlg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 /// Flags every long-running subcommand takes.
@@ -95,9 +94,13 @@ pub struct CommonArgs {
     pub admin_listen: SocketAddr,
 
     /// Issuer URL: the `iss` claim and the discovery base URL
-    /// [default: http://<service>.<namespace>.svc:8080, from M2M_SERVICE_NAME (default m2m-operator)].
+    /// [default: http://<service-name>.<namespace>.svc:8080].
     #[arg(long, env = "M2M_ISSUER")]
     pub issuer: Option<String>,
+
+    /// Name of the Service in front of the token server, for the default issuer URL.
+    #[arg(long, env = "M2M_SERVICE_NAME", default_value = "m2m-operator")]
+    pub service_name: String,
 
     /// Scope policy for namespaces without the `m2m.dev/allowed-scopes`
     /// annotation: comma-separated exact scopes or `prefix*` patterns. The
@@ -119,8 +122,8 @@ pub struct ControllerOptions {
 
     /// How long a signing key signs before a new one replaces it (retired keys
     /// stay in the JWKS until every token they signed has expired).
-    #[arg(long, env = "M2M_SIGNING_KEY_ROTATION", default_value = "720h")]
-    pub signing_key_rotation: String,
+    #[arg(long, env = "M2M_SIGNING_KEY_ROTATION", default_value = "720h", value_parser = positive_duration)]
+    pub signing_key_rotation: Duration,
 
     /// Token endpoint URL written into each credential Secret's `token_url`
     /// [default: <issuer>/oauth/token].
@@ -241,28 +244,12 @@ pub struct RunArgs {
     pub server: TokenServerOptions,
 }
 
-impl CommonArgs {
-    /// The operator namespace: flag, else the pod's namespace, else `m2m-system`.
-    pub fn namespace(&self) -> String {
-        self.namespace.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .map(|s| s.trim().to_owned())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "m2m-system".to_owned())
-        })
-    }
-
-    /// The issuer URL: flag, else derived from the in-cluster Service name.
-    pub fn issuer(&self) -> String {
-        match &self.issuer {
-            Some(i) => i.trim_end_matches('/').to_owned(),
-            None => {
-                let service =
-                    std::env::var("M2M_SERVICE_NAME").unwrap_or_else(|_| "m2m-operator".to_owned());
-                format!("http://{service}.{}.svc:8080", self.namespace())
-            }
-        }
+/// A Go-style duration greater than zero, parsed once here at the edge.
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -285,7 +272,10 @@ mod tests {
         assert_eq!(run.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(run.common.admin_listen.to_string(), "0.0.0.0:8081");
         assert_eq!(run.controller.signing_alg, SigningAlg::Es256);
-        assert_eq!(run.common.issuer(), "http://m2m-operator.ops.svc:8080");
+        assert_eq!(
+            run.controller.signing_key_rotation,
+            Duration::from_secs(720 * 3600)
+        );
         let cli =
             Cli::try_parse_from(["m2m-operator", "controller", "--signing-alg", "EdDSA"]).unwrap();
         let Command::Controller(c) = cli.command else {
@@ -295,5 +285,9 @@ mod tests {
         assert!(
             Cli::try_parse_from(["m2m-operator", "controller", "--signing-alg", "HS256"]).is_err()
         );
+        for bad in ["0s", "soon", ""] {
+            let argv = ["m2m-operator", "controller", "--signing-key-rotation", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

@@ -85,7 +85,7 @@ pub struct ReconcileErrorLabels {
 /// Labels of the credentials gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialStateLabels {
-    /// `ready`, `not_ready`, `expired`, `disabled`, …
+    /// `ready`, `not_ready` or `pending` (no `Ready` condition yet).
     pub state: String,
 }
 

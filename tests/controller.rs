@@ -610,6 +610,10 @@ async fn secret_name_conflict_leaves_the_foreign_secret_untouched() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the failpoint: cargo test --features test-hooks (scripts/test.sh does)"
+)]
 async fn crash_between_secret_and_status_converges_on_one_secret() {
     let ns = TestNamespace::new("crash").await;
     let mut op = controller(&ns);

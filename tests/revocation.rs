@@ -12,12 +12,13 @@ mod support;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use m2m_operator::cli::SigningAlg;
-use m2m_operator::controller::keys::{KeySecretConfig, reconcile_keys};
+use m2m_operator::controller::keys::reconcile_keys;
 use m2m_operator::core::client_secret::{ClientSecret, client_id_for_uid};
 use m2m_operator::core::verifier::{SecretBinding, VerifierKey};
 use m2m_operator::crd::{M2MCredential, SecretVerifier, ServiceAccount};
 use m2m_operator::server::revocation::list::config_map_name;
+use m2m_operator::signing::SigningAlg;
+use m2m_operator::signing::store::KeySecretConfig;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Operator, OperatorOptions, TestNamespace, eventually};

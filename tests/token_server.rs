@@ -13,11 +13,12 @@ mod support;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use m2m_operator::cli::SigningAlg;
-use m2m_operator::controller::keys::{KeySecretConfig, reconcile_keys};
+use m2m_operator::controller::keys::reconcile_keys;
 use m2m_operator::core::client_secret::{ClientSecret, client_id_for_uid};
 use m2m_operator::core::verifier::{SecretBinding, VerifierKey};
 use m2m_operator::crd::{M2MCredential, SecretVerifier, ServiceAccount};
+use m2m_operator::signing::SigningAlg;
+use m2m_operator::signing::store::KeySecretConfig;
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret as OAuthSecret, Scope, TokenResponse, TokenUrl};
 use serde_json::{Value, json};

@@ -12,8 +12,7 @@ use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::oauth::Refusal;
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router, with_layers};
-use crate::cli::{BenchServerArgs, SigningAlg};
-use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
+use crate::cli::BenchServerArgs;
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -22,6 +21,9 @@ use crate::crd::{
     ServiceAccountSpec,
 };
 use crate::signing::KeySet;
+use crate::signing::SigningAlg;
+use crate::signing::keyset::next_key_set;
+use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::{Metrics, init_logging};
 use axum::Router;
 use axum::extract::State;

@@ -20,14 +20,14 @@
 //! credential's UID.
 
 use super::revocation::Revocations;
-use crate::controller::keys::{KeysError, parse_key_secret};
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
+use crate::core::policy::annotated_policy;
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
 use crate::crd::{
-    ALLOWED_SCOPES_ANNOTATION, M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount,
-    ServiceAccountSpec,
+    M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
 };
+use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
@@ -226,11 +226,7 @@ impl NamespaceSource {
     pub fn new(meta: &ObjectMeta) -> Option<Self> {
         Some(Self {
             name: meta.name.clone()?,
-            policy: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ALLOWED_SCOPES_ANNOTATION))
-                .map(|value| ScopePolicy::parse(value)),
+            policy: annotated_policy(meta),
         })
     }
 }
@@ -638,7 +634,7 @@ pub struct KeyMaterial {
 pub enum KeyMaterialError {
     /// The Secret's content.
     #[error(transparent)]
-    Secret(#[from] KeysError),
+    Secret(#[from] KeySecretError),
     /// The signing keys.
     #[error(transparent)]
     Ring(#[from] KeyRingError),
@@ -698,6 +694,7 @@ impl TokenState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ALLOWED_SCOPES_ANNOTATION;
     use crate::crd::M2MCredentialStatus;
     use chrono::TimeZone;
     use rand::rngs::StdRng;

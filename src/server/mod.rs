@@ -29,18 +29,17 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
-use crate::admin::{self, AdminState, Readiness};
-use crate::cli::{CommonArgs, TokenServerArgs, TokenServerOptions};
-use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::admin::Readiness;
+use crate::cli::TokenServerOptions;
+use crate::core::grant::ScopePolicy;
 use crate::http::HttpLimits;
-use crate::telemetry::{Endpoint, Metrics, init_logging};
+use crate::telemetry::{Endpoint, Metrics};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
-use futures::FutureExt;
 use index::TokenState;
 use ratelimit::AuthLimiter;
 use revocation::{ConfigMapRevocations, RevocationStore};
@@ -55,12 +54,6 @@ use tower_http::trace::TraceLayer;
 /// Why the token server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// `--default-allowed-scopes` does not parse.
-    #[error("--default-allowed-scopes")]
-    DefaultPolicy(#[source] ScopePolicyError),
-    /// No Kubernetes client configuration.
-    #[error("connecting to Kubernetes")]
-    Kube(#[source] kube::Error),
     /// The listen address could not be bound or serving failed.
     #[error("serving on {0}")]
     Io(String, #[source] std::io::Error),
@@ -82,24 +75,6 @@ pub struct ServerConfig {
     pub operator_namespace: String,
     /// Connection and request limits.
     pub limits: HttpLimits,
-}
-
-impl ServerConfig {
-    /// The configuration the flags describe.
-    pub fn from_args(common: &CommonArgs, opts: &TokenServerOptions) -> Result<Self, ServerError> {
-        let issuer = common.issuer();
-        Ok(Self {
-            default_audience: opts
-                .default_audience
-                .clone()
-                .unwrap_or_else(|| issuer.clone()),
-            issuer,
-            default_policy: ScopePolicy::parse(&common.default_allowed_scopes)
-                .map_err(ServerError::DefaultPolicy)?,
-            operator_namespace: common.namespace(),
-            limits: opts.limits(),
-        })
-    }
 }
 
 struct Inner {
@@ -234,37 +209,6 @@ async fn observe(
     response
 }
 
-/// `m2m-operator token-server`: logging, admin endpoint, watches, serving,
-/// until SIGTERM/SIGINT.
-pub async fn run(args: TokenServerArgs) -> Result<(), ServerError> {
-    init_logging(args.common.log_format);
-    let client = kube::Client::try_default()
-        .await
-        .map_err(ServerError::Kube)?;
-    let metrics = Metrics::new();
-    let readiness = Readiness::new();
-    let shutdown = admin::shutdown_signal().shared();
-    let admin_state = AdminState {
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-    };
-    let admin_addr = args.common.admin_listen;
-    let admin = tokio::spawn(admin::serve(admin_addr, admin_state, shutdown.clone()));
-    let result = run_token_server(
-        client,
-        &args.common,
-        &args.server,
-        metrics,
-        &readiness,
-        shutdown,
-    )
-    .await;
-    if let Ok(Err(e)) = admin.await {
-        tracing::warn!(error = %e, "admin endpoint failed");
-    }
-    result
-}
-
 /// Run the token server inside a process that already has a client,
 /// metrics, readiness and a shutdown signal (`token-server` and `run`).
 /// Registers the readiness flags `token-server-watches` and
@@ -272,13 +216,13 @@ pub async fn run(args: TokenServerArgs) -> Result<(), ServerError> {
 /// in-flight requests finished.
 pub async fn run_token_server(
     client: kube::Client,
-    common: &CommonArgs,
+    config: ServerConfig,
+    watch_namespace: Option<String>,
     opts: &TokenServerOptions,
     metrics: Metrics,
     readiness: &Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let config = ServerConfig::from_args(common, opts)?;
     let state = Arc::new(TokenState::new());
     let revocations = ConfigMapRevocations::new(
         client.clone(),
@@ -298,7 +242,7 @@ pub async fn run_token_server(
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
-            watch_namespace: common.watch_namespace.clone(),
+            watch_namespace,
         },
         state.clone(),
         watch_ready,

@@ -5,8 +5,6 @@
 use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router};
-use crate::cli::SigningAlg;
-use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -15,6 +13,9 @@ use crate::crd::{
     SecretVerifier, ServiceAccount, ServiceAccountSpec,
 };
 use crate::signing::KeySet;
+use crate::signing::SigningAlg;
+use crate::signing::keyset::next_key_set;
+use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::Metrics;
 use axum::Router;
 use axum::body::Body;

@@ -36,9 +36,9 @@ use super::index::{
 };
 use super::revocation::REVOCATION_SELECTOR;
 use crate::admin::ReadyFlag;
-use crate::controller::keys::KEY_SECRET_NAME;
 use crate::core::grant::ScopePolicy;
 use crate::crd::{M2MCredential, ServiceAccount};
+use crate::signing::store::KEY_SECRET_NAME;
 use crate::telemetry::Metrics;
 use chrono::Utc;
 use futures::future::BoxFuture;

@@ -28,7 +28,7 @@ pub use list::{LIST_LABEL, Plan, Revoked};
 pub use state::Revocations;
 
 use super::index::TokenState;
-use crate::controller::keys::MANAGED_BY;
+use crate::labels::MANAGED_BY;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
