@@ -188,7 +188,8 @@ pub struct M2MCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_rotate_annotation: Option<String>,
 
-    /// The last 4 characters of the current secret, to tell versions apart.
+    /// A fingerprint of the current secret to tell versions apart: `sha256:`
+    /// and the first 8 hex digits of its SHA-256 (reveals none of its characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_hint: Option<String>,
 
