@@ -168,6 +168,12 @@ class Proc:
         self.p = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), env=env)
         self.pid = self.p.pid
 
+    def check(self):
+        """Fail at once when the process has exited."""
+        if self.p.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with status {self.p.returncode}; log: {self.log}")
+        return True
+
     def stop(self):
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
@@ -278,7 +284,7 @@ def main():
         t0 = time.time()
         ctrl = Proc("controller", ["controller", *common_args(CTRL_ADMIN)])
         procs.append(ctrl)
-        wait_for("all credentials Ready", lambda: ready_count() >= N, 3600, 1)
+        wait_for("all credentials Ready", lambda: ctrl.check() and ready_count() >= N, 3600, 1)
         results["converge_s"] = time.time() - t0
         results["converge_writes_per_cred"] = (kube.writes() - w0) / N
         time.sleep(15)
@@ -296,7 +302,7 @@ def main():
         ctrl = Proc("controller", ["controller", *common_args(CTRL_ADMIN)])
         procs.append(ctrl)
         wait_for("restarted controller: every credential reconciled",
-                 lambda: ready_count() >= N and reconcile_count() >= N, 3600, 1)
+                 lambda: ctrl.check() and ready_count() >= N and reconcile_count() >= N, 3600, 1)
         last = -1
         while reconcile_count() != last:
             last = reconcile_count()
