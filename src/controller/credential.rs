@@ -17,8 +17,8 @@ use crate::core::rotation::{
 };
 use crate::core::verifier::{SecretBinding, next_expiry};
 use crate::crd::{
-    Condition, ConditionStatus, M2MCredential, M2MCredentialStatus, ROTATE_ANNOTATION,
-    SecretVerifier, set_condition,
+    Condition, ConditionStatus, CredentialMode, M2MCredential, M2MCredentialStatus,
+    ROTATE_ANNOTATION, SecretVerifier, set_condition,
 };
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
@@ -124,6 +124,26 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         .accounts
         .get(&ObjectRef::new(&cred.spec.service_account_name).within(&ns));
     let policy = ctx.policy_for(&ns);
+
+    // Workload identity hook: no secret, no Secret (see super::workload).
+    if let Some(wi) = &cred.spec.workload_identity {
+        let grant = resolve_grant(
+            &cred.spec,
+            account.as_ref().map(|a| &a.spec),
+            policy.as_ref(),
+            now,
+        );
+        let input = super::workload::WorkloadInputs {
+            namespace: &ns,
+            client_id: &client_id,
+            generation,
+            spec: wi,
+            expires_at: cred.spec.expires_at,
+            grant: grant.as_ref(),
+            issuer: &ctx.config.issuer,
+        };
+        return super::workload::reconcile(&cred, &ctx, &input, &uid, now).await;
+    }
     let existing = secrets
         .get_opt(&secret_name)
         .await
@@ -131,6 +151,9 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
 
     let old_status = cred.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
+    let was_workload_identity = old_status.mode == Some(CredentialMode::WorkloadIdentity);
+    status.mode = Some(CredentialMode::ClientSecret);
+    status.workload_identity = None;
     status.observed_generation = generation;
     status.client_id = Some(client_id.clone());
     status.expires_at = cred.spec.expires_at;
@@ -184,7 +207,13 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         }
         (Err(e), _) => Err((e.reason(), e.to_string())),
         (Ok(grant), observed) => {
-            let decision = decide(&cred, &status, &secret_name, observed, now);
+            let decision = match observed {
+                // Back from workload identity: a first secret, not a repair.
+                ObservedSecret::Missing if was_workload_identity => {
+                    Decision::Generate(Generate::Initial)
+                }
+                observed => decide(&cred, &status, &secret_name, observed, now),
+            };
             // The authentic Secret that stays (its non-secret fields are kept current).
             let kept = match decision {
                 Decision::Generate(why) => {
@@ -350,7 +379,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
     Ok(next_action(&cred, &status, now))
 }
 
-fn cond(
+pub(super) fn cond(
     type_: &str,
     ok: bool,
     reason: &str,
@@ -525,7 +554,12 @@ async fn apply_secret(
     Ok(())
 }
 
-async fn delete_old_secret(ctx: &Context, ns: &str, old: &str, uid: &str) -> Result<(), Error> {
+pub(super) async fn delete_old_secret(
+    ctx: &Context,
+    ns: &str,
+    old: &str,
+    uid: &str,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let Some(s) = api
         .get_opt(old)
@@ -557,7 +591,7 @@ async fn delete_old_secret(ctx: &Context, ns: &str, old: &str, uid: &str) -> Res
     }
 }
 
-async fn patch_status(
+pub(super) async fn patch_status(
     ctx: &Context,
     cred: &M2MCredential,
     ns: &str,
@@ -586,7 +620,11 @@ async fn patch_status(
 
 /// Requeue at the next moment something is due: a scheduled rotation, the
 /// end of a grace period, or expiry.
-fn next_action(cred: &M2MCredential, status: &M2MCredentialStatus, now: DateTime<Utc>) -> Action {
+pub(super) fn next_action(
+    cred: &M2MCredential,
+    status: &M2MCredentialStatus,
+    now: DateTime<Utc>,
+) -> Action {
     let candidates = [
         status.next_rotation_time,
         next_expiry(&status.verifiers, now),

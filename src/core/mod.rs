@@ -7,3 +7,4 @@ pub mod duration;
 pub mod grant;
 pub mod rotation;
 pub mod verifier;
+pub mod workload;

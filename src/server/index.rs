@@ -15,6 +15,7 @@ use crate::controller::keys::{KeysError, parse_key_secret};
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
+use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, SecretVerifier, ServiceAccount};
 use crate::signing::{KeyRing, KeyRingError};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -44,8 +45,12 @@ pub struct CredentialEntry {
     pub grant: Result<Grant, GrantError>,
     /// Space-separated default scopes (all of the grant's).
     pub default_scope: String,
-    /// The accepted secret versions, as keyed hashes.
+    /// The accepted secret versions, as keyed hashes (none in
+    /// workload-identity mode).
     pub verifiers: Vec<SecretVerifier>,
+    /// Workload identity: the bound Kubernetes ServiceAccount, or why the
+    /// binding is refused; `None` for a secret-based credential.
+    pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
 }
 
 impl CredentialEntry {
@@ -79,6 +84,10 @@ impl CredentialEntry {
 
     /// Whether secret `version` is accepted at `now`.
     pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+        // workload-identity hook: tokens carry version 0 while the binding is valid.
+        if let Some(binding) = &self.workload {
+            return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
+        }
         self.verifiers
             .iter()
             .any(|v| v.version == version && self.usable(key, v, now))
@@ -115,6 +124,9 @@ fn namespace_policies<'a>(
 #[derive(Debug, Default, Clone)]
 pub struct CredentialIndex {
     by_client_id: HashMap<String, Arc<CredentialEntry>>,
+    /// Workload identity: client ids of the credentials validly binding a
+    /// Kubernetes ServiceAccount, by its subject `system:serviceaccount:<ns>:<name>`.
+    by_subject: HashMap<String, Vec<String>>,
 }
 
 impl CredentialIndex {
@@ -141,6 +153,7 @@ impl CredentialIndex {
             })
             .collect();
         let mut by_client_id = HashMap::new();
+        let mut by_subject: HashMap<String, Vec<String>> = HashMap::new();
         for cred in credentials {
             let meta = &cred.metadata;
             let (Some(namespace), Some(name), Some(uid)) = (
@@ -175,6 +188,17 @@ impl CredentialIndex {
                 })
                 .unwrap_or_default();
             let client_id = client_id_for_uid(uid);
+            let workload = cred
+                .spec
+                .workload_identity
+                .as_ref()
+                .map(|wi| crate::core::workload::resolve_binding(namespace, wi));
+            if let Some(Ok(binding)) = &workload {
+                by_subject
+                    .entry(binding.subject())
+                    .or_default()
+                    .push(client_id.clone());
+            }
             let entry = CredentialEntry {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -184,15 +208,30 @@ impl CredentialIndex {
                 subject: format!("m2m:{namespace}:{account_name}"),
                 grant,
                 default_scope,
-                verifiers: cred
-                    .status
-                    .as_ref()
-                    .map(|s| s.verifiers.clone())
-                    .unwrap_or_default(),
+                // A credential switched to workload identity accepts no
+                // secret, even before the controller clears its verifiers.
+                verifiers: match workload {
+                    Some(_) => vec![],
+                    None => cred
+                        .status
+                        .as_ref()
+                        .map(|s| s.verifiers.clone())
+                        .unwrap_or_default(),
+                },
+                workload,
             };
             by_client_id.insert(client_id, Arc::new(entry));
         }
-        Self { by_client_id }
+        Self {
+            by_client_id,
+            by_subject,
+        }
+    }
+
+    /// Client ids of the credentials binding the Kubernetes ServiceAccount
+    /// with this subject (workload identity).
+    pub fn by_subject(&self, subject: &str) -> &[String] {
+        self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
     /// The credential with this client id.

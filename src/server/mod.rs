@@ -7,8 +7,11 @@
 //!   aside, which must persist).
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
+//! - [`assertion`]: workload identity — Kubernetes service-account tokens as
+//!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
 //! - [`bench`]: a cluster-free server for the benchmark (`bench-server`).
 
+pub mod assertion;
 pub mod bench;
 pub mod error;
 pub mod form;
@@ -89,6 +92,7 @@ struct Inner {
     limiter: FailureLimiter,
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
+    assertions: Arc<assertion::AssertionVerifier>,
 }
 
 /// The token endpoint's shared handle (cheap to clone).
@@ -113,6 +117,18 @@ impl TokenServer {
         metrics: Metrics,
         revocations: Arc<dyn RevocationStore>,
     ) -> Self {
+        let assertions = Arc::new(assertion::AssertionVerifier::refuse_all());
+        Self::with_assertions(config, state, metrics, revocations, assertions)
+    }
+
+    /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
+    pub fn with_assertions(
+        config: ServerConfig,
+        state: Arc<TokenState>,
+        metrics: Metrics,
+        revocations: Arc<dyn RevocationStore>,
+        assertions: Arc<assertion::AssertionVerifier>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -120,8 +136,14 @@ impl TokenServer {
                 limiter: FailureLimiter::new(),
                 metrics,
                 revocations,
+                assertions,
             }),
         }
+    }
+
+    /// The workload-identity assertion verifier (and its cache).
+    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+        &self.inner.assertions
     }
 
     /// The state the handlers read (and the watches write).
@@ -213,6 +235,10 @@ pub async fn run_token_server(
         synced: readiness.flag("token-server-watches"),
         signing_key: readiness.flag("token-server-signing-key"),
     };
+    let assertions = Arc::new(assertion::AssertionVerifier::new(
+        Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
+        opts.assertion_cache_bounds(),
+    ));
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
@@ -224,7 +250,8 @@ pub async fn run_token_server(
         watch_ready,
     ));
     tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
-    let server = TokenServer::new(config, state, metrics, Arc::new(revocations));
+    let server =
+        TokenServer::with_assertions(config, state, metrics, Arc::new(revocations), assertions);
     let result = serve(router(server), opts, shutdown).await;
     watches.abort();
     result

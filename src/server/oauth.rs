@@ -29,6 +29,7 @@ use super::index::{CredentialEntry, KeyMaterial};
 use crate::core::client_secret::is_well_formed;
 use crate::core::grant::GrantError;
 use crate::core::verifier::SecretBinding;
+use crate::core::workload::WORKLOAD_IDENTITY_VERSION;
 use crate::telemetry::{AUDIT_TARGET, Endpoint};
 use axum::body::Body;
 use axum::extract::State;
@@ -43,7 +44,10 @@ use std::time::Instant;
 
 /// The private claim carrying the client-secret version that authenticated
 /// the token request. Stable: introspection compares it with the versions
-/// the credential still accepts.
+/// the credential still accepts. Tokens obtained with a Kubernetes
+/// service-account token (workload identity) carry
+/// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
+/// in workload-identity mode.
 pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
@@ -207,6 +211,7 @@ impl TokenServer {
                         client_id = ?audit_id(&who.client_id),
                         namespace = who.namespace.as_deref(),
                         service_account = who.service_account.as_deref(),
+                        auth_method = who.method,
                         reason = %error.description,
                         "token refused"
                     );
@@ -240,15 +245,39 @@ impl TokenServer {
                 ));
             }
         }
-        let Some(creds) = creds else {
-            return Err((OAuthError::invalid_client(true), None));
-        };
         let now = Utc::now();
+        // Workload identity hook: an RFC 7523 client assertion instead of a secret.
+        let (entry, version, method) = match super::assertion::client_assertion(headers, &form)
+            .map_err(|e| (e, creds.as_ref().map(Who::unauthenticated)))?
+        {
+            Some(assertion) => {
+                let who = || Some(Who::asserted(&assertion));
+                self.keys().map_err(|e| (e, who()))?;
+                let result = self.authenticate_assertion(&assertion, now).await;
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                self.inner
+                    .metrics
+                    .observe_client_auth(super::assertion::METHOD, outcome);
+                let entry = result.map_err(|e| (e, who()))?;
+                (entry, WORKLOAD_IDENTITY_VERSION, super::assertion::METHOD)
+            }
+            None => {
+                let Some(creds) = creds else {
+                    return Err((OAuthError::invalid_client(true), None));
+                };
+                let keys = self.keys().map_err(|e| (e, None))?;
+                let result = self.authenticate(&creds, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                self.inner
+                    .metrics
+                    .observe_client_auth(creds.method.as_str(), outcome);
+                let (entry, version) =
+                    result.map_err(|e| (e, Some(Who::unauthenticated(&creds))))?;
+                (entry, version, creds.method.as_str())
+            }
+        };
         let keys = self.keys().map_err(|e| (e, None))?;
-        let (entry, version) = self
-            .authenticate(&creds, &keys, now)
-            .map_err(|e| (e, Some(Who::unauthenticated(&creds))))?;
-        let who = || Some(Who::of(&entry));
+        let who = || Some(Who::of(&entry, method));
         let grant = entry.grant_at(now).map_err(|e| (grant_error(&e), who()))?;
 
         // Scopes: a subset of the grant; default all of it.
@@ -345,6 +374,7 @@ impl TokenServer {
             namespace = %entry.namespace,
             credential = %entry.name,
             service_account = %entry.service_account,
+            auth_method = method,
             scope = %scope,
             jti = %jti,
             secret_version = version,
@@ -414,6 +444,7 @@ struct Who {
     client_id: String,
     namespace: Option<String>,
     service_account: Option<String>,
+    method: &'static str,
 }
 
 impl Who {
@@ -422,14 +453,27 @@ impl Who {
             client_id: creds.client_id.clone(),
             namespace: None,
             service_account: None,
+            method: creds.method.as_str(),
         }
     }
 
-    fn of(entry: &CredentialEntry) -> Self {
+    /// A workload-identity request before it is authenticated: the
+    /// `client_id` if sent (the token is never logged).
+    fn asserted(assertion: &super::assertion::ClientAssertion) -> Self {
+        Self {
+            client_id: assertion.client_id.clone().unwrap_or_default(),
+            namespace: None,
+            service_account: None,
+            method: super::assertion::METHOD,
+        }
+    }
+
+    fn of(entry: &CredentialEntry, method: &'static str) -> Self {
         Self {
             client_id: entry.client_id.clone(),
             namespace: Some(entry.namespace.clone()),
             service_account: Some(entry.service_account.clone()),
+            method,
         }
     }
 }
@@ -589,6 +633,13 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         .map(|k| k.ring.algorithms().to_vec())
         .unwrap_or_default();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
+    // Workload identity: Kubernetes service-account tokens as RFC 7523
+    // client assertions, at the token endpoint only.
+    let token_auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        super::assertion::METHOD,
+    ];
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
@@ -597,7 +648,9 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "grant_types_supported": [CLIENT_CREDENTIALS],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_methods_supported": token_auth_methods,
+        // Service-account tokens are signed by the cluster (RS256 or ES256).
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "subject_types_supported": ["public"],
