@@ -107,10 +107,9 @@ async fn wait_workload_ready(ns: &TestNamespace, name: &str) -> String {
         || async {
             let c = ns.api::<M2MCredential>().get(name).await.ok()?;
             let s = c.status?;
-            let ready = s
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == m2m_operator::crd::ConditionStatus::True);
+            let ready = s.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == m2m_operator::crd::ConditionStatus::True
+            });
             (ready && s.workload_identity.is_some() && s.verifiers.is_empty())
                 .then_some(s.client_id?)
         },
@@ -182,7 +181,10 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     let op = start_run(&ns, &issuer);
     op.wait_ready().await;
     apply(&ns, setup_yaml());
-    apply(&other, "apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: uploader }\n");
+    apply(
+        &other,
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: { name: uploader }\n",
+    );
     let client_id = wait_workload_ready(&ns, "uploads").await;
     wait_workload_ready(&ns, "ephemeral").await;
     // No secret generated, no Secret written.
@@ -226,12 +228,20 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     assert_eq!((code, body["error"].as_str()), (400, Some("invalid_scope")));
 
     // Introspection of the workload's token by a resource server with its own credential.
-    let (rs_id, rs_secret) = eventually("resource-server Secret", Duration::from_secs(30), || async {
-        let s = ns.api::<Secret>().get_opt("resource-server-credentials").await.ok()??;
-        let data = s.data?;
-        let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-        Some((get("client_id")?, get("client_secret")?))
-    })
+    let (rs_id, rs_secret) = eventually(
+        "resource-server Secret",
+        Duration::from_secs(30),
+        || async {
+            let s = ns
+                .api::<Secret>()
+                .get_opt("resource-server-credentials")
+                .await
+                .ok()??;
+            let data = s.data?;
+            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+            Some((get("client_id")?, get("client_secret")?))
+        },
+    )
     .await;
     let introspect = |token: String| {
         let (id, secret) = (rs_id.clone(), rs_secret.clone());
@@ -270,7 +280,11 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     let short_lived = mint(&ns.name, "short-lived", &issuer, &[]);
     kubectl_ok(&["delete", "serviceaccount", "short-lived", "-n", &ns.name]);
     let refused: Vec<(&str, String, Option<&str>)> = vec![
-        ("another ServiceAccount's token", mint(&ns.name, "intruder", &issuer, &[]), None),
+        (
+            "another ServiceAccount's token",
+            mint(&ns.name, "intruder", &issuer, &[]),
+            None,
+        ),
         (
             "another ServiceAccount's token with the credential's client_id",
             mint(&ns.name, "intruder", &issuer, &[]),
@@ -303,11 +317,23 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
         assert_eq!(body["error"], "invalid_client", "{what}");
         bodies.push(body);
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "no oracle: {bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "no oracle: {bodies:?}"
+    );
 
     // Mixed client authentication is malformed.
-    let (code, body) = exchange(&op.url, &good, Some(&rs_id), &[("client_secret", &rs_secret)]).await;
-    assert_eq!((code, body["error"].as_str()), (400, Some("invalid_request")));
+    let (code, body) = exchange(
+        &op.url,
+        &good,
+        Some(&rs_id),
+        &[("client_secret", &rs_secret)],
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_request"))
+    );
     let r = http()
         .post(format!("{}/oauth/token", op.url))
         .basic_auth(&rs_id, Some(&rs_secret))
@@ -351,8 +377,14 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     );
     assert!(metrics.contains(r#"m2m_token_assertion_checks_total{result="cache_hit"}"#));
     let log = op.log_text();
-    assert!(log.contains("auth_method=\"private_key_jwt\"") || log.contains("auth_method=private_key_jwt"));
-    assert!(!log.contains(&good), "the service-account token is never logged");
+    assert!(
+        log.contains("auth_method=\"private_key_jwt\"")
+            || log.contains("auth_method=private_key_jwt")
+    );
+    assert!(
+        !log.contains(&good),
+        "the service-account token is never logged"
+    );
 }
 
 #[tokio::test]
@@ -372,7 +404,12 @@ async fn pod_bound_token_stops_working_once_the_pod_is_gone_and_the_cache_bound_
         &ns.name,
         "uploader",
         &issuer,
-        &["--bound-object-kind", "Pod", "--bound-object-name", "worker"],
+        &[
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "worker",
+        ],
     );
     assert_eq!(
         claims(&bound)["kubernetes.io"]["pod"]["name"],
@@ -381,11 +418,23 @@ async fn pod_bound_token_stops_working_once_the_pod_is_gone_and_the_cache_bound_
     );
     let (code, body) = exchange(&op.url, &bound, None, &[]).await;
     assert_eq!(code, 200, "{body}");
-    kubectl_ok(&["delete", "pod", "worker", "-n", &ns.name, "--grace-period=0", "--force"]);
+    kubectl_ok(&[
+        "delete",
+        "pod",
+        "worker",
+        "-n",
+        &ns.name,
+        "--grace-period=0",
+        "--force",
+    ]);
     // Cached results may serve it until the bound; after that Kubernetes says no.
     tokio::time::sleep(CACHE_BOUND + Duration::from_millis(500)).await;
     let (code, body) = exchange(&op.url, &bound, None, &[]).await;
-    assert_eq!((code, body["error"].as_str()), (401, Some("invalid_client")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -435,7 +484,11 @@ spec: { serviceAccountName: ci-bot }
 "#,
     );
     let (id, secret) = eventually("credential Secret", Duration::from_secs(30), || async {
-        let s = ns.api::<Secret>().get_opt("uploads-credentials").await.ok()??;
+        let s = ns
+            .api::<Secret>()
+            .get_opt("uploads-credentials")
+            .await
+            .ok()??;
         let data = s.data?;
         let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
         Some((get("client_id")?, get("client_secret")?))
@@ -462,7 +515,11 @@ spec: { serviceAccountName: ci-bot }
         .await;
     }
     let good = mint(&ns.name, "uploader", &issuer, &[]);
-    assert_eq!(exchange(&servers[0].url, &good, None, &[]).await.0, 401, "not bound yet");
+    assert_eq!(
+        exchange(&servers[0].url, &good, None, &[]).await.0,
+        401,
+        "not bound yet"
+    );
 
     // ClientSecret -> WorkloadIdentity: the Secret is deleted, the secret stops working.
     let creds = ns.api::<M2MCredential>();
@@ -471,7 +528,9 @@ spec: { serviceAccountName: ci-bot }
         .patch(
             "uploads",
             &pp,
-            &Patch::Merge(json!({"spec": {"workloadIdentity": {"kubernetesServiceAccount": "uploader"}}})),
+            &Patch::Merge(
+                json!({"spec": {"workloadIdentity": {"kubernetesServiceAccount": "uploader"}}}),
+            ),
         )
         .await
         .unwrap();
@@ -481,9 +540,11 @@ spec: { serviceAccountName: ci-bot }
             (secret_ok(s.url.clone()).await == 401).then_some(())
         })
         .await;
-        eventually("assertion accepted after the switch", PROPAGATION, || async {
-            (exchange(&s.url, &good, None, &[]).await.0 == 200).then_some(())
-        })
+        eventually(
+            "assertion accepted after the switch",
+            PROPAGATION,
+            || async { (exchange(&s.url, &good, None, &[]).await.0 == 200).then_some(()) },
+        )
         .await;
     }
     assert!(start.elapsed() < PROPAGATION * 2);
@@ -502,7 +563,11 @@ spec: { serviceAccountName: ci-bot }
     // although their assertion caches still hold the token.
     let accounts = ns.api::<m2m_operator::crd::ServiceAccount>();
     accounts
-        .patch("ci-bot", &pp, &Patch::Merge(json!({"spec": {"disabled": true}})))
+        .patch(
+            "ci-bot",
+            &pp,
+            &Patch::Merge(json!({"spec": {"disabled": true}})),
+        )
         .await
         .unwrap();
     for s in &servers {
@@ -512,7 +577,11 @@ spec: { serviceAccountName: ci-bot }
         .await;
     }
     accounts
-        .patch("ci-bot", &pp, &Patch::Merge(json!({"spec": {"disabled": false}})))
+        .patch(
+            "ci-bot",
+            &pp,
+            &Patch::Merge(json!({"spec": {"disabled": false}})),
+        )
         .await
         .unwrap();
     for s in &servers {
@@ -532,13 +601,19 @@ spec: { serviceAccountName: ci-bot }
         .await
         .unwrap();
     for s in &servers {
-        eventually("assertion refused after switching back", PROPAGATION, || async {
-            (exchange(&s.url, &good, None, &[]).await.0 == 401).then_some(())
-        })
+        eventually(
+            "assertion refused after switching back",
+            PROPAGATION,
+            || async { (exchange(&s.url, &good, None, &[]).await.0 == 401).then_some(()) },
+        )
         .await;
     }
     let (id2, secret2) = eventually("a new Secret", Duration::from_secs(30), || async {
-        let s = ns.api::<Secret>().get_opt("uploads-credentials").await.ok()??;
+        let s = ns
+            .api::<Secret>()
+            .get_opt("uploads-credentials")
+            .await
+            .ok()??;
         let data = s.data?;
         let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
         Some((get("client_id")?, get("client_secret")?))
@@ -556,7 +631,9 @@ spec: { serviceAccountName: ci-bot }
         .patch(
             "uploads",
             &pp,
-            &Patch::Merge(json!({"spec": {"workloadIdentity": {"kubernetesServiceAccount": "uploader"}}})),
+            &Patch::Merge(
+                json!({"spec": {"workloadIdentity": {"kubernetesServiceAccount": "uploader"}}}),
+            ),
         )
         .await
         .unwrap();
@@ -566,11 +643,16 @@ spec: { serviceAccountName: ci-bot }
         })
         .await;
     }
-    creds.delete("uploads", &DeleteParams::default()).await.unwrap();
+    creds
+        .delete("uploads", &DeleteParams::default())
+        .await
+        .unwrap();
     for s in &servers {
-        eventually("refused once the credential is deleted", PROPAGATION, || async {
-            (exchange(&s.url, &good, None, &[]).await.0 == 401).then_some(())
-        })
+        eventually(
+            "refused once the credential is deleted",
+            PROPAGATION,
+            || async { (exchange(&s.url, &good, None, &[]).await.0 == 401).then_some(()) },
+        )
         .await;
     }
 }
@@ -598,33 +680,56 @@ spec:
 "#,
     );
     let creds = ns.api::<M2MCredential>();
-    eventually("Ready=False DefaultServiceAccountNotAllowed", Duration::from_secs(30), || async {
-        let c = creds.get("everyone").await.ok()?;
-        c.status?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == "DefaultServiceAccountNotAllowed")
-            .then_some(())
-    })
+    eventually(
+        "Ready=False DefaultServiceAccountNotAllowed",
+        Duration::from_secs(30),
+        || async {
+            let c = creds.get("everyone").await.ok()?;
+            c.status?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "DefaultServiceAccountNotAllowed")
+                .then_some(())
+        },
+    )
     .await;
     let events = kubectl(&[
-        "get", "events", "-n", &ns.name, "-o", "jsonpath={.items[*].reason}",
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.items[*].reason}",
     ]);
     assert!(String::from_utf8_lossy(&events.stdout).contains("DefaultServiceAccountNotAllowed"));
     // The namespace's default ServiceAccount exists once the controller-manager created it.
-    let token = eventually("default ServiceAccount", Duration::from_secs(30), || async {
-        let out = kubectl(&["create", "token", "default", "-n", &ns.name, "--audience", &issuer]);
-        out.status
-            .success()
-            .then(|| String::from_utf8(out.stdout).unwrap().trim().to_owned())
-    })
+    let token = eventually(
+        "default ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            let out = kubectl(&[
+                "create",
+                "token",
+                "default",
+                "-n",
+                &ns.name,
+                "--audience",
+                &issuer,
+            ]);
+            out.status
+                .success()
+                .then(|| String::from_utf8(out.stdout).unwrap().trim().to_owned())
+        },
+    )
     .await;
     assert_eq!(exchange(&op.url, &token, None, &[]).await.0, 401);
     creds
         .patch(
             "everyone",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"workloadIdentity": {"allowDefaultServiceAccount": true}}})),
+            &Patch::Merge(
+                json!({"spec": {"workloadIdentity": {"allowDefaultServiceAccount": true}}}),
+            ),
         )
         .await
         .unwrap();

@@ -206,7 +206,7 @@ mod tests {
             .iter()
             .find(|c| c.type_ == READY)
             .unwrap();
-        (c.status.clone(), c.reason.clone())
+        (c.status, c.reason.clone())
     }
 
     #[test]

@@ -23,13 +23,12 @@
 
 use super::TokenServer;
 use super::error::OAuthError;
-use super::form::Form;
+use super::form::{ClientCredentials, Form};
 use super::index::CredentialEntry;
 use crate::core::workload::{
     ClaimedIdentity, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, JWT_BEARER_ASSERTION_TYPE,
     MAX_NEGATIVE_TTL, assertion_key, cache_until, claimed_identity,
 };
-use axum::http::{HeaderMap, header};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
@@ -61,11 +60,11 @@ impl std::fmt::Debug for ClientAssertion {
 }
 
 /// The RFC 7523 client assertion of a request, if it carries one. Mixing it
-/// with another client authentication (a `client_secret`, an
-/// `Authorization` header) or sending half of it is `invalid_request`.
+/// with another client authentication (a `client_secret`, HTTP Basic
+/// `credentials`) or sending half of it is `invalid_request`.
 pub fn client_assertion(
-    headers: &HeaderMap,
     form: &Form,
+    credentials: Option<&ClientCredentials>,
 ) -> Result<Option<ClientAssertion>, OAuthError> {
     let kind = form.get("client_assertion_type");
     let token = form.get("client_assertion");
@@ -83,7 +82,7 @@ pub fn client_assertion(
             "client_assertion_type must be {JWT_BEARER_ASSERTION_TYPE}"
         )));
     }
-    if form.get("client_secret").is_some() || headers.contains_key(header::AUTHORIZATION) {
+    if form.get("client_secret").is_some() || credentials.is_some() {
         return Err(OAuthError::invalid_request(
             "use one client authentication method: client_assertion, client_secret_basic or client_secret_post",
         ));
@@ -385,24 +384,26 @@ impl TokenServer {
     pub(super) async fn authenticate_assertion(
         &self,
         assertion: &ClientAssertion,
+        source: Option<std::net::IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<Arc<CredentialEntry>, OAuthError> {
-        let started = std::time::Instant::now();
         let claimed = claimed_identity(&assertion.token);
+        // Failures count against the client id, else the claimed subject,
+        // and the source, as for secrets (a valid assertion is never refused).
         let limiter_key = assertion
             .client_id
             .clone()
             .or_else(|| claimed.as_ref().map(|c| c.subject.clone()))
             .unwrap_or_default();
-        let limiter_key = limiter_key.as_str();
-        let limiter = &self.inner.limiter;
-        if let Err(retry) = limiter.check(limiter_key, started) {
-            return Err(OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64));
-        }
-        let fail = || {
-            limiter.record_failure(limiter_key, started);
-            OAuthError::invalid_client(false)
-        };
+        let fail =
+            || match self
+                .inner
+                .limiter
+                .failed(&limiter_key, source, std::time::Instant::now())
+            {
+                Ok(()) => OAuthError::invalid_client(false),
+                Err(retry) => OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64),
+            };
         let claimed = claimed.ok_or_else(fail)?;
         let index = self.inner.state.credentials();
         let client_id = match &assertion.client_id {
@@ -557,41 +558,37 @@ mod tests {
 
     #[test]
     fn client_assertion_parsing_table() {
-        use axum::http::HeaderValue;
+        use super::super::form::AuthMethod;
         let form = |s: &str| Form::parse(s.as_bytes()).unwrap();
         let t = "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
-        let none = HeaderMap::new();
-        let got = client_assertion(&none, &form(&format!("{t}&client_assertion=x.y.z")))
+        let got = client_assertion(&form(&format!("{t}&client_assertion=x.y.z")), None)
             .unwrap()
             .unwrap();
         assert_eq!(got.client_id, None);
         assert_eq!(got.token, "x.y.z");
         assert!(!format!("{got:?}").contains("x.y.z"));
         assert!(
-            client_assertion(&none, &form("grant_type=client_credentials"))
+            client_assertion(&form("grant_type=client_credentials"), None)
                 .unwrap()
                 .is_none()
         );
-        let mut basic = HeaderMap::new();
-        basic.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic YTpi"),
-        );
+        let basic = ClientCredentials {
+            client_id: "a".into(),
+            client_secret: "b".into(),
+            method: AuthMethod::Basic,
+        };
         let bad = [
-            (none.clone(), format!("{t}")),
-            (none.clone(), "client_assertion=x.y.z".to_owned()),
+            (None, t.to_owned()),
+            (None, "client_assertion=x.y.z".to_owned()),
             (
-                none.clone(),
+                None,
                 "client_assertion_type=saml&client_assertion=x".to_owned(),
             ),
-            (
-                none.clone(),
-                format!("{t}&client_assertion=x.y.z&client_secret=s"),
-            ),
-            (basic, format!("{t}&client_assertion=x.y.z")),
+            (None, format!("{t}&client_assertion=x.y.z&client_secret=s")),
+            (Some(&basic), format!("{t}&client_assertion=x.y.z")),
         ];
-        for (headers, body) in bad {
-            let e = client_assertion(&headers, &form(&body)).unwrap_err();
+        for (creds, body) in bad {
+            let e = client_assertion(&form(&body), creds).unwrap_err();
             assert_eq!(e.code, "invalid_request", "{body}");
         }
     }
