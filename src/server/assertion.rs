@@ -13,7 +13,8 @@
 //! expired entries go first, then an arbitrary eighth of the rest (random
 //! eviction: O(1) per insert amortised, no per-hit bookkeeping). So in the
 //! steady state a pod's requests make no API call, and a deleted Pod or
-//! ServiceAccount stops working within the cache bound. Everything the
+//! ServiceAccount stops working within the cache bound (plus the 10 s for
+//! which kube-apiserver itself caches successful token authentications). Everything the
 //! m2m side decides — credential deleted, mode switched, account disabled —
 //! is read from the index on every request and takes effect at once.
 //!
