@@ -509,7 +509,7 @@ YAML
   # Workload identity: a real TokenReview of a real service-account token.
   "$KUBECTL" -n "$OTHER_NS" create serviceaccount wi-probe >/dev/null
   wi_token="$("$KUBECTL" -n "$OTHER_NS" create token wi-probe --audience https://m2m.chart-test)"
-  reviewed="$("$KUBECTL" --kubeconfig "$TS_CFG" create -o jsonpath='{.status.authenticated} {.status.user.username}' -f - 2>&1 <<YAML
+  reviewed="$("$KUBECTL" --kubeconfig "$TS_CFG" create --validate=false -o jsonpath='{.status.authenticated} {.status.user.username}' -f - 2>&1 <<YAML
 apiVersion: authentication.k8s.io/v1
 kind: TokenReview
 spec:
@@ -655,6 +655,9 @@ if [[ -f "$example_ns_file" ]]; then
     "$KUBECTL" get serviceaccount default -n "$EX_NS" >/dev/null 2>&1 && break
     sleep 1
   done
+  # A Pod's ServiceAccount must exist before admission, and a dry run of the
+  # same file does not create it (05-workload-identity.yaml).
+  "$KUBECTL" -n "$EX_NS" create serviceaccount report-publisher >/dev/null 2>&1 || true
   for f in "${example_files[@]}"; do
     rel="${f#"$ROOT"/}"
     case "$rel" in
