@@ -50,6 +50,10 @@ pub struct BenchServerArgs {
     /// Write `client_id:client_secret` of the generated credential here.
     #[arg(long)]
     pub credentials_file: PathBuf,
+    /// Write a client assertion (service-account-token shaped, pre-seeded in
+    /// the assertion cache) of the workload-identity credential here.
+    #[arg(long)]
+    pub assertion_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -158,6 +162,17 @@ pub struct TokenServerOptions {
     #[arg(long, env = "M2M_DEFAULT_AUDIENCE")]
     pub default_audience: Option<String>,
 
+    /// Workload identity: how long a service-account token Kubernetes
+    /// confirmed (TokenReview) is accepted without asking again; never past
+    /// the token's `exp`. Also bounds how long a deleted Pod's or
+    /// ServiceAccount's token keeps working.
+    #[arg(long, env = "M2M_ASSERTION_CACHE_TTL", default_value = "30s", value_parser = parse_duration_flag)]
+    pub assertion_cache_ttl: std::time::Duration,
+
+    /// Workload identity: at most this many TokenReview results are cached.
+    #[arg(long, env = "M2M_ASSERTION_CACHE_ENTRIES", default_value_t = crate::core::workload::DEFAULT_CACHE_ENTRIES)]
+    pub assertion_cache_entries: usize,
+
     /// Open connections per process on the token endpoint; at the limit no
     /// new connection is accepted until one closes.
     #[arg(long, env = "M2M_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -183,6 +198,16 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=10_000).contains(&n) => Ok(n),
         _ => Err("expected an integer from 1 to 10000".into()),
+    }
+}
+
+impl TokenServerOptions {
+    /// The assertion cache bounds the flags describe.
+    pub fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
+        crate::server::assertion::CacheBounds {
+            ttl: self.assertion_cache_ttl,
+            entries: self.assertion_cache_entries,
+        }
     }
 }
 

@@ -476,6 +476,8 @@ mod tests {
             header_read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
             revocation_quota: crate::server::revocation::DEFAULT_QUOTA,
+            assertion_cache_ttl: Duration::from_secs(30),
+            assertion_cache_entries: 16,
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {

@@ -59,6 +59,24 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of client authentications at the token endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientAuthLabels {
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`
+    /// (a Kubernetes service-account token, workload identity).
+    pub method: &'static str,
+    /// `ok` or the OAuth error code.
+    pub outcome: &'static str,
+}
+
+/// Labels of workload-identity assertion checks.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AssertionLabels {
+    /// `cache_hit`, `negative_cache_hit`, `review_ok`, `review_refused`,
+    /// `review_error` or `not_reviewed` (refused before any API call).
+    pub result: &'static str,
+}
+
 /// Labels of per-endpoint latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -129,6 +147,11 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     /// `m2m_credentials{state}`.
     pub credentials: Family<CredentialStateLabels, Gauge>,
+    /// `m2m_token_client_auth_total{method, outcome}`.
+    pub client_auth: Family<ClientAuthLabels, Counter>,
+    /// `m2m_token_assertion_checks_total{result}`: how workload-identity
+    /// assertions were checked (TokenReview calls vs cache hits).
+    pub assertion_checks: Family<AssertionLabels, Counter>,
     /// `m2m_http_connections{listener}`: open connections.
     pub http_connections: Family<ListenerLabels, Gauge>,
     /// `m2m_http_connection_limit_reached_total{listener}`.
@@ -187,6 +210,18 @@ impl Metrics {
             "M2MCredentials by state",
             credentials.clone(),
         );
+        let client_auth = Family::<ClientAuthLabels, Counter>::default();
+        registry.register(
+            "token_client_auth",
+            "Token-endpoint client authentications by method and outcome",
+            client_auth.clone(),
+        );
+        let assertion_checks = Family::<AssertionLabels, Counter>::default();
+        registry.register(
+            "token_assertion_checks",
+            "Workload-identity assertion checks by result (TokenReview call or cache)",
+            assertion_checks.clone(),
+        );
         let http_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "http_connections",
@@ -221,6 +256,8 @@ impl Metrics {
             reconcile_duration,
             reconcile_errors,
             credentials,
+            client_auth,
+            assertion_checks,
             registry: Arc::new(registry),
         }
     }
@@ -233,6 +270,20 @@ impl Metrics {
         self.request_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(seconds);
+    }
+
+    /// Count one client authentication at the token endpoint.
+    pub fn observe_client_auth(&self, method: &'static str, outcome: &'static str) {
+        self.client_auth
+            .get_or_create(&ClientAuthLabels { method, outcome })
+            .inc();
+    }
+
+    /// Count one workload-identity assertion check.
+    pub fn observe_assertion(&self, result: &'static str) {
+        self.assertion_checks
+            .get_or_create(&AssertionLabels { result })
+            .inc();
     }
 
     /// Record one reconcile of `controller`; `error` is the failure reason, if any.

@@ -16,8 +16,8 @@ use crate::core::rotation::{
 };
 use crate::core::verifier::{SecretBinding, VerifierKey, next_expiry};
 use crate::crd::{
-    Condition, ConditionStatus, M2MCredential, M2MCredentialStatus, ROTATE_ANNOTATION,
-    SecretVerifier, ServiceAccountSpec, set_condition,
+    Condition, ConditionStatus, CredentialMode, M2MCredential, M2MCredentialStatus,
+    ROTATE_ANNOTATION, SecretVerifier, ServiceAccountSpec, set_condition,
 };
 use crate::labels::FIELD_MANAGER;
 use chrono::{DateTime, Utc};
@@ -171,6 +171,28 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         .accounts
         .get(&ObjectRef::new(&cred.spec.service_account_name).within(&ns));
     let policy = ctx.policy_for(&ns);
+    let now = Utc::now();
+
+    // Workload identity hook: no secret, no Secret (see super::workload).
+    if let Some(wi) = &cred.spec.workload_identity {
+        let grant = resolve_grant(
+            &cred.spec,
+            account.as_ref().map(|a| &a.spec),
+            policy.as_ref(),
+            now,
+        );
+        let client_id = client_id_for_uid(&uid);
+        let input = super::workload::WorkloadInputs {
+            namespace: &ns,
+            client_id: &client_id,
+            generation: cred.metadata.generation,
+            spec: wi,
+            expires_at: cred.spec.expires_at,
+            grant: grant.as_ref(),
+            issuer: &ctx.config.issuer,
+        };
+        return super::workload::reconcile(&cred, &ctx, &input, &uid, now).await;
+    }
     let existing = secrets
         .get_opt(&secret_name(&cred))
         .await
@@ -183,7 +205,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         key: &key,
         token_url: &ctx.config.token_url,
         issuer: &ctx.config.issuer,
-        now: Utc::now(),
+        now,
     };
     let plan = plan(&observed, ClientSecret::generate)?;
     apply(&ctx, &cred, &secrets, &uid, plan).await
@@ -232,6 +254,9 @@ pub(crate) fn plan(
     };
     let old_status = o.cred.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
+    let was_workload_identity = old_status.mode == Some(CredentialMode::WorkloadIdentity);
+    status.mode = Some(CredentialMode::ClientSecret);
+    status.workload_identity = None;
     status.observed_generation = o.cred.metadata.generation;
     status.client_id = Some(client_id.clone());
     status.expires_at = o.cred.spec.expires_at;
@@ -258,6 +283,7 @@ pub(crate) fn plan(
                 binding: &binding,
                 grant,
                 settings,
+                was_workload_identity,
             };
             s.plan(&mut status, &mut plan, observed, generate)?;
             Ok(())
@@ -298,6 +324,9 @@ struct SecretPlan<'a> {
     binding: &'a SecretBinding<'a>,
     grant: Grant,
     settings: RotationSettings,
+    /// The credential was in workload-identity mode: a missing Secret is
+    /// its first one, not a deletion to repair.
+    was_workload_identity: bool,
 }
 
 impl SecretPlan<'_> {
@@ -311,7 +340,12 @@ impl SecretPlan<'_> {
         let cred = self.o.cred;
         let name = secret_name(cred);
         let inputs = rotation_inputs(cred, status, self.settings.every);
-        let decision = decide(status, &name, inputs, observed, self.o.now);
+        let decision = match observed {
+            ObservedSecret::Missing if self.was_workload_identity => {
+                Decision::Generate(Generate::Initial)
+            }
+            observed => decide(status, &name, inputs, observed, self.o.now),
+        };
         let kept = match decision {
             Decision::Generate(why) => {
                 self.generate(status, plan, &name, why, generate()?);
@@ -516,13 +550,31 @@ fn ready_transition(
 }
 
 fn cond(type_: &str, ok: bool, reason: &str, message: &str, o: &Observed<'_>) -> Condition {
+    cond_at(
+        type_,
+        ok,
+        reason,
+        message,
+        o.cred.metadata.generation,
+        o.now,
+    )
+}
+
+/// A condition for `generation` observed at `now`.
+pub(super) fn cond_at(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Condition {
     let status = if ok {
         ConditionStatus::True
     } else {
         ConditionStatus::False
     };
-    let generation = o.cred.metadata.generation;
-    Condition::new(type_, status, reason, message, generation, o.now)
+    Condition::new(type_, status, reason, message, generation, now)
 }
 
 fn annotation(cred: &M2MCredential) -> Option<String> {
@@ -648,7 +700,11 @@ async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Err
     Ok(())
 }
 
-async fn delete_old_secret(api: &Api<Secret>, old: &str, uid: &str) -> Result<(), Error> {
+pub(super) async fn delete_old_secret(
+    api: &Api<Secret>,
+    old: &str,
+    uid: &str,
+) -> Result<(), Error> {
     let Some(s) = api
         .get_opt(old)
         .await
@@ -679,7 +735,7 @@ async fn delete_old_secret(api: &Api<Secret>, old: &str, uid: &str) -> Result<()
     }
 }
 
-async fn patch_status(
+pub(super) async fn patch_status(
     ctx: &Context,
     cred: &M2MCredential,
     status: &M2MCredentialStatus,
@@ -708,7 +764,7 @@ async fn patch_status(
 
 /// Requeue at the next moment something is due: a scheduled rotation, the
 /// end of a grace period, or expiry.
-fn next_requeue(
+pub(super) fn next_requeue(
     cred: &M2MCredential,
     status: &M2MCredentialStatus,
     now: DateTime<Utc>,

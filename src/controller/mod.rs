@@ -8,6 +8,7 @@ pub mod keys;
 pub mod run;
 pub mod secret;
 pub mod service_account;
+pub mod workload;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
 use crate::core::policy::namespace_policy;

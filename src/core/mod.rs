@@ -8,3 +8,4 @@ pub mod grant;
 pub mod policy;
 pub mod rotation;
 pub mod verifier;
+pub mod workload;

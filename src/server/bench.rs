@@ -5,6 +5,12 @@
 //! `POST /bench/token-unsigned`, which does everything `/oauth/token` does
 //! except signing, so one run measures the signing cost against a baseline.
 //! Reached only through the hidden `bench-server` subcommand.
+//!
+//! Workload identity: a second credential binds the core ServiceAccount
+//! `bench/bench-wi`, and the assertion cache is pre-seeded with a
+//! service-account-token-shaped assertion for it (there is no apiserver to
+//! ask), so the benchmark measures the steady state — every request a
+//! cache hit, as in production once a pod's token has been reviewed.
 
 use super::error::OAuthError;
 use super::form::OAuthRequest;
@@ -16,9 +22,10 @@ use crate::cli::BenchServerArgs;
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
+use crate::core::workload::service_account_subject;
 use crate::crd::{
     M2MCredential, M2MCredentialSpec, M2MCredentialStatus, SecretVerifier, ServiceAccount,
-    ServiceAccountSpec,
+    ServiceAccountSpec, WorkloadIdentity,
 };
 use crate::signing::KeySet;
 use crate::signing::SigningAlg;
@@ -45,6 +52,9 @@ pub struct BenchFixture {
     pub client_id: String,
     /// Its client secret.
     pub client_secret: String,
+    /// A client assertion the server accepts (pre-seeded in its cache) for
+    /// the workload-identity credential.
+    pub assertion: String,
 }
 
 /// Build a cluster-free server whose keys use `alg`.
@@ -101,6 +111,23 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
             ..Default::default()
         }),
     };
+    // Workload identity: bound to core ServiceAccount bench/bench-wi.
+    let wi_credential = M2MCredential {
+        metadata: ObjectMeta {
+            name: Some("bench-wi".into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uuid::Uuid::new_v4().to_string()),
+            ..Default::default()
+        },
+        spec: M2MCredentialSpec {
+            workload_identity: Some(WorkloadIdentity {
+                kubernetes_service_account: "bench-wi".into(),
+                ..Default::default()
+            }),
+            ..credential.spec.clone()
+        },
+        status: None,
+    };
     let namespace_meta = ObjectMeta {
         name: Some(namespace.into()),
         ..Default::default()
@@ -113,7 +140,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
     let state = Arc::new(TokenState::new());
     let policy = ScopePolicy::allow_all();
     state.set_credentials(CredentialIndex::build(
-        [&credential],
+        [&credential, &wi_credential],
         [&account],
         [&namespace_meta],
         &policy,
@@ -127,12 +154,54 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         operator_namespace: "bench".into(),
         limits: crate::http::HttpLimits::token_endpoint(),
     };
+    let issuer = config.issuer.clone();
     let revocations = Arc::new(LocalRevocations::new(state.clone()));
+    let server = TokenServer::new(config, state, Metrics::new(), revocations);
+    let subject = service_account_subject(namespace, "bench-wi");
+    let assertion = fake_service_account_token(&subject, &issuer, now);
+    server.assertions().cache().seed(
+        &issuer,
+        &assertion,
+        &subject,
+        now + chrono::Duration::days(1),
+    );
     Ok(BenchFixture {
-        server: TokenServer::new(config, state, Metrics::new(), revocations),
+        server,
         client_id,
         client_secret: secret.expose().to_owned(),
+        assertion,
     })
+}
+
+/// A JWT shaped and sized like a projected service-account token (RS256,
+/// ~1 KB); its signature is random bytes: only the pre-seeded cache accepts it.
+fn fake_service_account_token(subject: &str, audience: &str, now: chrono::DateTime<Utc>) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rand::RngCore;
+    let header = r#"{"alg":"RS256","kid":"bench"}"#;
+    let claims = serde_json::json!({
+        "aud": [audience],
+        "exp": now.timestamp() + 86_400,
+        "iat": now.timestamp(),
+        "iss": "https://kubernetes.default.svc",
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "kubernetes.io": {
+            "namespace": "bench",
+            "pod": {"name": "bench-0", "uid": uuid::Uuid::new_v4().to_string()},
+            "serviceaccount": {"name": "bench-wi", "uid": uuid::Uuid::new_v4().to_string()},
+        },
+        "nbf": now.timestamp(),
+        "sub": subject,
+    });
+    let mut signature = [0u8; 256];
+    rand::rng().fill_bytes(&mut signature);
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
 }
 
 /// Everything `/oauth/token` does but signing: the claims are only
@@ -141,7 +210,10 @@ async fn token_unsigned(
     State(server): State<TokenServer>,
     request: OAuthRequest,
 ) -> Result<Response, OAuthError> {
-    let issued = server.prepare_token(request).map_err(Refusal::audit)?;
+    let issued = server
+        .prepare_token(request)
+        .await
+        .map_err(Refusal::audit)?;
     let token = URL_SAFE_NO_PAD.encode(&issued.claims_json);
     server.token_response(issued, &token)
 }
@@ -160,6 +232,9 @@ pub fn bench_router(server: TokenServer) -> Router {
 pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let fixture = fixture(args.signing_alg)?;
+    if let Some(path) = &args.assertion_file {
+        std::fs::write(path, &fixture.assertion)?;
+    }
     std::fs::write(
         &args.credentials_file,
         format!("{}:{}\n", fixture.client_id, fixture.client_secret),

@@ -243,6 +243,16 @@ pub enum AuthMethod {
     Post,
 }
 
+impl AuthMethod {
+    /// The RFC 8414 method name, used in audit lines and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Basic => "client_secret_basic",
+            Self::Post => "client_secret_post",
+        }
+    }
+}
+
 /// The client credentials a request presented.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCredentials {

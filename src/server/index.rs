@@ -24,6 +24,7 @@ use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::policy::annotated_policy;
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
+use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{
     M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
 };
@@ -56,8 +57,12 @@ pub struct CredentialEntry {
     pub grant: Result<Grant, GrantError>,
     /// Space-separated default scopes (all of the grant's).
     pub default_scope: String,
-    /// The accepted secret versions, as keyed hashes.
+    /// The accepted secret versions, as keyed hashes (none in
+    /// workload-identity mode).
     pub verifiers: Vec<SecretVerifier>,
+    /// Workload identity: the bound Kubernetes ServiceAccount, or why the
+    /// binding is refused; `None` for a secret-based credential.
+    pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
 }
 
 impl CredentialEntry {
@@ -91,6 +96,10 @@ impl CredentialEntry {
 
     /// Whether secret `version` is accepted at `now`.
     pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+        // workload-identity hook: tokens carry version 0 while the binding is valid.
+        if let Some(binding) = &self.workload {
+            return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
+        }
         self.verifiers
             .iter()
             .any(|v| v.version == version && self.usable(key, v, now))
@@ -170,6 +179,7 @@ impl CredentialSource {
                 audiences: spec.audiences.clone(),
                 token_ttl: spec.token_ttl.clone(),
                 expires_at: spec.expires_at,
+                workload_identity: spec.workload_identity.clone(),
                 ..Default::default()
             },
             verifiers: cred
@@ -238,6 +248,9 @@ impl NamespaceSource {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct CredentialIndex {
     by_client_id: imbl::HashMap<String, Arc<CredentialEntry>>,
+    /// Workload identity: client ids of the credentials validly binding a
+    /// Kubernetes ServiceAccount, by its subject `system:serviceaccount:<ns>:<name>`.
+    by_subject: imbl::HashMap<String, Vec<String>>,
 }
 
 impl CredentialIndex {
@@ -260,6 +273,12 @@ impl CredentialIndex {
             now,
         );
         indexer.snapshot()
+    }
+
+    /// Client ids of the credentials binding the Kubernetes ServiceAccount
+    /// with this subject (workload identity).
+    pub fn by_subject(&self, subject: &str) -> &[String] {
+        self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
     /// The credential with this client id.
@@ -374,6 +393,22 @@ impl CredentialIndexer {
         let grant = self.grant(&namespace, &source.spec, now);
         let account_name = source.spec.service_account_name.clone();
         let client_id = client_id_for_uid(&source.uid);
+        let workload = source
+            .spec
+            .workload_identity
+            .as_ref()
+            .map(|wi| crate::core::workload::resolve_binding(&namespace, wi));
+        if let Some(Ok(binding)) = &workload {
+            let subject = binding.subject();
+            let mut ids = self
+                .index
+                .by_subject
+                .get(&subject)
+                .cloned()
+                .unwrap_or_default();
+            ids.push(client_id.clone());
+            self.index.by_subject.insert(subject, ids);
+        }
         let entry = Arc::new(CredentialEntry {
             subject: format!("m2m:{namespace}:{account_name}"),
             default_scope: default_scope(&grant),
@@ -383,7 +418,13 @@ impl CredentialIndexer {
             uid: source.uid,
             client_id: client_id.clone(),
             service_account: account_name.clone(),
-            verifiers: source.verifiers,
+            // A credential switched to workload identity accepts no
+            // secret, even before the controller clears its verifiers.
+            verifiers: match workload {
+                Some(_) => vec![],
+                None => source.verifiers,
+            },
+            workload,
         });
         self.index.by_client_id.insert(client_id, entry.clone());
         self.by_account
@@ -418,6 +459,21 @@ impl CredentialIndexer {
             .is_some_and(|e| Arc::ptr_eq(e, entry))
         {
             self.index.by_client_id.remove(&entry.client_id);
+        }
+        if let Some(Ok(binding)) = &entry.workload {
+            let subject = binding.subject();
+            if let Some(ids) = self.index.by_subject.get(&subject) {
+                let ids: Vec<String> = ids
+                    .iter()
+                    .filter(|id| **id != entry.client_id)
+                    .cloned()
+                    .collect();
+                if ids.is_empty() {
+                    self.index.by_subject.remove(&subject);
+                } else {
+                    self.index.by_subject.insert(subject, ids);
+                }
+            }
         }
         let account_key = (key.0, entry.service_account.clone());
         if let Some(names) = self.by_account.get_mut(&account_key) {

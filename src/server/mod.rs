@@ -7,6 +7,8 @@
 //!   aside, which must persist).
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
+//! - [`assertion`]: workload identity — Kubernetes service-account tokens as
+//!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
 //! - [`bench`] (cargo feature `bench`): a cluster-free server for the
 //!   benchmark (`bench-server`).
 //!
@@ -15,6 +17,7 @@
 //! body deadline and body-size limit; connection-level limits are in
 //! [`crate::http`].
 
+pub mod assertion;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod error;
@@ -83,6 +86,7 @@ struct Inner {
     limiter: AuthLimiter,
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
+    assertions: Arc<assertion::AssertionVerifier>,
 }
 
 /// The token endpoint's shared handle (cheap to clone).
@@ -107,6 +111,18 @@ impl TokenServer {
         metrics: Metrics,
         revocations: Arc<dyn RevocationStore>,
     ) -> Self {
+        let assertions = Arc::new(assertion::AssertionVerifier::refuse_all());
+        Self::with_assertions(config, state, metrics, revocations, assertions)
+    }
+
+    /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
+    pub fn with_assertions(
+        config: ServerConfig,
+        state: Arc<TokenState>,
+        metrics: Metrics,
+        revocations: Arc<dyn RevocationStore>,
+        assertions: Arc<assertion::AssertionVerifier>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -114,8 +130,14 @@ impl TokenServer {
                 limiter: AuthLimiter::new(),
                 metrics,
                 revocations,
+                assertions,
             }),
         }
+    }
+
+    /// The workload-identity assertion verifier (and its cache).
+    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+        &self.inner.assertions
     }
 
     /// The state the handlers read (and the watches write).
@@ -237,6 +259,10 @@ pub async fn run_token_server(
         fresh: readiness.flag("token-server-state-fresh"),
         metrics: metrics.clone(),
     };
+    let assertions = Arc::new(assertion::AssertionVerifier::new(
+        Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
+        opts.assertion_cache_bounds(),
+    ));
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
@@ -248,7 +274,13 @@ pub async fn run_token_server(
         watch_ready,
     ));
     tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
-    let server = TokenServer::new(config, state, metrics.clone(), Arc::new(revocations));
+    let server = TokenServer::with_assertions(
+        config,
+        state,
+        metrics.clone(),
+        Arc::new(revocations),
+        assertions,
+    );
     let result = serve(router(server), opts, metrics, shutdown).await;
     watches.abort();
     repairs.abort();

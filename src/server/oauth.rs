@@ -28,6 +28,7 @@ use super::revocation::Revoked;
 use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
+use crate::core::workload::WORKLOAD_IDENTITY_VERSION;
 use crate::crd::SecretVerifier;
 use crate::telemetry::AUDIT_TARGET;
 use axum::body::Body;
@@ -44,7 +45,10 @@ use std::time::Instant;
 
 /// The private claim carrying the client-secret version that authenticated
 /// the token request. Stable: introspection compares it with the versions
-/// the credential still accepts.
+/// the credential still accepts. Tokens obtained with a Kubernetes
+/// service-account token (workload identity) carry
+/// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
+/// in workload-identity mode.
 pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
@@ -159,6 +163,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             grant: Err(GrantError::Expired(DateTime::<Utc>::MIN_UTC)),
             default_scope: String::new(),
             verifiers: Vec::new(),
+            workload: None,
         }
     });
     &UNKNOWN
@@ -236,7 +241,7 @@ impl TokenServer {
     /// Everything `/oauth/token` does before signing: grant type, client
     /// authentication, grant, scopes, audiences, claims. The signature is
     /// the caller's: [`token`] signs with the active key.
-    pub(crate) fn prepare_token(&self, request: OAuthRequest) -> Result<Issued, Refusal> {
+    pub(crate) async fn prepare_token(&self, request: OAuthRequest) -> Result<Issued, Refusal> {
         let OAuthRequest {
             form,
             credentials,
@@ -254,20 +259,40 @@ impl TokenServer {
             Some(CLIENT_CREDENTIALS) => {}
             Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
         }
-        let Some(creds) = credentials.as_ref() else {
-            return Err(Refusal {
-                error: OAuthError::invalid_client(true),
-                who: None,
-            });
-        };
         let now = Utc::now();
-        let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
-        let (entry, version) = self
-            .authenticate(creds, source, &keys, now)
-            .map_err(refuse)?;
+        // Workload identity hook: an RFC 7523 client assertion instead of a secret.
+        let assertion =
+            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?;
+        let (entry, version, method, keys) = match assertion {
+            Some(assertion) => {
+                let who = || Some(Box::new(Who::asserted(&assertion)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result = self.authenticate_assertion(&assertion, source, now).await;
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::assertion::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let entry = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, WORKLOAD_IDENTITY_VERSION, method, keys)
+            }
+            None => {
+                let Some(creds) = credentials.as_ref() else {
+                    return Err(Refusal {
+                        error: OAuthError::invalid_client(true),
+                        who: None,
+                    });
+                };
+                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+                let result = self.authenticate(creds, source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = creds.method.as_str();
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(refuse)?;
+                (entry, version, method, keys)
+            }
+        };
         let refuse = |error: OAuthError| Refusal {
             error,
-            who: Some(Box::new(Who::of(&entry))),
+            who: Some(Box::new(Who::of(&entry, method))),
         };
         let grant = entry.grant_at(now).map_err(|e| refuse(grant_error(&e)))?;
 
@@ -346,6 +371,7 @@ impl TokenServer {
             iat,
             exp,
             version,
+            method,
             entry,
             keys,
         })
@@ -366,7 +392,7 @@ impl TokenServer {
                      request fewer scopes or audiences",
                     access_token.len()
                 )),
-                who: Some(Box::new(Who::of(&issued.entry))),
+                who: Some(Box::new(Who::of(&issued.entry, issued.method))),
             }
             .audit());
         }
@@ -376,6 +402,7 @@ impl TokenServer {
             iat,
             exp,
             version,
+            method,
             entry,
             ..
         } = issued;
@@ -387,6 +414,7 @@ impl TokenServer {
             namespace = %entry.namespace,
             credential = %entry.name,
             service_account = %entry.service_account,
+            auth_method = method,
             scope = %scope,
             jti = %jti,
             secret_version = version,
@@ -480,6 +508,8 @@ pub(crate) struct Issued {
     iat: i64,
     exp: i64,
     version: i64,
+    /// How the client authenticated (RFC 8414 method name).
+    method: &'static str,
     entry: Arc<CredentialEntry>,
     /// The keys the client was authenticated with (and that sign).
     pub(crate) keys: Arc<KeyMaterial>,
@@ -503,6 +533,7 @@ impl Refusal {
                 client_id = %who.client_id,
                 namespace = who.namespace.as_deref(),
                 service_account = who.service_account.as_deref(),
+                auth_method = who.method,
                 reason = %error.description,
                 "token refused"
             );
@@ -517,6 +548,7 @@ struct Who {
     client_id: String,
     namespace: Option<String>,
     service_account: Option<String>,
+    method: &'static str,
 }
 
 impl Who {
@@ -527,14 +559,27 @@ impl Who {
             client_id: loggable_client_id(&creds.client_id, known),
             namespace: None,
             service_account: None,
+            method: creds.method.as_str(),
         }
     }
 
-    fn of(entry: &CredentialEntry) -> Self {
+    /// A workload-identity request before it is authenticated: the
+    /// `client_id` if sent (the token is never logged).
+    fn asserted(assertion: &super::assertion::ClientAssertion) -> Self {
+        Self {
+            client_id: assertion.client_id.clone().unwrap_or_default(),
+            namespace: None,
+            service_account: None,
+            method: super::assertion::METHOD,
+        }
+    }
+
+    fn of(entry: &CredentialEntry, method: &'static str) -> Self {
         Self {
             client_id: entry.client_id.clone(),
             namespace: Some(entry.namespace.clone()),
             service_account: Some(entry.service_account.clone()),
+            method,
         }
     }
 }
@@ -566,7 +611,10 @@ pub async fn token(
     State(server): State<TokenServer>,
     request: OAuthRequest,
 ) -> Result<Response, OAuthError> {
-    let issued = server.prepare_token(request).map_err(Refusal::audit)?;
+    let issued = server
+        .prepare_token(request)
+        .await
+        .map_err(Refusal::audit)?;
     let signer = issued
         .keys
         .ring
@@ -691,6 +739,13 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         .map(|k| k.ring.algorithms().to_vec())
         .unwrap_or_default();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
+    // Workload identity: Kubernetes service-account tokens as RFC 7523
+    // client assertions, at the token endpoint only.
+    let token_auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        super::assertion::METHOD,
+    ];
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
@@ -699,7 +754,9 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "grant_types_supported": [CLIENT_CREDENTIALS],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_methods_supported": token_auth_methods,
+        // Service-account tokens are signed by the cluster (RS256 or ES256).
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "access_token_signing_alg_values_supported": algs,

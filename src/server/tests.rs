@@ -1068,8 +1068,17 @@ async fn discovery_documents_and_missing_keys() {
             meta["grant_types_supported"],
             serde_json::json!(["client_credentials"])
         );
+        // Workload identity: RFC 7523 client assertions at the token endpoint only.
         assert_eq!(
             meta["token_endpoint_auth_methods_supported"],
+            serde_json::json!([
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt"
+            ])
+        );
+        assert_eq!(
+            meta["introspection_endpoint_auth_methods_supported"],
             serde_json::json!(["client_secret_basic", "client_secret_post"])
         );
         assert!(meta.get("id_token_signing_alg_values_supported").is_none());

@@ -335,6 +335,11 @@ if ((installed)); then
   denied "$TS" list secrets --all-namespaces
   denied "$TS" create secrets -n "$NS"
   denied "$TS" patch secrets/m2m-operator-keys -n "$NS"
+  # Token server: workload identity asks the apiserver, and may do nothing else with tokens.
+  allowed "$TS" create tokenreviews.authentication.k8s.io
+  denied "$TS" create serviceaccounts/token -n "$OTHER_NS"
+  denied "$TS" get serviceaccounts -n "$OTHER_NS"
+  denied "$TS" get pods -n "$OTHER_NS"
   # Token server: reads the reconciled state, writes none of it.
   allowed "$TS" list m2mcredentials.m2m.dev --all-namespaces
   allowed "$TS" watch m2mcredentials.m2m.dev --all-namespaces
@@ -504,6 +509,28 @@ YAML
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --type=merge \
     -p '{"spec":{"scopes":["a"]}}' --dry-run=server
 
+  # Workload identity: a real TokenReview of a real service-account token.
+  "$KUBECTL" -n "$OTHER_NS" create serviceaccount wi-probe >/dev/null
+  wi_token="$("$KUBECTL" -n "$OTHER_NS" create token wi-probe --audience https://m2m.chart-test)"
+  reviewed="$("$KUBECTL" --kubeconfig "$TS_CFG" create --validate=false -o jsonpath='{.status.authenticated} {.status.user.username}' -f - 2>&1 <<YAML
+apiVersion: authentication.k8s.io/v1
+kind: TokenReview
+spec:
+  token: $wi_token
+  audiences: ["https://m2m.chart-test"]
+YAML
+)"
+  if [[ "$reviewed" == "true system:serviceaccount:$OTHER_NS:wi-probe" ]]; then
+    pass "token server reviews a service-account token (TokenReview)"
+  else
+    fail "token server reviews a service-account token (TokenReview)" "$reviewed"
+  fi
+  as_sa "$TS_CFG" forbidden "token server is refused minting service-account tokens" \
+    -n "$OTHER_NS" create token wi-probe
+  as_sa "$TS_CFG" forbidden "token server is refused reading core ServiceAccounts" \
+    -n "$OTHER_NS" get serviceaccount wi-probe
+  as_sa "$TS_CFG" forbidden "token server is refused listing Pods" -n "$OTHER_NS" get pods
+
   as_sa "$CTRL_CFG" ok "controller creates a credential Secret in another namespace" \
     -n "$OTHER_NS" create secret generic probe-credentials --type=m2m.dev/client-credentials \
     --from-literal=client_id=probe --dry-run=server
@@ -631,6 +658,9 @@ if [[ -f "$example_ns_file" ]]; then
     "$KUBECTL" get serviceaccount default -n "$EX_NS" >/dev/null 2>&1 && break
     sleep 1
   done
+  # A Pod's ServiceAccount must exist before admission, and a dry run of the
+  # same file does not create it (05-workload-identity.yaml).
+  "$KUBECTL" -n "$EX_NS" create serviceaccount report-publisher >/dev/null 2>&1 || true
   for f in "${example_files[@]}"; do
     rel="${f#"$ROOT"/}"
     case "$rel" in
