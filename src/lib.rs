@@ -16,6 +16,7 @@ pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod signing;
