@@ -29,9 +29,11 @@ impl Cluster {
             message,
         };
         let kubeconfig = match &g.kubeconfig {
-            Some(path) => Some(Kubeconfig::read_from(path).map_err(|e| {
-                kubeconfig_error(format!("{}: {}", path.display(), super::error_chain(&e)))
-            })?),
+            // kube's message already names the path.
+            Some(path) => Some(
+                Kubeconfig::read_from(path)
+                    .map_err(|e| kubeconfig_error(super::error_chain(&e)))?,
+            ),
             None => match Kubeconfig::read() {
                 Ok(k) => Some(k),
                 // kubectl's fallback: a pod with a mounted service-account token.
