@@ -24,6 +24,7 @@ pub mod core;
 pub mod crd;
 pub mod http;
 pub mod labels;
+pub mod plugin;
 pub mod runtime;
 pub mod server;
 pub mod signing;
