@@ -38,7 +38,7 @@ command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2;
 bin="${M2M_BIN:-}"
 if [[ -z "$bin" ]]; then
   echo "building the release binary..." >&2
-  cargo build --release --quiet --bin m2m-operator --manifest-path "$repo/Cargo.toml"
+  cargo build --release --quiet --features bench --bin m2m-operator --manifest-path "$repo/Cargo.toml"
   bin="$(cargo metadata --format-version 1 --no-deps --manifest-path "$repo/Cargo.toml" \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release/m2m-operator"
 fi

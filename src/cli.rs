@@ -27,12 +27,15 @@ pub enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Benchmark only: a token server with one generated credential and no cluster.
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchServer(BenchServerArgs),
 }
 
 /// `m2m-operator bench-server` (hidden): serves `/oauth/token` from generated
 /// in-memory state, plus `/bench/token-unsigned` (everything but signing).
+/// Only in builds with the `bench` cargo feature.
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Args)]
 pub struct BenchServerArgs {
     /// Address to listen on.
@@ -151,6 +154,41 @@ pub struct TokenServerOptions {
     /// `aud` of tokens whose credential lists no audiences [default: the issuer URL].
     #[arg(long, env = "M2M_DEFAULT_AUDIENCE")]
     pub default_audience: Option<String>,
+
+    /// Open connections per process on the token endpoint; at the limit no
+    /// new connection is accepted until one closes.
+    #[arg(long, env = "M2M_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Deadline for a request's headers (and the keep-alive idle timeout).
+    #[arg(long, env = "M2M_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration_flag)]
+    pub header_read_timeout: std::time::Duration,
+
+    /// Deadline for a whole request, body included.
+    #[arg(long, env = "M2M_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration_flag)]
+    pub request_timeout: std::time::Duration,
+}
+
+fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {
+    match crate::core::duration::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl TokenServerOptions {
+    /// The token endpoint's connection and request limits.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        let defaults = crate::http::HttpLimits::token_endpoint();
+        crate::http::HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: defaults.body_read_timeout.min(self.request_timeout),
+            request_timeout: self.request_timeout,
+            ..defaults
+        }
+    }
 }
 
 /// `m2m-operator controller`.

@@ -10,12 +10,14 @@
 //! - [`runtime`]: process wiring of the `controller`, `token-server` and `run` subcommands.
 //! - [`cli`]: flags and their environment fallbacks.
 //! - [`telemetry`] and [`admin`]: logs, metrics, `/livez`, `/readyz`, `/metrics`.
+//! - [`http`]: the connection loop both listeners share, with its limits.
 
 pub mod admin;
 pub mod cli;
 pub mod controller;
 pub mod core;
 pub mod crd;
+pub mod http;
 pub mod runtime;
 pub mod server;
 pub mod signing;

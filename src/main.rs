@@ -14,6 +14,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => runtime::run_controller(args).await,
         Command::TokenServer(args) => Ok(m2m_operator::server::run(args).await?),
         Command::Run(args) => runtime::run_all(args).await,
+        #[cfg(feature = "bench")]
         Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
     }
 }

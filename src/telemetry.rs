@@ -88,6 +88,13 @@ pub struct CredentialStateLabels {
     pub state: String,
 }
 
+/// Labels of connection metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener (`token`, `admin`).
+    pub listener: &'static str,
+}
+
 /// Builds latency histograms from 100 µs to ~1.6 s.
 #[derive(Clone, Copy)]
 pub struct LatencyBuckets;
@@ -121,6 +128,10 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     /// `m2m_credentials{state}`.
     pub credentials: Family<CredentialStateLabels, Gauge>,
+    /// `m2m_http_connections{listener}`: open connections.
+    pub http_connections: Family<ListenerLabels, Gauge>,
+    /// `m2m_http_connection_limit_reached_total{listener}`.
+    pub http_connection_limit: Family<ListenerLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -170,7 +181,21 @@ impl Metrics {
             "M2MCredentials by state",
             credentials.clone(),
         );
+        let http_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections by listener",
+            http_connections.clone(),
+        );
+        let http_connection_limit = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_connection_limit_reached",
+            "Times a listener reached its connection limit and paused accepting",
+            http_connection_limit.clone(),
+        );
         Self {
+            http_connections,
+            http_connection_limit,
             token_requests,
             request_duration,
             reconcile_duration,
@@ -205,6 +230,20 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// The open-connections gauge of `listener`.
+    pub fn http_connections(&self, listener: &'static str) -> Gauge {
+        self.http_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// Count one time `listener` reached its connection limit.
+    pub fn http_connection_limit_reached(&self, listener: &'static str) {
+        self.http_connection_limit
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
     }
 
     /// Set the number of credentials in `state`.

@@ -6,9 +6,12 @@
 //! except signing, so one run measures the signing cost against a baseline.
 //! Reached only through the hidden `bench-server` subcommand.
 
+use super::error::OAuthError;
+use super::form::OAuthRequest;
 use super::index::{CredentialIndex, KeyMaterial, TokenState};
+use super::oauth::Refusal;
 use super::revocation::LocalRevocations;
-use super::{ServerConfig, TokenServer, router};
+use super::{ServerConfig, TokenServer, router, with_layers};
 use crate::cli::{BenchServerArgs, SigningAlg};
 use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
@@ -21,11 +24,11 @@ use crate::crd::{
 use crate::signing::KeySet;
 use crate::telemetry::{Metrics, init_logging};
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use kube::api::ObjectMeta;
 use std::sync::Arc;
@@ -120,6 +123,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         default_audience: "https://m2m.bench.example".into(),
         default_policy: policy,
         operator_namespace: "bench".into(),
+        limits: crate::http::HttpLimits::token_endpoint(),
     };
     let revocations = Arc::new(LocalRevocations::new(state.clone()));
     Ok(BenchFixture {
@@ -129,21 +133,25 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
     })
 }
 
+/// Everything `/oauth/token` does but signing: the claims are only
+/// base64url-encoded. The production handler has no such switch.
 async fn token_unsigned(
     State(server): State<TokenServer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    server.issue(headers, body, false).await
+    request: OAuthRequest,
+) -> Result<Response, OAuthError> {
+    let issued = server.prepare_token(request).map_err(Refusal::audit)?;
+    let token = URL_SAFE_NO_PAD.encode(&issued.claims_json);
+    Ok(server.token_response(issued, &token))
 }
 
-/// The production routes plus `/bench/token-unsigned`.
+/// The production routes plus `/bench/token-unsigned`, behind the same layers.
 pub fn bench_router(server: TokenServer) -> Router {
-    router(server.clone()).merge(
-        Router::new()
-            .route("/bench/token-unsigned", post(token_unsigned))
-            .with_state(server),
-    )
+    let limits = server.config().limits.clone();
+    let metrics = server.inner.metrics.clone();
+    let unsigned = Router::new()
+        .route("/bench/token-unsigned", post(token_unsigned))
+        .with_state(server.clone());
+    router(server).merge(with_layers(unsigned, &limits, metrics))
 }
 
 /// `m2m-operator bench-server`.
@@ -156,8 +164,17 @@ pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     )?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, alg = args.signing_alg.as_str(), "bench server ready");
-    axum::serve(listener, bench_router(fixture.server))
-        .with_graceful_shutdown(crate::admin::shutdown_signal())
-        .await?;
+    let limits = fixture.server.config().limits.clone();
+    let metrics = fixture.server.inner.metrics.clone();
+    crate::http::serve(
+        "token",
+        listener,
+        bench_router(fixture.server),
+        None,
+        limits,
+        metrics,
+        crate::admin::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

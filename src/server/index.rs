@@ -84,12 +84,32 @@ impl CredentialEntry {
             .any(|v| v.version == version && self.usable(key, v, now))
     }
 
-    /// The secret version `secret` authenticates at `now`, if any. Checks
-    /// every accepted verifier in constant time per comparison.
-    pub fn authenticate(&self, key: &VerifierKey, secret: &str, now: DateTime<Utc>) -> Option<i64> {
+    /// The secret version `secret` authenticates at `now`, if any.
+    ///
+    /// Equal work whatever the credential: every slot up to
+    /// [`super::oauth::MAX_VERIFIERS`] costs one seal check and one digest
+    /// check (constant-time comparisons), padded with a verifier nothing
+    /// matches, so the time does not tell how many verifiers a credential
+    /// has — nor, with the padded dummy entry the token endpoint uses for
+    /// unknown ids, whether the id exists.
+    pub fn authenticate(
+        &self,
+        key: &impl super::oauth::SecretCheck,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Option<i64> {
+        let pad = super::oauth::padding_verifier();
+        let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
         let mut matched = None;
-        for v in self.verifiers.iter().filter(|v| self.usable(key, v, now)) {
-            if key.verify(&self.binding(v.version), secret, &v.digest) && matched.is_none() {
+        for slot in 0..slots {
+            let (v, real) = match self.verifiers.get(slot) {
+                Some(v) => (v, true),
+                None => (pad, false),
+            };
+            let binding = self.binding(v.version);
+            let sealed = key.is_sealed(&binding, v);
+            let digest_ok = key.verify(&binding, secret, &v.digest);
+            if real && sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
                 matched = Some(v.version);
             }
         }

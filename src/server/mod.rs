@@ -7,8 +7,15 @@
 //!   aside, which must persist).
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
-//! - [`bench`]: a cluster-free server for the benchmark (`bench-server`).
+//! - [`bench`] (cargo feature `bench`): a cluster-free server for the
+//!   benchmark (`bench-server`).
+//!
+//! Every route sits behind the same tower stack ([`router`]): tracing span,
+//! metrics and RFC 6749 error shaping, request timeout, concurrency limit,
+//! body deadline and body-size limit; connection-level limits are in
+//! [`crate::http`].
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod error;
 pub mod form;
@@ -25,16 +32,25 @@ mod tests;
 use crate::admin::{self, AdminState, Readiness};
 use crate::cli::{CommonArgs, TokenServerArgs, TokenServerOptions};
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
-use crate::telemetry::{Metrics, init_logging};
+use crate::http::HttpLimits;
+use crate::telemetry::{Endpoint, Metrics, init_logging};
 use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
 use futures::FutureExt;
 use index::TokenState;
-use ratelimit::FailureLimiter;
+use ratelimit::AuthLimiter;
 use revocation::{ConfigMapRevocations, RevocationStore};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
+use tower_http::trace::TraceLayer;
 
 /// Why the token server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +80,8 @@ pub struct ServerConfig {
     pub default_policy: ScopePolicy,
     /// Namespace of the key Secret and the revocation ConfigMap.
     pub operator_namespace: String,
+    /// Connection and request limits.
+    pub limits: HttpLimits,
 }
 
 impl ServerConfig {
@@ -79,6 +97,7 @@ impl ServerConfig {
             default_policy: ScopePolicy::parse(&common.default_allowed_scopes)
                 .map_err(ServerError::DefaultPolicy)?,
             operator_namespace: common.namespace(),
+            limits: opts.limits(),
         })
     }
 }
@@ -86,7 +105,7 @@ impl ServerConfig {
 struct Inner {
     config: ServerConfig,
     state: Arc<TokenState>,
-    limiter: FailureLimiter,
+    limiter: AuthLimiter,
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
 }
@@ -117,7 +136,7 @@ impl TokenServer {
             inner: Arc::new(Inner {
                 config,
                 state,
-                limiter: FailureLimiter::new(),
+                limiter: AuthLimiter::new(),
                 metrics,
                 revocations,
             }),
@@ -135,9 +154,11 @@ impl TokenServer {
     }
 }
 
-/// The token endpoint's routes.
+/// The token endpoint's routes behind its tower stack.
 pub fn router(server: TokenServer) -> Router {
-    Router::new()
+    let limits = server.config().limits.clone();
+    let metrics = server.inner.metrics.clone();
+    let routes = Router::new()
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
@@ -151,11 +172,64 @@ pub fn router(server: TokenServer) -> Router {
         // (with the Allow header axum adds), not an empty 405.
         .method_not_allowed_fallback(|| async {
             error::OAuthError::invalid_request_status(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this endpoint",
             )
         })
-        .with_state(server)
+        .with_state(server);
+    with_layers(routes, &limits, metrics)
+}
+
+/// The tower stack of the token endpoint, outermost first.
+pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics) -> Router {
+    routes.layer(
+        ServiceBuilder::new()
+            // A span per request (method and path only: a query string can
+            // carry what a client should not have sent).
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                    })
+                    .on_failure(()),
+            )
+            .layer(axum::middleware::from_fn_with_state(metrics, observe))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                limits.request_timeout,
+            ))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                limits.max_concurrent_requests.max(1),
+            ))
+            .layer(RequestBodyDeadlineLayer::new(limits.body_read_timeout))
+            .layer(RequestBodyLimitLayer::new(form::MAX_BODY_BYTES)),
+    )
+}
+
+/// Metrics per endpoint and outcome, and the RFC 6749 shape of errors
+/// the layers below answer themselves (413, 408, 503).
+async fn observe(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = match request.uri().path() {
+        "/oauth/token" => Some(Endpoint::token),
+        "/oauth/introspect" => Some(Endpoint::introspect),
+        "/oauth/revoke" => Some(Endpoint::revoke),
+        _ => None,
+    };
+    let started = Instant::now();
+    let response = error::as_oauth_error(next.run(request).await);
+    if let Some(endpoint) = endpoint {
+        let outcome = match response.extensions().get::<error::Outcome>() {
+            Some(error::Outcome(outcome)) => outcome,
+            None if response.status().is_success() => "ok",
+            None => "server_error",
+        };
+        metrics.observe_request(endpoint, outcome, started.elapsed().as_secs_f64());
+    }
+    response
 }
 
 /// `m2m-operator token-server`: logging, admin endpoint, watches, serving,
@@ -224,8 +298,8 @@ pub async fn run_token_server(
         watch_ready,
     ));
     tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
-    let server = TokenServer::new(config, state, metrics, Arc::new(revocations));
-    let result = serve(router(server), opts, shutdown).await;
+    let server = TokenServer::new(config, state, metrics.clone(), Arc::new(revocations));
+    let result = serve(router(server), opts, metrics, shutdown).await;
     watches.abort();
     result
 }
@@ -234,78 +308,31 @@ pub async fn run_token_server(
 pub async fn serve(
     app: Router,
     opts: &TokenServerOptions,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = opts.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Io(addr.to_string(), e))?;
-    match (&opts.tls_cert, &opts.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = tls::ReloadingTls::new(cert.clone(), key.clone())?;
-            let reloader = tokio::spawn(tls.clone().watch());
-            let result = serve_tls(listener, app, tls, shutdown).await;
-            reloader.abort();
-            result.map_err(|e| ServerError::Io(addr.to_string(), e))
-        }
-        _ => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| ServerError::Io(addr.to_string(), e)),
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingTls::new(cert.clone(), key.clone())?),
+        _ => None,
+    };
+    let reloader = tls.clone().map(|t| tokio::spawn(t.watch()));
+    let result = crate::http::serve(
+        "token",
+        listener,
+        app,
+        tls,
+        opts.limits(),
+        metrics,
+        shutdown,
+    )
+    .await
+    .map_err(|e| ServerError::Io(addr.to_string(), e));
+    if let Some(r) = reloader {
+        r.abort();
     }
-}
-
-/// How long in-flight TLS connections get to finish after shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a client gets to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: Arc<tls::ReloadingTls>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                let service = TowerToHyperService::new(app.clone());
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; closing");
-    }
-    Ok(())
+    result
 }

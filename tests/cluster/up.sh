@@ -240,11 +240,7 @@ start_etcd() {
 
 launch_apiserver() {
   ensure_port_free kube-apiserver "$M2M_APISERVER_PORT"
-  local minor extra=() version_args=()
-  minor="$(m2m_k8s_minor "$APISERVER_BIN")"
-  if ((minor > 0 && minor < 24)); then
-    version_args+=(--insecure-port=0)
-  fi
+  local extra=()
   read -r -a extra <<<"$M2M_APISERVER_EXTRA_ARGS"
   mkdir -p "$M2M_CLUSTER_DIR/apiserver-certs"
   spawn kube-apiserver "$APISERVER_BIN" \
@@ -252,7 +248,6 @@ launch_apiserver() {
     --bind-address="$M2M_BIND_ADDRESS" \
     --advertise-address="$M2M_BIND_ADDRESS" \
     --secure-port="$M2M_APISERVER_PORT" \
-    "${version_args[@]}" \
     --cert-dir="$M2M_CLUSTER_DIR/apiserver-certs" \
     --tls-cert-file="$M2M_PKI_DIR/apiserver.crt" \
     --tls-private-key-file="$M2M_PKI_DIR/apiserver.key" \
@@ -285,17 +280,12 @@ start_controller_manager() {
   ensure_port_free kube-controller-manager "$M2M_CONTROLLER_MANAGER_PORT"
   local kubeconfig="$M2M_CLUSTER_DIR/controller-manager.kubeconfig"
   write_kubeconfig "$kubeconfig" kube-controller-manager
-  local minor extra=() version_args=()
-  minor="$(m2m_k8s_minor "$CONTROLLER_MANAGER_BIN")"
-  if ((minor > 0 && minor < 24)); then
-    version_args+=(--port=0)
-  fi
+  local extra=()
   read -r -a extra <<<"$M2M_CONTROLLER_MANAGER_EXTRA_ARGS"
   spawn kube-controller-manager "$CONTROLLER_MANAGER_BIN" \
     --kubeconfig="$kubeconfig" \
     --bind-address="$M2M_BIND_ADDRESS" \
     --secure-port="$M2M_CONTROLLER_MANAGER_PORT" \
-    "${version_args[@]}" \
     --cert-dir="$M2M_CLUSTER_DIR/controller-manager-certs" \
     --controllers="$M2M_CONTROLLERS" \
     --leader-elect=false \
