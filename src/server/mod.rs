@@ -276,6 +276,12 @@ pub async fn run_token_server(
     readiness: &Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Register the flags before anything awaits: the admin endpoint is
+    // already serving, and with no flags registered /readyz says ready.
+    let watch_ready = watch::WatchReadiness {
+        synced: readiness.flag("token-server-watches"),
+        signing_key: readiness.flag("token-server-signing-key"),
+    };
     let config = ServerConfig::from_args(common, opts)?;
     let state = Arc::new(TokenState::new());
     let revocations =
@@ -283,10 +289,6 @@ pub async fn run_token_server(
     if let Err(error) = revocations.ensure_exists().await {
         tracing::warn!(%error, "could not create the revocation ConfigMap; will retry on first revocation");
     }
-    let watch_ready = watch::WatchReadiness {
-        synced: readiness.flag("token-server-watches"),
-        signing_key: readiness.flag("token-server-signing-key"),
-    };
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
