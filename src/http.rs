@@ -367,8 +367,34 @@ mod tests {
         tcp
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn slow_clients_are_cut_off_while_others_are_served() {
+    /// Measured in a process of its own: other tests running in parallel
+    /// in this one would make the RSS figures meaningless.
+    #[test]
+    fn slow_clients_are_cut_off_while_others_are_served() {
+        const NAME: &str = "http::tests::slow_clients_are_cut_off_while_others_are_served";
+        if std::env::var("M2M_ISOLATED_TEST").as_deref() == Ok(NAME) {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(slow_clients_are_cut_off_while_others_are_served_alone());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("M2M_ISOLATED_TEST", NAME)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    async fn slow_clients_are_cut_off_while_others_are_served_alone() {
         let limits = HttpLimits {
             max_connections: 600,
             ..test_limits()

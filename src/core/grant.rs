@@ -671,7 +671,7 @@ mod proptests {
             let in_policy = acc.scopes.iter().all(|s| policy.allows(s));
             let in_account = cred.scopes.iter().all(|s| acc.scopes.contains(s));
             let ttl_ok = |t: &Option<String>, max: Duration| {
-                t.as_deref().is_none_or(|t| parse_duration(t).is_ok_and(|d| !d.is_zero() && d <= max))
+                t.as_deref().is_none_or(|t| parse_duration(t).is_ok_and(|d| d >= MIN_TOKEN_TTL && d <= max))
             };
             let acc_ttl_ok = ttl_ok(&acc.token_ttl, MAX_TOKEN_TTL);
             let acc_ttl = acc.token_ttl.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TOKEN_TTL);
@@ -682,7 +682,10 @@ mod proptests {
             prop_assert_eq!(got.is_ok(), should, "{:?}", got);
             if let Err(e) = got {
                 // The first failing check, in the order users fix them.
-                let ttl_reason = matches!(e.reason(), "InvalidTokenTTL" | "TokenTTLTooLong");
+                let ttl_reason = matches!(
+                    e.reason(),
+                    "InvalidTokenTTL" | "TokenTTLTooLong" | "TokenTTLTooShort"
+                );
                 if !in_policy {
                     prop_assert_eq!(e.reason(), "ScopesNotAllowedInNamespace");
                 } else if !acc_ttl_ok {
