@@ -1,7 +1,9 @@
 -- wrk script for bench/token-bench.sh: POSTs a client_credentials request
--- with HTTP Basic authentication and prints one machine-readable summary
--- line. Reads the credentials and path from the environment.
+-- with HTTP Basic authentication — or, when M2M_BENCH_ASSERTION is set, with
+-- an RFC 7523 client assertion (workload identity) — and prints one
+-- machine-readable summary line. Reads the credentials and path from the environment.
 local id_secret = os.getenv("M2M_BENCH_CREDENTIALS")
+local assertion = os.getenv("M2M_BENCH_ASSERTION")
 local path = os.getenv("M2M_BENCH_PATH") or "/oauth/token"
 
 local function b64(data)
@@ -20,9 +22,16 @@ end
 
 wrk.method = "POST"
 wrk.path = path
-wrk.body = "grant_type=client_credentials&scope=bench%3Aread"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.headers["Authorization"] = "Basic " .. b64(id_secret)
+if assertion and assertion ~= "" then
+  -- A JWT is base64url and dots: nothing to percent-encode.
+  wrk.body = "grant_type=client_credentials&scope=bench%3Aread"
+    .. "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+    .. "&client_assertion=" .. assertion
+else
+  wrk.body = "grant_type=client_credentials&scope=bench%3Aread"
+  wrk.headers["Authorization"] = "Basic " .. b64(id_secret)
+end
 
 function done(summary, latency, requests)
   local secs = summary.duration / 1e6

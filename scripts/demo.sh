@@ -3,6 +3,9 @@
 # the CRDs, runs the operator on this host, applies the examples, fetches an
 # access token with curl, shows its claims, rotates the credential by
 # annotation, and proves the old secret is refused and the new one accepted.
+# Then workload identity: a credential with no secret at all, exchanging a
+# Kubernetes service-account token (minted with kubectl create token, since
+# pods do not run here) for an access token, and refusing another's.
 #
 #   ./scripts/demo.sh          run the demo (leaves everything running)
 #   ./scripts/demo.sh stop     stop the operator and the control plane
@@ -121,6 +124,38 @@ echo "    HTTP $code $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]
 step "Introspecting the first token (issued under the rotated-away secret)"
 curl -sS -u "$CLIENT_ID:$NEW_SECRET" --data-urlencode "token=$ACCESS_TOKEN" "$ISSUER/oauth/introspect" | sed 's/^/    /'
 echo
+
+step "Workload identity: no secret at all (examples/05-workload-identity.yaml)"
+WI_CRED=report-publisher
+kubectl -n "$NS" wait --for=condition=Ready --timeout=60s "m2mcredential/$WI_CRED"
+kubectl -n "$NS" get m2mcred "$WI_CRED" -o custom-columns='NAME:.metadata.name,MODE:.status.mode,SUBJECT:.status.workloadIdentity.subject,AUDIENCE:.status.workloadIdentity.audience'
+kubectl -n "$NS" get secret "$WI_CRED-credentials" >/dev/null 2>&1 && die "a workload-identity credential got a Secret"
+echo "    no Secret $WI_CRED-credentials: nothing stored, nothing to rotate"
+echo "    Pods do not run here (no kubelet), so mint the token the Pod's projected volume would hold:"
+echo "    kubectl -n $NS create token report-publisher --audience $ISSUER"
+SA_TOKEN="$(kubectl -n "$NS" create token report-publisher --audience "$ISSUER")"
+echo "    curl -d grant_type=client_credentials -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer --data-urlencode client_assertion@<token file> $TOKEN_URL"
+code="$(printf '%s' "$SA_TOKEN" | curl -sS -o "$STATE/wi.json" -w '%{http_code}' \
+  -d grant_type=client_credentials \
+  -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
+  --data-urlencode client_assertion@- "$TOKEN_URL")"
+echo "    HTTP $code $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print({k: (v[:24]+"…" if k=="access_token" else v) for k,v in r.items()})' "$STATE/wi.json")"
+[[ "$code" == 200 ]] || die "the service-account token was not accepted"
+WI_TOKEN="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$STATE/wi.json")"
+python3 - "$WI_TOKEN" <<'PY' | sed 's/^/    /'
+import base64, json, sys
+p = sys.argv[1].split(".")[1]
+c = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+print("claims:", json.dumps({k: c[k] for k in ("sub", "client_id", "scope", "aud", "m2m_sv")}))
+PY
+step "A token of another ServiceAccount is refused"
+OTHER_TOKEN="$(kubectl -n "$NS" create token default --audience "$ISSUER")"
+code="$(printf '%s' "$OTHER_TOKEN" | curl -sS -o "$STATE/wi-other.json" -w '%{http_code}' \
+  -d grant_type=client_credentials \
+  -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
+  --data-urlencode client_assertion@- "$TOKEN_URL")"
+echo "    HTTP $code $(cat "$STATE/wi-other.json")"
+[[ "$code" == 401 ]] || die "another ServiceAccount's token was accepted"
 
 cat <<MSG
 

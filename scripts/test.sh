@@ -17,9 +17,10 @@ eval "$(tests/cluster/env.sh)"
 kubectl version
 
 # Integration tests spawn the operator binary; build everything first so
-# compile time does not count against their timeouts.
-cargo build --all-targets --locked
-cargo test --all-targets --locked -- "$@"
+# compile time does not count against their timeouts. `test-hooks` compiles
+# in the crash-injection failpoint the crash-recovery test needs.
+cargo build --all-targets --locked --features test-hooks
+cargo test --all-targets --locked --features test-hooks -- "$@"
 
 if [[ -x tests/chart/test.sh ]]; then
   tests/chart/test.sh

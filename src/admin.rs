@@ -6,6 +6,7 @@
 //! ([`Readiness::flag`]): the token server's watches, its signing key, the
 //! controller's leadership, … `/readyz` lists the ones not ready yet.
 
+use crate::http::HttpLimits;
 use crate::telemetry::Metrics;
 use axum::Router;
 use axum::extract::State;
@@ -79,13 +80,26 @@ pub struct AdminState {
     pub metrics: Metrics,
 }
 
-/// `/livez`, `/readyz`, `/metrics`.
+/// `/livez`, `/readyz`, `/metrics`, behind a request timeout and a
+/// concurrency limit (no bodies are read).
 pub fn router(state: AdminState) -> Router {
+    let limits = HttpLimits::admin_endpoint();
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.request_timeout,
+                ))
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_concurrent_requests,
+                ))
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(1024)),
+        )
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -115,17 +129,36 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     }
 }
 
-/// Serve the admin router on `addr` until `shutdown` resolves.
+/// Serve the admin router on `addr` until `shutdown` resolves, with the
+/// admin limits ([`HttpLimits::admin_endpoint`]).
 pub async fn serve(
     addr: SocketAddr,
     state: AdminState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(addr, state, HttpLimits::admin_endpoint(), shutdown).await
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    addr: SocketAddr,
+    state: AdminState,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin endpoint listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let metrics = state.metrics.clone();
+    crate::http::serve(
+        "admin",
+        listener,
+        router(state),
+        None,
+        limits,
+        metrics,
+        shutdown,
+    )
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

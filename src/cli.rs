@@ -1,9 +1,12 @@
 //! Command-line interface: one binary, four subcommands. Every flag has an
 //! environment fallback so the Helm chart can configure it either way.
 
+use crate::core::duration::parse_duration;
+use crate::signing::SigningAlg;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Machine-to-machine identities for Kubernetes: OAuth 2.0 client-credentials
 /// Secrets, rotation, and an in-cluster token endpoint.
@@ -27,12 +30,15 @@ pub enum Command {
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
     /// Benchmark only: a token server with one generated credential and no cluster.
+    #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchServer(BenchServerArgs),
 }
 
 /// `m2m-operator bench-server` (hidden): serves `/oauth/token` from generated
 /// in-memory state, plus `/bench/token-unsigned` (everything but signing).
+/// Only in builds with the `bench` cargo feature.
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Args)]
 pub struct BenchServerArgs {
     /// Address to listen on.
@@ -44,6 +50,10 @@ pub struct BenchServerArgs {
     /// Write `client_id:client_secret` of the generated credential here.
     #[arg(long)]
     pub credentials_file: PathBuf,
+    /// Write a client assertion (service-account-token shaped, pre-seeded in
+    /// the assertion cache) of the workload-identity credential here.
+    #[arg(long)]
+    pub assertion_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -59,19 +69,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// JWT signing algorithm of the keys the controller generates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum SigningAlg {
-    /// ECDSA P-256 with SHA-256.
-    #[default]
-    #[value(name = "ES256")]
-    Es256,
-    /// Ed25519.
-    #[value(name = "EdDSA")]
-    EdDsa,
-    /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
-    #[value(name = "RS256")]
-    Rs256,
+/// `--signing-alg` takes the JOSE names (`ES256`, `EdDSA`, `RS256`).
+impl ValueEnum for SigningAlg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
 }
 
 /// Flags every long-running subcommand takes.
@@ -92,9 +98,13 @@ pub struct CommonArgs {
     pub admin_listen: SocketAddr,
 
     /// Issuer URL: the `iss` claim and the discovery base URL
-    /// [default: http://<service>.<namespace>.svc:8080, from M2M_SERVICE_NAME (default m2m-operator)].
+    /// [default: http://<service-name>.<namespace>.svc:8080].
     #[arg(long, env = "M2M_ISSUER")]
     pub issuer: Option<String>,
+
+    /// Name of the Service in front of the token server, for the default issuer URL.
+    #[arg(long, env = "M2M_SERVICE_NAME", default_value = "m2m-operator")]
+    pub service_name: String,
 
     /// Scope policy for namespaces without the `m2m.dev/allowed-scopes`
     /// annotation: comma-separated exact scopes or `prefix*` patterns. The
@@ -116,8 +126,8 @@ pub struct ControllerOptions {
 
     /// How long a signing key signs before a new one replaces it (retired keys
     /// stay in the JWKS until every token they signed has expired).
-    #[arg(long, env = "M2M_SIGNING_KEY_ROTATION", default_value = "720h")]
-    pub signing_key_rotation: String,
+    #[arg(long, env = "M2M_SIGNING_KEY_ROTATION", default_value = "720h", value_parser = positive_duration)]
+    pub signing_key_rotation: Duration,
 
     /// Token endpoint URL written into each credential Secret's `token_url`
     /// [default: <issuer>/oauth/token].
@@ -151,6 +161,76 @@ pub struct TokenServerOptions {
     /// `aud` of tokens whose credential lists no audiences [default: the issuer URL].
     #[arg(long, env = "M2M_DEFAULT_AUDIENCE")]
     pub default_audience: Option<String>,
+
+    /// Workload identity: how long a service-account token Kubernetes
+    /// confirmed (TokenReview) is accepted without asking again; never past
+    /// the token's `exp`. Also bounds how long a deleted Pod's or
+    /// ServiceAccount's token keeps working.
+    #[arg(long, env = "M2M_ASSERTION_CACHE_TTL", default_value = "30s", value_parser = parse_duration_flag)]
+    pub assertion_cache_ttl: std::time::Duration,
+
+    /// Workload identity: at most this many TokenReview results are cached.
+    #[arg(long, env = "M2M_ASSERTION_CACHE_ENTRIES", default_value_t = crate::core::workload::DEFAULT_CACHE_ENTRIES)]
+    pub assertion_cache_entries: usize,
+
+    /// Open connections per process on the token endpoint; at the limit no
+    /// new connection is accepted until one closes.
+    #[arg(long, env = "M2M_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Deadline for a request's headers (and the keep-alive idle timeout).
+    #[arg(long, env = "M2M_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration_flag)]
+    pub header_read_timeout: std::time::Duration,
+
+    /// Deadline for a whole request, body included.
+    #[arg(long, env = "M2M_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration_flag)]
+    pub request_timeout: std::time::Duration,
+
+    /// Revoked tokens kept one by one per client; beyond it, a client's next
+    /// revocation revokes every token it was issued up to the newest revoked one.
+    #[arg(long, env = "M2M_REVOCATION_QUOTA", default_value_t = crate::server::revocation::DEFAULT_QUOTA,
+          value_parser = parse_revocation_quota)]
+    pub revocation_quota: usize,
+}
+
+/// 1 to 10,000: a list of that many entries stays far below the ConfigMap limit.
+fn parse_revocation_quota(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => Err("expected an integer from 1 to 10000".into()),
+    }
+}
+
+impl TokenServerOptions {
+    /// The assertion cache bounds the flags describe.
+    pub fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
+        crate::server::assertion::CacheBounds {
+            ttl: self.assertion_cache_ttl,
+            entries: self.assertion_cache_entries,
+        }
+    }
+}
+
+fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {
+    match crate::core::duration::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl TokenServerOptions {
+    /// The token endpoint's connection and request limits.
+    pub fn limits(&self) -> crate::http::HttpLimits {
+        let defaults = crate::http::HttpLimits::token_endpoint();
+        crate::http::HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: defaults.body_read_timeout.min(self.request_timeout),
+            request_timeout: self.request_timeout,
+            ..defaults
+        }
+    }
 }
 
 /// `m2m-operator controller`.
@@ -189,28 +269,12 @@ pub struct RunArgs {
     pub server: TokenServerOptions,
 }
 
-impl CommonArgs {
-    /// The operator namespace: flag, else the pod's namespace, else `m2m-system`.
-    pub fn namespace(&self) -> String {
-        self.namespace.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .map(|s| s.trim().to_owned())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "m2m-system".to_owned())
-        })
-    }
-
-    /// The issuer URL: flag, else derived from the in-cluster Service name.
-    pub fn issuer(&self) -> String {
-        match &self.issuer {
-            Some(i) => i.trim_end_matches('/').to_owned(),
-            None => {
-                let service =
-                    std::env::var("M2M_SERVICE_NAME").unwrap_or_else(|_| "m2m-operator".to_owned());
-                format!("http://{service}.{}.svc:8080", self.namespace())
-            }
-        }
+/// A Go-style duration greater than zero, parsed once here at the edge.
+fn positive_duration(value: &str) -> Result<Duration, String> {
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -233,7 +297,10 @@ mod tests {
         assert_eq!(run.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(run.common.admin_listen.to_string(), "0.0.0.0:8081");
         assert_eq!(run.controller.signing_alg, SigningAlg::Es256);
-        assert_eq!(run.common.issuer(), "http://m2m-operator.ops.svc:8080");
+        assert_eq!(
+            run.controller.signing_key_rotation,
+            Duration::from_secs(720 * 3600)
+        );
         let cli =
             Cli::try_parse_from(["m2m-operator", "controller", "--signing-alg", "EdDSA"]).unwrap();
         let Command::Controller(c) = cli.command else {
@@ -243,5 +310,9 @@ mod tests {
         assert!(
             Cli::try_parse_from(["m2m-operator", "controller", "--signing-alg", "HS256"]).is_err()
         );
+        for bad in ["0s", "soon", ""] {
+            let argv = ["m2m-operator", "controller", "--signing-key-rotation", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The `m2m-operator` binary: parses flags and hands over to the library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use m2m_operator::cli::{Cli, Command};
 use m2m_operator::runtime;
@@ -12,8 +14,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Controller(args) => runtime::run_controller(args).await,
-        Command::TokenServer(args) => Ok(m2m_operator::server::run(args).await?),
+        Command::TokenServer(args) => runtime::run_token_server(args).await,
         Command::Run(args) => runtime::run_all(args).await,
+        #[cfg(feature = "bench")]
         Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
     }
 }

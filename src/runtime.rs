@@ -1,40 +1,19 @@
-//! Process wiring of the long-running subcommands: one client, one metrics
+//! Process wiring of the long-running subcommands: the configuration is
+//! resolved once ([`crate::config`]), then one client, one metrics
 //! registry, one readiness set and one admin endpoint per process, shared by
-//! the controller and the token server when `run` hosts both.
+//! the controller and the token server when `run` hosts both. `controller`,
+//! `token-server` and `run` all start through [`start`].
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::cli::{CommonArgs, ControllerArgs, ControllerOptions, RunArgs};
-use crate::controller::ControllerConfig;
-use crate::controller::keys::KeySecretConfig;
+use crate::cli::{ControllerArgs, ControllerOptions, RunArgs, TokenServerArgs, TokenServerOptions};
+use crate::config::{Config, Environment};
 use crate::controller::run::run_with_leader_election;
-use crate::core::grant::ScopePolicy;
 use crate::telemetry::{Metrics, init_logging};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-/// Controller configuration from flags; refuses an unparsable default policy.
-pub fn controller_config(
-    common: &CommonArgs,
-    opts: &ControllerOptions,
-) -> anyhow::Result<ControllerConfig> {
-    let issuer = common.issuer();
-    let default_policy = ScopePolicy::parse(&common.default_allowed_scopes);
-    if let Err(e) = &default_policy {
-        anyhow::bail!("--default-allowed-scopes: {e}");
-    }
-    Ok(ControllerConfig {
-        operator_namespace: common.namespace(),
-        watch_namespace: common.watch_namespace.clone(),
-        token_url: opts
-            .token_url
-            .clone()
-            .unwrap_or_else(|| format!("{issuer}/oauth/token")),
-        issuer,
-        default_policy,
-    })
-}
-
 struct Process {
+    config: Config,
     client: kube::Client,
     metrics: Metrics,
     readiness: Readiness,
@@ -42,8 +21,11 @@ struct Process {
     admin: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn start(common: &CommonArgs) -> anyhow::Result<Process> {
-    init_logging(common.log_format);
+/// The start-up every subcommand shares: configuration, logging, client,
+/// metrics, readiness, the shutdown signal and the admin endpoint.
+async fn start(common: &crate::cli::CommonArgs) -> anyhow::Result<Process> {
+    let config = Config::resolve(common, &Environment::current())?;
+    init_logging(config.log_format);
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::new();
     let readiness = Readiness::new();
@@ -52,8 +34,9 @@ async fn start(common: &CommonArgs) -> anyhow::Result<Process> {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     };
-    let admin = tokio::spawn(admin::serve(common.admin_listen, state, shutdown.clone()));
+    let admin = tokio::spawn(admin::serve(config.admin_listen, state, shutdown.clone()));
     Ok(Process {
+        config,
         client,
         metrics,
         readiness,
@@ -68,27 +51,12 @@ async fn finish(process: Process) {
     }
 }
 
-/// `m2m-operator controller`.
-pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let config = controller_config(&args.common, &args.controller)?;
-    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
-    let p = start(&args.common).await?;
-    let result = controller(&p, config, keys, &args.controller.lease_name).await;
-    finish(p).await;
-    result
-}
-
-async fn controller(
-    p: &Process,
-    config: ControllerConfig,
-    keys: KeySecretConfig,
-    lease: &str,
-) -> anyhow::Result<()> {
+async fn controller(p: &Process, opts: &ControllerOptions) -> anyhow::Result<()> {
     run_with_leader_election(
         p.client.clone(),
-        config,
-        keys,
-        lease,
+        p.config.controller(opts),
+        p.config.key_secret(opts),
+        &opts.lease_name,
         p.metrics.clone(),
         p.readiness.flag("controller"),
         p.shutdown.clone(),
@@ -96,23 +64,44 @@ async fn controller(
     .await
 }
 
-/// `m2m-operator run`: the controller and the token server in one process.
-pub async fn run_all(args: RunArgs) -> anyhow::Result<()> {
-    let config = controller_config(&args.common, &args.controller)?;
-    let keys = KeySecretConfig::from_args(&args.common, &args.controller)?;
-    let p = start(&args.common).await?;
-    let controller = controller(&p, config, keys, &args.controller.lease_name);
-    let server = crate::server::run_token_server(
+async fn token_server(p: &Process, opts: &TokenServerOptions) -> anyhow::Result<()> {
+    crate::server::run_token_server(
         p.client.clone(),
-        &args.common,
-        &args.server,
+        p.config.server(opts),
+        p.config.watch_namespace.clone(),
+        opts,
         p.metrics.clone(),
         &p.readiness,
         p.shutdown.clone(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `m2m-operator controller`.
+pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let p = start(&args.common).await?;
+    let result = controller(&p, &args.controller).await;
+    finish(p).await;
+    result
+}
+
+/// `m2m-operator token-server`.
+pub async fn run_token_server(args: TokenServerArgs) -> anyhow::Result<()> {
+    let p = start(&args.common).await?;
+    let result = token_server(&p, &args.server).await;
+    finish(p).await;
+    result
+}
+
+/// `m2m-operator run`: the controller and the token server in one process.
+pub async fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let p = start(&args.common).await?;
+    let (c, s) = tokio::join!(
+        controller(&p, &args.controller),
+        token_server(&p, &args.server)
     );
-    let (c, s) = tokio::join!(controller, server);
     finish(p).await;
     c?;
-    s?;
-    Ok(())
+    s
 }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
 
 /// The tracing target of audit lines.
@@ -58,6 +59,24 @@ pub struct RequestLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of client authentications at the token endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientAuthLabels {
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`
+    /// (a Kubernetes service-account token, workload identity).
+    pub method: &'static str,
+    /// `ok` or the OAuth error code.
+    pub outcome: &'static str,
+}
+
+/// Labels of workload-identity assertion checks.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AssertionLabels {
+    /// `cache_hit`, `negative_cache_hit`, `review_ok`, `review_refused`,
+    /// `review_error` or `not_reviewed` (refused before any API call).
+    pub result: &'static str,
+}
+
 /// Labels of per-endpoint latency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -84,8 +103,15 @@ pub struct ReconcileErrorLabels {
 /// Labels of the credentials gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CredentialStateLabels {
-    /// `ready`, `not_ready`, `expired`, `disabled`, …
+    /// `ready`, `not_ready` or `pending` (no `Ready` condition yet).
     pub state: String,
+}
+
+/// Labels of connection metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener (`token`, `admin`).
+    pub listener: &'static str,
 }
 
 /// Builds latency histograms from 100 µs to ~1.6 s.
@@ -121,6 +147,20 @@ pub struct Metrics {
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     /// `m2m_credentials{state}`.
     pub credentials: Family<CredentialStateLabels, Gauge>,
+    /// `m2m_token_client_auth_total{method, outcome}`.
+    pub client_auth: Family<ClientAuthLabels, Counter>,
+    /// `m2m_token_assertion_checks_total{result}`: how workload-identity
+    /// assertions were checked (TokenReview calls vs cache hits).
+    pub assertion_checks: Family<AssertionLabels, Counter>,
+    /// `m2m_http_connections{listener}`: open connections.
+    pub http_connections: Family<ListenerLabels, Gauge>,
+    /// `m2m_http_connection_limit_reached_total{listener}`.
+    pub http_connection_limit: Family<ListenerLabels, Counter>,
+    /// `m2m_token_server_state_age_seconds`: time since the token server's
+    /// watches last confirmed its state is current.
+    pub token_server_state_age: Gauge<f64, AtomicU64>,
+    /// `m2m_token_server_credentials`: credentials the token server serves.
+    pub token_server_credentials: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -170,12 +210,54 @@ impl Metrics {
             "M2MCredentials by state",
             credentials.clone(),
         );
+        let client_auth = Family::<ClientAuthLabels, Counter>::default();
+        registry.register(
+            "token_client_auth",
+            "Token-endpoint client authentications by method and outcome",
+            client_auth.clone(),
+        );
+        let assertion_checks = Family::<AssertionLabels, Counter>::default();
+        registry.register(
+            "token_assertion_checks",
+            "Workload-identity assertion checks by result (TokenReview call or cache)",
+            assertion_checks.clone(),
+        );
+        let http_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections by listener",
+            http_connections.clone(),
+        );
+        let http_connection_limit = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_connection_limit_reached",
+            "Times a listener reached its connection limit and paused accepting",
+            http_connection_limit.clone(),
+        );
+        let token_server_state_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "token_server_state_age_seconds",
+            "Seconds since the token server's watches last confirmed the served state is current",
+            token_server_state_age.clone(),
+        );
+        let token_server_credentials = Gauge::default();
+        registry.register(
+            "token_server_credentials",
+            "Credentials in the token server's index",
+            token_server_credentials.clone(),
+        );
         Self {
+            http_connections,
+            http_connection_limit,
+            token_server_state_age,
+            token_server_credentials,
             token_requests,
             request_duration,
             reconcile_duration,
             reconcile_errors,
             credentials,
+            client_auth,
+            assertion_checks,
             registry: Arc::new(registry),
         }
     }
@@ -188,6 +270,20 @@ impl Metrics {
         self.request_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(seconds);
+    }
+
+    /// Count one client authentication at the token endpoint.
+    pub fn observe_client_auth(&self, method: &'static str, outcome: &'static str) {
+        self.client_auth
+            .get_or_create(&ClientAuthLabels { method, outcome })
+            .inc();
+    }
+
+    /// Count one workload-identity assertion check.
+    pub fn observe_assertion(&self, result: &'static str) {
+        self.assertion_checks
+            .get_or_create(&AssertionLabels { result })
+            .inc();
     }
 
     /// Record one reconcile of `controller`; `error` is the failure reason, if any.
@@ -207,6 +303,20 @@ impl Metrics {
         }
     }
 
+    /// The open-connections gauge of `listener`.
+    pub fn http_connections(&self, listener: &'static str) -> Gauge {
+        self.http_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    /// Count one time `listener` reached its connection limit.
+    pub fn http_connection_limit_reached(&self, listener: &'static str) {
+        self.http_connection_limit
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
     /// Set the number of credentials in `state`.
     pub fn set_credentials(&self, state: &str, count: i64) {
         self.credentials
@@ -214,6 +324,16 @@ impl Metrics {
                 state: state.to_owned(),
             })
             .set(count);
+    }
+
+    /// Set the age of the token server's state.
+    pub fn set_token_server_state_age(&self, seconds: f64) {
+        self.token_server_state_age.set(seconds);
+    }
+
+    /// Set the number of credentials the token server serves.
+    pub fn set_token_server_credentials(&self, count: i64) {
+        self.token_server_credentials.set(count);
     }
 
     /// The OpenMetrics text exposition.
@@ -235,6 +355,8 @@ mod tests {
         m.observe_request(Endpoint::token, "invalid_client", 0.0001);
         m.observe_reconcile("credential", 0.01, Some("ApplySecret"));
         m.set_credentials("ready", 3);
+        m.set_token_server_state_age(1.5);
+        m.set_token_server_credentials(7);
         let text = m.encode().unwrap();
         for needle in [
             "m2m_token_requests_total{endpoint=\"token\",outcome=\"ok\"} 1",
@@ -242,6 +364,8 @@ mod tests {
             "m2m_reconcile_duration_seconds_count{controller=\"credential\"} 1",
             "m2m_reconcile_errors_total{controller=\"credential\",reason=\"ApplySecret\"} 1",
             "m2m_credentials{state=\"ready\"} 3",
+            "m2m_token_server_state_age_seconds 1.5",
+            "m2m_token_server_credentials 7",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -147,22 +147,32 @@ async fn kubectl_watch_wait_ready_and_managed_fields_on_both_kinds() {
         },
     );
     // A watch started before the objects exist sees them appear and change.
-    let mut watch = Command::new(kubectl_bin())
-        .args([
-            "get",
-            "m2mcred",
-            "-n",
-            &ns.name,
-            "--watch",
-            "--output-watch-events",
-        ])
-        .env("KUBECONFIG", support::kubeconfig_path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kubectl get --watch");
-    // Give the watch time to be established before the object exists.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Right after the CRDs change (ensure_crds) the apiserver rebuilds their
+    // storage, and a watch begun at that moment ends at once with "too old
+    // resource version": start it again until it stays up.
+    let mut watch = None;
+    for _ in 0..20 {
+        let mut child = Command::new(kubectl_bin())
+            .args([
+                "get",
+                "m2mcred",
+                "-n",
+                &ns.name,
+                "--watch",
+                "--output-watch-events",
+            ])
+            .env("KUBECONFIG", support::kubeconfig_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl get --watch");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if matches!(child.try_wait(), Ok(None)) {
+            watch = Some(child);
+            break;
+        }
+    }
+    let mut watch = watch.expect("kubectl get --watch keeps running");
     let out = ns.apply_yaml(
         r#"
 apiVersion: m2m.dev/v1alpha1

@@ -107,17 +107,18 @@ async fn every_example_applies_and_its_credentials_become_ready() {
     if result.is_err() {
         panic!("examples did not converge: {:?}", not_ready().await);
     }
-    let count = creds
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .len();
+    let all = creds.list(&ListParams::default()).await.unwrap().items;
     assert!(
-        count >= 5,
-        "expected the examples' credentials, found {count}"
+        all.len() >= 5,
+        "expected the examples' credentials, found {}",
+        all.len()
     );
-    // Every credential Secret exists.
+    // Every secret-based credential's Secret exists; workload-identity ones have none.
+    let count = all
+        .iter()
+        .filter(|c| c.spec.workload_identity.is_none())
+        .count();
+    assert!(count < all.len(), "an example uses workload identity");
     eventually("example Secrets", Duration::from_secs(10), || async {
         let out = kubectl(&[
             "get",

@@ -13,11 +13,12 @@ mod support;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use m2m_operator::cli::SigningAlg;
-use m2m_operator::controller::keys::{KeySecretConfig, reconcile_keys};
+use m2m_operator::controller::keys::reconcile_keys;
 use m2m_operator::core::client_secret::{ClientSecret, client_id_for_uid};
 use m2m_operator::core::verifier::{SecretBinding, VerifierKey};
 use m2m_operator::crd::{M2MCredential, SecretVerifier, ServiceAccount};
+use m2m_operator::signing::SigningAlg;
+use m2m_operator::signing::store::KeySecretConfig;
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret as OAuthSecret, Scope, TokenResponse, TokenUrl};
 use serde_json::{Value, json};
@@ -312,7 +313,9 @@ async fn oauth2_client_gets_a_verifiable_token_and_revocation_holds_across_repli
     f.inactive_everywhere(&c, &token, "revoked").await;
     let cm =
         f.ns.api::<ConfigMap>()
-            .get("m2m-revoked-tokens")
+            .get(&m2m_operator::server::revocation::list::config_map_name(
+                &c.id,
+            ))
             .await
             .unwrap();
     assert!(

@@ -1,25 +1,25 @@
 //! Reconcile one `M2MCredential`: dereference (account, namespace policy,
-//! existing Secret) → validate (grant) → decide (create, rotate, repair,
-//! finish an interrupted rotation, or nothing) → apply (Secret first, then
-//! status). Writing the Secret before the status makes every crash point
+//! existing Secret, in [`reconcile`]) → [`plan`], pure and table-tested:
+//! validate (grant, rotation settings), decide (create, rotate, repair,
+//! finish an interrupted rotation, or nothing), build the Secret and the
+//! status → apply (Secret first, then status, then Events). Writing the Secret before the status makes every crash point
 //! recoverable: the Secret's HMAC annotations prove it was our write, so the
 //! next reconcile adopts it instead of treating it as tampering.
 
-use super::secret::{
-    self, AuthenticSecret, FIELD_MANAGER, ObservedSecret, SecretContents, build_secret,
-};
-use super::{Context, Error, failpoint, kube_err};
-use crate::core::client_secret::{ClientSecret, client_id_for_uid};
-use crate::core::duration::parse_duration;
-use crate::core::grant::{Grant, resolve_grant};
+use super::secret::{self, AuthenticSecret, ObservedSecret, SecretContents, build_secret};
+use super::{Context, Error, Step, failpoint, kube_err};
+use crate::core::client_secret::{ClientSecret, RandomnessError, client_id_for_uid};
+use crate::core::duration::{DurationError, parse_duration};
+use crate::core::grant::{Grant, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::rotation::{
     RotationInputs, next_scheduled, prune_verifiers, rotate_verifiers, rotation_due,
 };
-use crate::core::verifier::{SecretBinding, next_expiry};
+use crate::core::verifier::{SecretBinding, VerifierKey, next_expiry};
 use crate::crd::{
-    Condition, ConditionStatus, M2MCredential, M2MCredentialStatus, ROTATE_ANNOTATION,
-    SecretVerifier, set_condition,
+    Condition, ConditionStatus, CredentialMode, M2MCredential, M2MCredentialStatus,
+    ROTATE_ANNOTATION, SecretVerifier, ServiceAccountSpec, set_condition,
 };
+use crate::labels::FIELD_MANAGER;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -82,25 +82,82 @@ pub fn secret_name(cred: &M2MCredential) -> String {
         .unwrap_or_else(|| format!("{}-credentials", cred.name_any()))
 }
 
-fn grace_period(cred: &M2MCredential) -> Duration {
-    // The schema pattern admits only durations the parser accepts.
-    cred.spec
-        .rotation
-        .grace_period
-        .as_deref()
-        .and_then(|g| parse_duration(g).ok())
-        .unwrap_or_default()
+/// `spec.rotation`, parsed once: an unparseable duration is a
+/// `Ready=False` reason (`InvalidRotation`), never a silent default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct RotationSettings {
+    every: Option<Duration>,
+    grace: Duration,
 }
 
-fn rotation_every(cred: &M2MCredential) -> Option<Duration> {
-    cred.spec
-        .rotation
-        .every
-        .as_deref()
-        .and_then(|e| parse_duration(e).ok())
+fn rotation_settings(cred: &M2MCredential) -> Result<RotationSettings, NotReady> {
+    let parse = |field: &str, value: Option<&str>| -> Result<Option<Duration>, NotReady> {
+        value
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e: DurationError| ("InvalidRotation", format!("spec.rotation.{field}: {e}")))
+    };
+    let rotation = &cred.spec.rotation;
+    Ok(RotationSettings {
+        every: parse("every", rotation.every.as_deref())?,
+        grace: parse("gracePeriod", rotation.grace_period.as_deref())?.unwrap_or_default(),
+    })
 }
 
-/// Reconcile one credential.
+/// A `Ready=False` reason and message.
+type NotReady = (&'static str, String);
+
+/// An Event to publish about the credential: type, reason, note.
+pub(crate) type PlannedEvent = (EventType, &'static str, String);
+
+/// Everything [`plan`] decides from, read by [`reconcile`] (dereference).
+pub(crate) struct Observed<'a> {
+    /// The credential.
+    pub cred: &'a M2MCredential,
+    /// Its ServiceAccount's spec, if the account exists.
+    pub account: Option<&'a ServiceAccountSpec>,
+    /// The scope policy of its namespace.
+    pub policy: Result<&'a ScopePolicy, &'a ScopePolicyError>,
+    /// The Secret at its `secretName`, if any.
+    pub existing: Option<&'a Secret>,
+    /// The HMAC key of the verification state.
+    pub key: &'a VerifierKey,
+    /// `token_url` written into the Secret.
+    pub token_url: &'a str,
+    /// `issuer` written into the Secret.
+    pub issuer: &'a str,
+    /// The clock.
+    pub now: DateTime<Utc>,
+}
+
+/// What one reconcile writes, in order: the Secret first, then the status
+/// (so every crash point is recoverable), then Events.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The Secret to apply, when it is not already as desired.
+    pub secret_write: Option<Secret>,
+    /// Whether `secret_write` holds a newly generated client secret.
+    pub generated: bool,
+    /// A Secret under the previous `spec.secretName` to delete after the write.
+    pub delete_old_secret: Option<String>,
+    /// The status to apply, when it changed.
+    pub status: Option<M2MCredentialStatus>,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// When to reconcile again at the latest.
+    pub requeue: Duration,
+}
+
+/// The credential's identity: namespace, name, UID.
+fn identity(cred: &M2MCredential) -> Result<(String, String, String), Error> {
+    let ns = cred
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let uid = cred.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    Ok((ns, cred.name_any(), uid))
+}
+
+/// Reconcile one credential: dereference, [`plan`], apply.
 pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
     if cred.metadata.deletion_timestamp.is_some() {
         // The Secret is garbage-collected through its owner reference and
@@ -108,32 +165,86 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         return Ok(Action::await_change());
     }
     let key = ctx.verifier_key.load_full().ok_or(Error::KeysNotReady)?;
-    let ns = cred
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = cred.name_any();
-    let uid = cred.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    let client_id = client_id_for_uid(&uid);
-    let now = Utc::now();
-    let generation = cred.metadata.generation;
-    let secret_name = secret_name(&cred);
+    let (ns, _, uid) = identity(&cred)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-
-    // Dereference.
     let account = ctx
         .accounts
         .get(&ObjectRef::new(&cred.spec.service_account_name).within(&ns));
     let policy = ctx.policy_for(&ns);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_err("read Secret"))?;
+    let now = Utc::now();
 
-    let old_status = cred.status.clone().unwrap_or_default();
-    let mut status = old_status.clone();
-    status.observed_generation = generation;
-    status.client_id = Some(client_id.clone());
-    status.expires_at = cred.spec.expires_at;
+    // Workload identity hook: no secret, no Secret (see super::workload).
+    if let Some(wi) = &cred.spec.workload_identity {
+        let grant = resolve_grant(
+            &cred.spec,
+            account.as_ref().map(|a| &a.spec),
+            policy.as_ref(),
+            now,
+        );
+        let client_id = client_id_for_uid(&uid);
+        let input = super::workload::WorkloadInputs {
+            namespace: &ns,
+            client_id: &client_id,
+            generation: cred.metadata.generation,
+            spec: wi,
+            expires_at: cred.spec.expires_at,
+            grant: grant.as_ref(),
+            issuer: &ctx.config.issuer,
+        };
+        return super::workload::reconcile(&cred, &ctx, &input, &uid, now).await;
+    }
+    let existing = secrets
+        .get_opt(&secret_name(&cred))
+        .await
+        .map_err(kube_err(Step::ReadSecret))?;
+    let observed = Observed {
+        cred: &cred,
+        account: account.as_ref().map(|a| &a.spec),
+        policy: policy.as_ref(),
+        existing: existing.as_ref(),
+        key: &key,
+        token_url: &ctx.config.token_url,
+        issuer: &ctx.config.issuer,
+        now,
+    };
+    let plan = plan(&observed, ClientSecret::generate)?;
+    apply(&ctx, &cred, &secrets, &uid, plan).await
+}
+
+/// Carry out a plan: Secret, then old Secret, then status, then Events.
+async fn apply(
+    ctx: &Context,
+    cred: &M2MCredential,
+    secrets: &Api<Secret>,
+    uid: &str,
+    plan: Plan,
+) -> Result<Action, Error> {
+    if let Some(desired) = &plan.secret_write {
+        apply_secret(secrets, desired).await?;
+    }
+    if plan.generated {
+        failpoint("after-secret-write");
+    }
+    if let Some(old) = &plan.delete_old_secret {
+        delete_old_secret(secrets, old, uid).await?;
+    }
+    if let Some(status) = &plan.status {
+        patch_status(ctx, cred, status).await?;
+    }
+    for (type_, reason, note) in plan.events {
+        ctx.event(cred, type_, reason, note).await;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// Decide everything one reconcile writes. Pure: the only effect is
+/// `generate`, called once when a new client secret is needed.
+pub(crate) fn plan(
+    o: &Observed<'_>,
+    generate: impl FnOnce() -> Result<ClientSecret, RandomnessError>,
+) -> Result<Plan, Error> {
+    let (ns, name, uid) = identity(o.cred)?;
+    let client_id = client_id_for_uid(&uid);
     let binding = SecretBinding {
         namespace: &ns,
         name: &name,
@@ -141,216 +252,316 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         client_id: &client_id,
         version: 0,
     };
-
-    // Validate.
-    let grant = resolve_grant(
-        &cred.spec,
-        account.as_ref().map(|a| &a.spec),
-        policy.as_ref(),
-        now,
-    );
-    let observed = secret::observe(existing.as_ref(), &uid, &key, &binding);
-    let mut events: Vec<(EventType, &'static str, String)> = vec![];
+    let old_status = o.cred.status.clone().unwrap_or_default();
+    let mut status = old_status.clone();
+    let was_workload_identity = old_status.mode == Some(CredentialMode::WorkloadIdentity);
+    status.mode = Some(CredentialMode::ClientSecret);
+    status.workload_identity = None;
+    status.observed_generation = o.cred.metadata.generation;
+    status.client_id = Some(client_id.clone());
+    status.expires_at = o.cred.spec.expires_at;
+    let mut plan = Plan::default();
 
     // Only verifiers this operator sealed are kept: anything else in status
     // was written by someone without the key and must never become valid.
     let before = status.verifiers.len();
-    status.verifiers.retain(|v| key.is_sealed(&binding, v));
+    status.verifiers.retain(|v| o.key.is_sealed(&binding, v));
     if status.verifiers.len() != before {
-        events.push((
+        plan.events.push((
             EventType::Warning,
             "VerifiersTampered",
             "status.verifiers held entries the operator did not write: they were dropped".into(),
         ));
     }
 
-    let ready = match (&grant, observed) {
-        (_, ObservedSecret::Foreign) => {
-            let msg = format!(
-                "Secret {secret_name:?} exists and is not owned by this credential: it is left untouched; choose another spec.secretName"
-            );
-            set_condition(
-                &mut status.conditions,
-                cond(
-                    SECRET_SYNCED,
-                    false,
-                    "SecretNameConflict",
-                    &msg,
-                    generation,
-                    now,
-                ),
-            );
-            Err(("SecretNameConflict", msg))
-        }
-        (Err(e), _) => Err((e.reason(), e.to_string())),
-        (Ok(grant), observed) => {
-            let decision = decide(&cred, &status, &secret_name, observed, now);
-            // The authentic Secret that stays (its non-secret fields are kept current).
-            let kept = match decision {
-                Decision::Generate(why) => {
-                    let version = status.secret_version.max(highest_version(&status)) + 1;
-                    let grace = why.grace(grace_period(&cred));
-                    let value = ClientSecret::generate()?;
-                    let digest = key.digest(&binding.with_version(version), value.expose());
-                    let handled = match &why {
-                        Generate::Rotation(crate::core::rotation::RotationTrigger::Annotation(
-                            v,
-                        )) => Some(v.clone()),
-                        Generate::Initial => annotation(&cred),
-                        _ => status.last_handled_rotate_annotation.clone(),
-                    };
-                    let grace_end = (!grace.is_zero() && status.secret_version > 0)
-                        .then(|| now + chrono::Duration::from_std(grace).unwrap_or_default());
-                    let contents = SecretContents {
-                        client_id: &client_id,
-                        secret: &value,
-                        version,
-                        digest: &digest,
-                        rotated_at: now,
-                        previous_not_after: grace_end,
-                        handled_rotate: handled.as_deref(),
-                        token_url: &ctx.config.token_url,
-                        issuer: &ctx.config.issuer,
-                        scope: scope_value(grant),
-                    };
-                    let desired = build_secret(&cred, &secret_name, &contents);
-                    apply_secret(&secrets, &secret_name, &desired, existing.as_ref()).await?;
-                    failpoint("after-secret-write");
-                    if let Generate::Renamed { old } = &why {
-                        delete_old_secret(&ctx, &ns, old, &uid).await?;
-                    }
-                    let new = SecretVerifier {
-                        version,
-                        digest,
-                        not_after: None,
-                        seal: None,
-                    };
-                    status.verifiers = rotate_verifiers(&status.verifiers, new, now, grace);
-                    status.secret_version = version;
-                    status.last_rotation_time = Some(now);
-                    status.last_handled_rotate_annotation = handled;
-                    status.secret_hint = Some(value.hint());
-                    events.push(why.event());
-                    None
-                }
-                Decision::Adopt(found) => {
-                    // A rotation wrote its Secret but crashed before its status:
-                    // finish it exactly as it was decided.
-                    adopt(&mut status, &found);
-                    events.push((
-                        EventType::Normal,
-                        "RotationCompleted",
-                        format!(
-                            "completed the interrupted rotation to secret version {}",
-                            found.version
-                        ),
-                    ));
-                    Some(found)
-                }
-                Decision::Steady(found) => {
-                    // Repair a status that lost or altered the current verifier.
-                    if !status.verifiers.iter().any(|v| {
-                        v.version == found.version
-                            && v.digest == found.digest
-                            && v.not_after.is_none()
-                    }) {
-                        status
-                            .verifiers
-                            .retain(|v| v.version < found.version && v.not_after.is_some());
-                        status.verifiers.insert(
-                            0,
-                            SecretVerifier {
-                                version: found.version,
-                                digest: found.digest.clone(),
-                                not_after: None,
-                                seal: None,
-                            },
-                        );
-                    }
-                    status.secret_hint = Some(found.secret.hint());
-                    Some(found)
-                }
+    let rotation = rotation_settings(o.cred);
+    let ready = match validate(o, &mut status, &binding, &rotation) {
+        Err(not_ready) => Err(not_ready),
+        Ok((grant, observed, settings)) => {
+            let s = SecretPlan {
+                o,
+                binding: &binding,
+                grant,
+                settings,
+                was_workload_identity,
             };
-            if let Some(found) = kept {
-                ensure_secret_fields(
-                    &ctx,
-                    &cred,
-                    &secrets,
-                    &secret_name,
-                    existing.as_ref(),
-                    &found,
-                    &client_id,
-                    grant,
-                )
-                .await?;
-            }
-            status.secret_name = Some(secret_name.clone());
-            set_condition(
-                &mut status.conditions,
-                cond(
-                    SECRET_SYNCED,
-                    true,
-                    "SecretCurrent",
-                    &format!(
-                        "Secret {secret_name:?} holds secret version {}",
-                        status.secret_version
-                    ),
-                    generation,
-                    now,
-                ),
-            );
+            s.plan(&mut status, &mut plan, observed, generate)?;
             Ok(())
         }
     };
-
-    // Status is derived from the spec and the clock as well as from actions.
-    status.verifiers = prune_verifiers(&status.verifiers, now);
-    for v in &mut status.verifiers {
-        key.seal(&binding, v);
-    }
-    status.next_rotation_time = next_scheduled(&rotation_inputs(&cred, &status));
-    let ready_condition = match &ready {
-        Ok(()) => cond(
-            READY,
-            true,
-            "Issuing",
-            &format!("client {client_id} can obtain tokens"),
-            generation,
-            now,
-        ),
-        Err((reason, msg)) => cond(READY, false, reason, msg, generation, now),
-    };
-    let previous_ready = old_status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == READY)
-        .cloned();
-    let transitioned = previous_ready
-        .as_ref()
-        .is_none_or(|p| p.status != ready_condition.status || p.reason != ready_condition.reason);
-    if transitioned {
-        match &ready {
-            Err((reason, msg)) => events.push((EventType::Warning, reason, msg.clone())),
-            Ok(()) if previous_ready.is_some() => events.push((
-                EventType::Normal,
-                "Ready",
-                "the credential is usable again".into(),
-            )),
-            Ok(()) => {}
-        }
-    }
-    set_condition(&mut status.conditions, ready_condition);
-
-    if status != old_status {
-        patch_status(&ctx, &cred, &ns, &status).await?;
-    }
-    for (type_, reason, note) in events {
-        ctx.event(cred.as_ref(), type_, reason, note).await;
-    }
-    Ok(next_action(&cred, &status, now))
+    let every = rotation.ok().and_then(|r| r.every);
+    finish_status(o, &binding, &old_status, status, ready, every, &mut plan);
+    Ok(plan)
 }
 
-fn cond(
+/// Whether the credential can hold a Secret at all: a free Secret name, a
+/// grant, valid rotation settings.
+fn validate(
+    o: &Observed<'_>,
+    status: &mut M2MCredentialStatus,
+    binding: &SecretBinding<'_>,
+    rotation: &Result<RotationSettings, NotReady>,
+) -> Result<(Grant, ObservedSecret, RotationSettings), NotReady> {
+    let observed = secret::observe(o.existing, binding.uid, o.key, binding);
+    if observed == ObservedSecret::Foreign {
+        let msg = format!(
+            "Secret {:?} exists and is not owned by this credential: it is left untouched; choose another spec.secretName",
+            secret_name(o.cred)
+        );
+        let c = cond(SECRET_SYNCED, false, "SecretNameConflict", &msg, o);
+        set_condition(&mut status.conditions, c);
+        return Err(("SecretNameConflict", msg));
+    }
+    let grant = resolve_grant(&o.cred.spec, o.account, o.policy, o.now)
+        .map_err(|e| (e.reason(), e.to_string()))?;
+    let settings = rotation.clone()?;
+    Ok((grant, observed, settings))
+}
+
+/// The Secret part of a plan for a valid credential.
+struct SecretPlan<'a> {
+    o: &'a Observed<'a>,
+    binding: &'a SecretBinding<'a>,
+    grant: Grant,
+    settings: RotationSettings,
+    /// The credential was in workload-identity mode: a missing Secret is
+    /// its first one, not a deletion to repair.
+    was_workload_identity: bool,
+}
+
+impl SecretPlan<'_> {
+    fn plan(
+        &self,
+        status: &mut M2MCredentialStatus,
+        plan: &mut Plan,
+        observed: ObservedSecret,
+        generate: impl FnOnce() -> Result<ClientSecret, RandomnessError>,
+    ) -> Result<(), Error> {
+        let cred = self.o.cred;
+        let name = secret_name(cred);
+        let inputs = rotation_inputs(cred, status, self.settings.every);
+        let decision = match observed {
+            ObservedSecret::Missing if self.was_workload_identity => {
+                Decision::Generate(Generate::Initial)
+            }
+            observed => decide(status, &name, inputs, observed, self.o.now),
+        };
+        let kept = match decision {
+            Decision::Generate(why) => {
+                self.generate(status, plan, &name, why, generate()?);
+                None
+            }
+            Decision::Adopt(found) => {
+                // A rotation wrote its Secret but crashed before its
+                // status: finish it exactly as it was decided.
+                adopt(status, &found);
+                plan.events.push((
+                    EventType::Normal,
+                    "RotationCompleted",
+                    format!(
+                        "completed the interrupted rotation to secret version {}",
+                        found.version
+                    ),
+                ));
+                Some(found)
+            }
+            Decision::Steady(found) => {
+                repair_current_verifier(status, &found);
+                Some(found)
+            }
+        };
+        if let Some(found) = kept {
+            // Keep the non-secret parts current (labels, template, token
+            // URL, scopes) without touching the secret itself.
+            let contents = self.contents(
+                &found.secret,
+                found.version,
+                &found.digest,
+                found.rotated_at,
+                found.previous_not_after,
+                found.handled_rotate.as_deref(),
+            );
+            self.write(plan, build_secret(cred, &name, &contents));
+        }
+        status.secret_name = Some(name.clone());
+        let msg = format!(
+            "Secret {name:?} holds secret version {}",
+            status.secret_version
+        );
+        let c = cond(SECRET_SYNCED, true, "SecretCurrent", &msg, self.o);
+        set_condition(&mut status.conditions, c);
+        Ok(())
+    }
+
+    fn generate(
+        &self,
+        status: &mut M2MCredentialStatus,
+        plan: &mut Plan,
+        name: &str,
+        why: Generate,
+        value: ClientSecret,
+    ) {
+        let (cred, now) = (self.o.cred, self.o.now);
+        let version = status.secret_version.max(highest_version(status)) + 1;
+        let grace = why.grace(self.settings.grace);
+        let digest = self
+            .o
+            .key
+            .digest(&self.binding.with_version(version), value.expose());
+        let handled = match &why {
+            Generate::Rotation(crate::core::rotation::RotationTrigger::Annotation(v)) => {
+                Some(v.clone())
+            }
+            Generate::Initial => annotation(cred),
+            _ => status.last_handled_rotate_annotation.clone(),
+        };
+        let grace_end = (!grace.is_zero() && status.secret_version > 0)
+            .then(|| now + chrono::Duration::from_std(grace).unwrap_or_default());
+        let contents = self.contents(&value, version, &digest, now, grace_end, handled.as_deref());
+        self.write(plan, build_secret(cred, name, &contents));
+        plan.generated = true;
+        if let Generate::Renamed { old } = &why {
+            plan.delete_old_secret = Some(old.clone());
+        }
+        let new = SecretVerifier {
+            version,
+            digest,
+            not_after: None,
+            seal: None,
+        };
+        status.verifiers = rotate_verifiers(&status.verifiers, new, now, grace);
+        status.secret_version = version;
+        status.last_rotation_time = Some(now);
+        status.last_handled_rotate_annotation = handled;
+        status.secret_hint = Some(value.hint());
+        plan.events.push(why.event());
+    }
+
+    fn contents<'s>(
+        &'s self,
+        secret: &'s ClientSecret,
+        version: i64,
+        digest: &'s str,
+        rotated_at: DateTime<Utc>,
+        previous_not_after: Option<DateTime<Utc>>,
+        handled_rotate: Option<&'s str>,
+    ) -> SecretContents<'s> {
+        SecretContents {
+            client_id: self.binding.client_id,
+            secret,
+            version,
+            digest,
+            rotated_at,
+            previous_not_after,
+            handled_rotate,
+            token_url: self.o.token_url,
+            issuer: self.o.issuer,
+            scope: scope_value(&self.grant),
+        }
+    }
+
+    /// Write `desired` unless the existing Secret already is exactly that.
+    fn write(&self, plan: &mut Plan, desired: Secret) {
+        if self.o.existing.is_none_or(|e| secret::differs(e, &desired)) {
+            plan.secret_write = Some(desired);
+        }
+    }
+}
+
+/// Repair a status that lost or altered the current verifier.
+fn repair_current_verifier(status: &mut M2MCredentialStatus, found: &AuthenticSecret) {
+    if !status
+        .verifiers
+        .iter()
+        .any(|v| v.version == found.version && v.digest == found.digest && v.not_after.is_none())
+    {
+        status
+            .verifiers
+            .retain(|v| v.version < found.version && v.not_after.is_some());
+        status.verifiers.insert(
+            0,
+            SecretVerifier {
+                version: found.version,
+                digest: found.digest.clone(),
+                not_after: None,
+                seal: None,
+            },
+        );
+    }
+    status.secret_hint = Some(found.secret.hint());
+}
+
+/// What the status derives from the spec and the clock as well as from
+/// actions: pruned and sealed verifiers, the next rotation, `Ready` and its
+/// transition Event, and the requeue.
+fn finish_status(
+    o: &Observed<'_>,
+    binding: &SecretBinding<'_>,
+    old_status: &M2MCredentialStatus,
+    mut status: M2MCredentialStatus,
+    ready: Result<(), NotReady>,
+    every: Option<Duration>,
+    plan: &mut Plan,
+) {
+    status.verifiers = prune_verifiers(&status.verifiers, o.now);
+    for v in &mut status.verifiers {
+        o.key.seal(binding, v);
+    }
+    status.next_rotation_time = next_scheduled(&rotation_inputs(o.cred, &status, every));
+    let ready_condition = match &ready {
+        Ok(()) => {
+            let msg = format!("client {} can obtain tokens", binding.client_id);
+            cond(READY, true, "Issuing", &msg, o)
+        }
+        Err((reason, msg)) => cond(READY, false, reason, msg, o),
+    };
+    if let Some(event) = ready_transition(old_status, &ready_condition, &ready) {
+        plan.events.push(event);
+    }
+    set_condition(&mut status.conditions, ready_condition);
+    plan.requeue = next_requeue(o.cred, &status, o.now);
+    if status != *old_status {
+        plan.status = Some(status);
+    }
+}
+
+/// The Event of a `Ready` transition (none when `Ready` keeps its status
+/// and reason, or becomes true for the first time).
+fn ready_transition(
+    old_status: &M2MCredentialStatus,
+    ready_condition: &Condition,
+    ready: &Result<(), NotReady>,
+) -> Option<PlannedEvent> {
+    let previous = old_status.conditions.iter().find(|c| c.type_ == READY);
+    if previous
+        .is_some_and(|p| p.status == ready_condition.status && p.reason == ready_condition.reason)
+    {
+        return None;
+    }
+    match ready {
+        Err((reason, msg)) => Some((EventType::Warning, reason, msg.clone())),
+        Ok(()) if previous.is_some() => Some((
+            EventType::Normal,
+            "Ready",
+            "the credential is usable again".into(),
+        )),
+        Ok(()) => None,
+    }
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: &str, o: &Observed<'_>) -> Condition {
+    cond_at(
+        type_,
+        ok,
+        reason,
+        message,
+        o.cred.metadata.generation,
+        o.now,
+    )
+}
+
+/// A condition for `generation` observed at `now`.
+pub(super) fn cond_at(
     type_: &str,
     ok: bool,
     reason: &str,
@@ -386,6 +597,7 @@ fn scope_value(grant: &Grant) -> String {
 fn rotation_inputs<'a>(
     cred: &'a M2MCredential,
     status: &'a M2MCredentialStatus,
+    every: Option<Duration>,
 ) -> RotationInputs<'a> {
     RotationInputs {
         annotation: cred
@@ -393,7 +605,7 @@ fn rotation_inputs<'a>(
             .get(ROTATE_ANNOTATION)
             .map(String::as_str),
         last_handled_annotation: status.last_handled_rotate_annotation.as_deref(),
-        every: rotation_every(cred),
+        every,
         last_rotation: status.last_rotation_time,
     }
 }
@@ -407,9 +619,9 @@ enum Decision {
 }
 
 fn decide(
-    cred: &M2MCredential,
     status: &M2MCredentialStatus,
     secret_name: &str,
+    inputs: RotationInputs<'_>,
     observed: ObservedSecret,
     now: DateTime<Utc>,
 ) -> Decision {
@@ -436,8 +648,7 @@ fn decide(
             // was already replaced, so it must not come back.
             Decision::Generate(Generate::Tampered)
         }
-        ObservedSecret::Authentic(found) => match rotation_due(&rotation_inputs(cred, status), now)
-        {
+        ObservedSecret::Authentic(found) => match rotation_due(&inputs, now) {
             Some(trigger) => Decision::Generate(Generate::Rotation(trigger)),
             None => Decision::Steady(found),
         },
@@ -476,44 +687,8 @@ fn adopt(status: &mut M2MCredentialStatus, found: &AuthenticSecret) {
     status.secret_hint = Some(found.secret.hint());
 }
 
-/// Keep the non-secret parts of an authentic Secret current (labels,
-/// template, token URL, scopes) without touching the secret itself.
-#[allow(clippy::too_many_arguments)]
-async fn ensure_secret_fields(
-    ctx: &Context,
-    cred: &M2MCredential,
-    secrets: &Api<Secret>,
-    secret_name: &str,
-    existing: Option<&Secret>,
-    found: &AuthenticSecret,
-    client_id: &str,
-    grant: &Grant,
-) -> Result<(), Error> {
-    let contents = SecretContents {
-        client_id,
-        secret: &found.secret,
-        version: found.version,
-        digest: &found.digest,
-        rotated_at: found.rotated_at,
-        previous_not_after: found.previous_not_after,
-        handled_rotate: found.handled_rotate.as_deref(),
-        token_url: &ctx.config.token_url,
-        issuer: &ctx.config.issuer,
-        scope: scope_value(grant),
-    };
-    let desired = build_secret(cred, secret_name, &contents);
-    apply_secret(secrets, secret_name, &desired, existing).await
-}
-
-async fn apply_secret(
-    secrets: &Api<Secret>,
-    name: &str,
-    desired: &Secret,
-    existing: Option<&Secret>,
-) -> Result<(), Error> {
-    if existing.is_some_and(|e| !secret::differs(e, desired)) {
-        return Ok(());
-    }
+async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+    let name = desired.metadata.name.as_deref().unwrap_or_default();
     secrets
         .patch(
             name,
@@ -521,16 +696,19 @@ async fn apply_secret(
             &Patch::Apply(desired),
         )
         .await
-        .map_err(kube_err("apply Secret"))?;
+        .map_err(kube_err(Step::ApplySecret))?;
     Ok(())
 }
 
-async fn delete_old_secret(ctx: &Context, ns: &str, old: &str, uid: &str) -> Result<(), Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+pub(super) async fn delete_old_secret(
+    api: &Api<Secret>,
+    old: &str,
+    uid: &str,
+) -> Result<(), Error> {
     let Some(s) = api
         .get_opt(old)
         .await
-        .map_err(kube_err("read old Secret"))?
+        .map_err(kube_err(Step::ReadOldSecret))?
     else {
         return Ok(());
     };
@@ -553,17 +731,17 @@ async fn delete_old_secret(ctx: &Context, ns: &str, old: &str, uid: &str) -> Res
     match api.delete(old, &dp).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(kube_err("delete old Secret")(e)),
+        Err(e) => Err(kube_err(Step::DeleteOldSecret)(e)),
     }
 }
 
-async fn patch_status(
+pub(super) async fn patch_status(
     ctx: &Context,
     cred: &M2MCredential,
-    ns: &str,
     status: &M2MCredentialStatus,
 ) -> Result<(), Error> {
-    let api: Api<M2MCredential> = Api::namespaced(ctx.client.clone(), ns);
+    let ns = cred.namespace().unwrap_or_default();
+    let api: Api<M2MCredential> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = serde_json::json!({
         "apiVersion": M2MCredential::api_version(&()),
         "kind": M2MCredential::kind(&()),
@@ -580,13 +758,17 @@ async fn patch_status(
         Ok(_) => Ok(()),
         // Deleted meanwhile: nothing left to report on.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_err("patch credential status")(e)),
+        Err(e) => Err(kube_err(Step::PatchCredentialStatus)(e)),
     }
 }
 
 /// Requeue at the next moment something is due: a scheduled rotation, the
 /// end of a grace period, or expiry.
-fn next_action(cred: &M2MCredential, status: &M2MCredentialStatus, now: DateTime<Utc>) -> Action {
+pub(super) fn next_requeue(
+    cred: &M2MCredential,
+    status: &M2MCredentialStatus,
+    now: DateTime<Utc>,
+) -> Duration {
     let candidates = [
         status.next_rotation_time,
         next_expiry(&status.verifiers, now),
@@ -595,9 +777,9 @@ fn next_action(cred: &M2MCredential, status: &M2MCredentialStatus, now: DateTime
     match candidates.into_iter().flatten().min() {
         Some(t) => {
             let wait = (t - now).to_std().unwrap_or_default() + Duration::from_millis(50);
-            Action::requeue(wait.min(IDLE_REQUEUE))
+            wait.min(IDLE_REQUEUE)
         }
-        None => Action::requeue(IDLE_REQUEUE),
+        None => IDLE_REQUEUE,
     }
 }
 
@@ -732,16 +914,23 @@ mod tests {
             ),
         ];
         for (what, c, s, observed, want) in cases {
-            let got = kind(decide(&c, &s, name, observed, at(1000)));
+            let every = rotation_settings(&c).unwrap().every;
+            let got = kind(decide(
+                &s,
+                name,
+                rotation_inputs(&c, &s, every),
+                observed,
+                at(1000),
+            ));
             assert!(got.starts_with(want), "{what}: got {got}, want {want}");
         }
         let mut renamed = status(2, None);
         renamed.secret_name = Some("old-name".into());
         assert_eq!(
             kind(decide(
-                &cred(None, None),
                 &renamed,
                 name,
+                rotation_inputs(&cred(None, None), &renamed, None),
                 ObservedSecret::Missing,
                 at(0)
             )),
@@ -786,5 +975,253 @@ mod tests {
             rotation.grace(Duration::from_secs(60)),
             Duration::from_secs(60)
         );
+    }
+}
+
+/// Table tests of [`plan`]: each row starts from a world (credential,
+/// account, Secret), optionally converges it, changes one thing and checks
+/// what the plan writes.
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::crd::M2MCredentialSpec;
+    use chrono::TimeZone;
+    use k8s_openapi::ByteString;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).single().unwrap()
+    }
+
+    struct World {
+        cred: M2MCredential,
+        account: Option<ServiceAccountSpec>,
+        secret: Option<Secret>,
+        key: VerifierKey,
+        policy: Result<ScopePolicy, ScopePolicyError>,
+        now: DateTime<Utc>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            let mut cred = M2MCredential::new(
+                "c",
+                M2MCredentialSpec {
+                    service_account_name: "sa".into(),
+                    ..Default::default()
+                },
+            );
+            cred.metadata.namespace = Some("team".into());
+            cred.metadata.uid = Some("uid-1".into());
+            cred.metadata.generation = Some(1);
+            Self {
+                cred,
+                account: Some(ServiceAccountSpec {
+                    scopes: vec!["orders.read".into()],
+                    ..Default::default()
+                }),
+                secret: None,
+                key: VerifierKey::from_bytes(&[7; 32]).unwrap(),
+                policy: Ok(ScopePolicy::allow_all()),
+                now: at(0),
+            }
+        }
+
+        fn plan(&self) -> Plan {
+            let o = Observed {
+                cred: &self.cred,
+                account: self.account.as_ref(),
+                policy: self.policy.as_ref(),
+                existing: self.secret.as_ref(),
+                key: &self.key,
+                token_url: "https://id.example/oauth/token",
+                issuer: "https://id.example",
+                now: self.now,
+            };
+            plan(&o, ClientSecret::generate).unwrap()
+        }
+
+        /// Plan and apply the plan to the world, as the cluster would.
+        fn step(&mut self) -> Plan {
+            let p = self.plan();
+            if let Some(s) = &p.secret_write {
+                self.secret = Some(s.clone());
+            }
+            if p.delete_old_secret.is_some() {
+                unreachable!("no renames in these tests");
+            }
+            if let Some(s) = &p.status {
+                self.cred.status = Some(s.clone());
+            }
+            p
+        }
+
+        fn converged() -> Self {
+            let mut w = Self::new();
+            w.step();
+            w
+        }
+
+        fn status(&self) -> &M2MCredentialStatus {
+            self.cred.status.as_ref().unwrap()
+        }
+
+        fn ready(&self) -> (ConditionStatus, String) {
+            let c = self.status().conditions.iter().find(|c| c.type_ == READY);
+            let c = c.unwrap();
+            (c.status, c.reason.clone())
+        }
+    }
+
+    fn event_reasons(p: &Plan) -> Vec<&'static str> {
+        p.events.iter().map(|(_, r, _)| *r).collect()
+    }
+
+    fn versions(w: &World) -> Vec<(i64, bool)> {
+        let s = w.status();
+        s.verifiers
+            .iter()
+            .map(|v| (v.version, v.not_after.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn create_writes_secret_then_status() {
+        let mut w = World::new();
+        let p = w.step();
+        assert!(p.secret_write.is_some() && p.generated && p.status.is_some());
+        assert_eq!(event_reasons(&p), ["SecretCreated"]);
+        assert_eq!(w.ready(), (ConditionStatus::True, "Issuing".into()));
+        assert_eq!(w.status().secret_version, 1);
+        assert_eq!(versions(&w), [(1, false)]);
+        assert_eq!(p.requeue, IDLE_REQUEUE);
+    }
+
+    #[test]
+    fn converged_credential_plans_nothing() {
+        let w = World::converged();
+        let p = w.plan();
+        assert!(p.secret_write.is_none() && !p.generated);
+        assert!(p.status.is_none(), "{:?}", p.status);
+        assert!(p.events.is_empty());
+    }
+
+    #[test]
+    fn rotations_keep_the_old_secret_for_the_grace_period() {
+        // By annotation, with a grace period.
+        let mut w = World::converged();
+        w.cred.spec.rotation.grace_period = Some("60s".into());
+        w.cred.metadata.annotations = Some([(ROTATE_ANNOTATION.into(), "r1".into())].into());
+        w.now = at(10);
+        let p = w.step();
+        assert!(p.generated);
+        assert_eq!(event_reasons(&p), ["RotateAnnotationChanged"]);
+        assert_eq!(versions(&w), [(2, false), (1, true)]);
+        assert_eq!(p.requeue, Duration::from_millis(60_050));
+        assert!(w.plan().status.is_none(), "converged again");
+        // Grace expiry: the old verifier goes, nothing else is written.
+        w.now = at(71);
+        let p = w.step();
+        assert!(p.secret_write.is_none() && p.events.is_empty());
+        assert_eq!(versions(&w), [(2, false)]);
+        // By schedule.
+        w.cred.spec.rotation.every = Some("1h".into());
+        w.now = at(10 + 3600);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["ScheduledRotation"]);
+        assert_eq!(w.status().secret_version, 3);
+    }
+
+    #[test]
+    fn tampered_secret_is_repaired_without_grace() {
+        let mut w = World::converged();
+        w.cred.spec.rotation.grace_period = Some("1h".into());
+        let secret = w.secret.as_mut().unwrap();
+        let data = secret.data.as_mut().unwrap();
+        data.insert("client_secret".into(), ByteString(b"m2ms_guessed".to_vec()));
+        let p = w.step();
+        assert!(p.generated);
+        assert_eq!(event_reasons(&p), ["SecretTampered"]);
+        assert_eq!(versions(&w), [(2, false)], "no grace for a tampered secret");
+    }
+
+    #[test]
+    fn foreign_secret_is_never_touched() {
+        let mut w = World::new();
+        let mut foreign = Secret::default();
+        foreign.metadata.name = Some("c-credentials".into());
+        w.secret = Some(foreign);
+        let p = w.step();
+        assert!(p.secret_write.is_none() && !p.generated);
+        assert_eq!(event_reasons(&p), ["SecretNameConflict"]);
+        assert_eq!(
+            w.ready(),
+            (ConditionStatus::False, "SecretNameConflict".into())
+        );
+        let synced = w
+            .status()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == SECRET_SYNCED);
+        assert_eq!(synced.unwrap().status, ConditionStatus::False);
+    }
+
+    #[test]
+    fn invalid_input_is_a_ready_false_reason_not_an_error() {
+        type Change = fn(&mut World);
+        let cases: [(&str, Change, &str); 7] = [
+            (
+                "missing account",
+                |w| w.account = None,
+                "ServiceAccountNotFound",
+            ),
+            (
+                "scope outside the account",
+                |w| w.cred.spec.scopes = vec!["orders.write".into()],
+                "ScopesOutsideServiceAccount",
+            ),
+            (
+                "namespace policy",
+                |w| w.policy = ScopePolicy::parse("billing.*"),
+                "ScopesNotAllowedInNamespace",
+            ),
+            (
+                "token TTL",
+                |w| w.cred.spec.token_ttl = Some("0s".into()),
+                "InvalidTokenTTL",
+            ),
+            (
+                "rotation duration",
+                |w| w.cred.spec.rotation.every = Some("99999999999999999999h".into()),
+                "InvalidRotation",
+            ),
+            (
+                "expired",
+                |w| w.cred.spec.expires_at = Some(at(-1)),
+                "Expired",
+            ),
+            (
+                "disabled account",
+                |w| w.account.as_mut().unwrap().disabled = true,
+                "ServiceAccountDisabled",
+            ),
+        ];
+        for (what, change, reason) in cases {
+            let mut w = World::converged();
+            change(&mut w);
+            let p = w.step();
+            assert!(p.secret_write.is_none() && !p.generated, "{what}");
+            assert_eq!(event_reasons(&p), [reason], "{what}");
+            assert_eq!(w.ready(), (ConditionStatus::False, reason.into()), "{what}");
+            assert!(
+                w.plan().events.is_empty(),
+                "{what}: one Event per transition"
+            );
+            // Fixing it makes the credential usable again, same secret.
+            let mut fixed = World::converged();
+            fixed.cred.status = w.cred.status.clone();
+            let p = fixed.step();
+            assert_eq!(event_reasons(&p), ["Ready"], "{what}");
+            assert!(!p.generated, "{what}");
+        }
     }
 }

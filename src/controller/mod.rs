@@ -8,10 +8,12 @@ pub mod keys;
 pub mod run;
 pub mod secret;
 pub mod service_account;
+pub mod workload;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::core::policy::namespace_policy;
 use crate::core::verifier::VerifierKey;
-use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, ServiceAccount};
+use crate::crd::{M2MCredential, ServiceAccount};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -22,10 +24,10 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An API call failed.
-    #[error("{step}: {source}")]
+    #[error("{}: {source}", step.description())]
     Kube {
         /// What the controller was doing.
-        step: &'static str,
+        step: Step,
         /// The API error.
         #[source]
         source: kube::Error,
@@ -48,7 +50,7 @@ impl Error {
     /// Short label for the reconcile-errors metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube { step, .. } => step,
+            Self::Kube { step, .. } => step.metric_label(),
             Self::MissingField(_) => "missing_field",
             Self::KeysNotReady => "keys_not_ready",
             Self::Keys(_) => "keys",
@@ -71,8 +73,51 @@ impl Error {
     }
 }
 
+/// The API call a reconcile was making when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading a credential's Secret.
+    ReadSecret,
+    /// Applying a credential's Secret.
+    ApplySecret,
+    /// Reading the Secret under a credential's previous `secretName`.
+    ReadOldSecret,
+    /// Deleting the Secret under a credential's previous `secretName`.
+    DeleteOldSecret,
+    /// Applying a credential's status.
+    PatchCredentialStatus,
+    /// Applying a ServiceAccount's status.
+    PatchServiceAccountStatus,
+}
+
+impl Step {
+    /// The `reason` label of `m2m_reconcile_errors_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::ReadSecret => "read_secret",
+            Self::ApplySecret => "apply_secret",
+            Self::ReadOldSecret => "read_old_secret",
+            Self::DeleteOldSecret => "delete_old_secret",
+            Self::PatchCredentialStatus => "patch_credential_status",
+            Self::PatchServiceAccountStatus => "patch_serviceaccount_status",
+        }
+    }
+
+    /// What the controller was doing, for logs.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::ReadSecret => "read Secret",
+            Self::ApplySecret => "apply Secret",
+            Self::ReadOldSecret => "read old Secret",
+            Self::DeleteOldSecret => "delete old Secret",
+            Self::PatchCredentialStatus => "patch credential status",
+            Self::PatchServiceAccountStatus => "patch ServiceAccount status",
+        }
+    }
+}
+
 /// Wrap a kube error with the step that produced it.
-pub(crate) fn kube_err(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(step: Step) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { step, source }
 }
 
@@ -88,7 +133,9 @@ pub struct ControllerConfig {
     /// Token endpoint URL written into Secrets.
     pub token_url: String,
     /// Policy for namespaces without the allowed-scopes annotation.
-    pub default_policy: Result<ScopePolicy, ScopePolicyError>,
+    pub default_policy: ScopePolicy,
+    /// This replica's name (Events, Lease identity).
+    pub instance: Option<String>,
 }
 
 /// Shared state of the reconcilers.
@@ -115,15 +162,10 @@ impl Context {
     /// The scope policy of `namespace`: its annotation, else the default.
     pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
         let ns = self.namespaces.get(&ObjectRef::new(namespace));
-        match ns.as_ref().and_then(|n| {
-            n.metadata
-                .annotations
-                .as_ref()?
-                .get(ALLOWED_SCOPES_ANNOTATION)
-        }) {
-            Some(annotation) => ScopePolicy::parse(annotation),
-            None => self.config.default_policy.clone(),
-        }
+        namespace_policy(
+            ns.as_ref().map(|n| &n.metadata),
+            &self.config.default_policy,
+        )
     }
 
     /// Publish an event about `obj`; failures are logged, never fatal.
@@ -147,21 +189,27 @@ impl Context {
     }
 }
 
-/// Build the event reporter identity.
-pub fn reporter() -> Reporter {
+/// The event reporter identity of replica `instance`.
+pub fn reporter(instance: Option<String>) -> Reporter {
     Reporter {
         controller: "m2m-operator".into(),
-        instance: std::env::var("POD_NAME")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok()),
+        instance,
     }
 }
 
-/// Test-only crash injection: when `M2M_TEST_FAILPOINT` names this point,
-/// the process aborts here as a crash would (no cleanup, no status write).
+/// Test-only crash injection (cargo feature `test-hooks`, which the
+/// integration tests build with; release builds compile it out): when
+/// `M2M_TEST_FAILPOINT` names this point, the process aborts here as a
+/// crash would (no cleanup, no status write).
+#[cfg(feature = "test-hooks")]
 pub(crate) fn failpoint(name: &str) {
     if std::env::var("M2M_TEST_FAILPOINT").is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint hit: aborting");
         std::process::abort();
     }
 }
+
+/// Without the `test-hooks` feature a failpoint is nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn failpoint(_name: &str) {}

@@ -4,10 +4,12 @@
 //! what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
-use super::keys::{KeySecretConfig, reconcile_keys};
+use super::keys::reconcile_keys;
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
 use crate::crd::{M2MCredential, ServiceAccount};
+use crate::labels::MANAGED_BY;
+use crate::signing::store::KeySecretConfig;
 use crate::telemetry::Metrics;
 use chrono::Utc;
 use futures::{FutureExt, StreamExt, future};
@@ -15,7 +17,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -39,6 +41,71 @@ async fn stop_early<F: Future<Output = ()> + Unpin>(stop: &mut F) {
     stop.await
 }
 
+/// The shared reflector stores the reconcilers read, and one event stream
+/// per consumer.
+struct Reflectors {
+    credentials: Store<M2MCredential>,
+    accounts: Store<ServiceAccount>,
+    namespaces: Store<Namespace>,
+    cred_for_creds: ReflectHandle<M2MCredential>,
+    cred_for_accounts: ReflectHandle<M2MCredential>,
+    account_for_creds: ReflectHandle<ServiceAccount>,
+    account_for_accounts: ReflectHandle<ServiceAccount>,
+    ns_for_creds: ReflectHandle<Namespace>,
+    ns_for_accounts: ReflectHandle<Namespace>,
+    task: tokio::task::JoinHandle<((), (), ())>,
+}
+
+/// Start the reflectors of credentials, ServiceAccounts and Namespaces.
+fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<Reflectors> {
+    // Paginated lists (the default): with `any_semantic()` (resourceVersion=0)
+    // the apiserver ignores the page size and sends every object at once.
+    let cfg = watcher::Config::default();
+    let ns_cfg = match watch_ns {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let (credentials, cred_writer) = reflector::store_shared::<M2MCredential>(SHARED_BUFFER);
+    let (accounts, account_writer) = reflector::store_shared::<ServiceAccount>(SHARED_BUFFER);
+    let (namespaces, ns_writer) = reflector::store_shared::<Namespace>(SHARED_BUFFER);
+    let subscribe_err = || anyhow::anyhow!("shared reflector without dispatcher");
+    let cred_for_creds = cred_writer.subscribe().ok_or_else(subscribe_err)?;
+    let cred_for_accounts = cred_writer.subscribe().ok_or_else(subscribe_err)?;
+    let account_for_creds = account_writer.subscribe().ok_or_else(subscribe_err)?;
+    let account_for_accounts = account_writer.subscribe().ok_or_else(subscribe_err)?;
+    let ns_for_creds = ns_writer.subscribe().ok_or_else(subscribe_err)?;
+    let ns_for_accounts = ns_writer.subscribe().ok_or_else(subscribe_err)?;
+    let reflectors = future::join3(
+        watcher(api_for::<M2MCredential>(client, watch_ns), cfg.clone())
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect_shared(cred_writer)
+            .for_each(|_| future::ready(())),
+        watcher(api_for::<ServiceAccount>(client, watch_ns), cfg)
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect_shared(account_writer)
+            .for_each(|_| future::ready(())),
+        watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
+            .default_backoff()
+            .modify(|o| o.managed_fields_mut().clear())
+            .reflect_shared(ns_writer)
+            .for_each(|_| future::ready(())),
+    );
+    Ok(Reflectors {
+        credentials,
+        accounts,
+        namespaces,
+        cred_for_creds,
+        cred_for_accounts,
+        account_for_creds,
+        account_for_accounts,
+        ns_for_creds,
+        ns_for_accounts,
+        task: tokio::spawn(reflectors),
+    })
+}
+
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
 pub async fn run_controllers(
     client: Client,
@@ -49,73 +116,33 @@ pub async fn run_controllers(
 ) -> anyhow::Result<()> {
     let stop = stop.boxed().shared();
     let mut stop_rx = stop.clone();
-    let watch_ns = config.watch_namespace.clone();
     let first = tokio::select! {
         k = reconcile_keys_until_ok(&client, &keys, &metrics) => k,
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
-    let key = first.verifier_key.clone();
-
-    let cfg = watcher::Config::default().any_semantic();
-    let ns_cfg = match &watch_ns {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
-
-    let (cred_store, cred_writer) = reflector::store_shared::<M2MCredential>(SHARED_BUFFER);
-    let (account_store, account_writer) = reflector::store_shared::<ServiceAccount>(SHARED_BUFFER);
-    let (ns_store, ns_writer) = reflector::store_shared::<Namespace>(SHARED_BUFFER);
-    let subscribe_err = || anyhow::anyhow!("shared reflector without dispatcher");
-    let cred_for_creds = cred_writer.subscribe().ok_or_else(subscribe_err)?;
-    let cred_for_accounts = cred_writer.subscribe().ok_or_else(subscribe_err)?;
-    let account_for_creds = account_writer.subscribe().ok_or_else(subscribe_err)?;
-    let account_for_accounts = account_writer.subscribe().ok_or_else(subscribe_err)?;
-    let ns_for_creds = ns_writer.subscribe().ok_or_else(subscribe_err)?;
-    let ns_for_accounts = ns_writer.subscribe().ok_or_else(subscribe_err)?;
-
-    let reflectors = future::join3(
-        watcher(
-            api_for::<M2MCredential>(&client, watch_ns.as_deref()),
-            cfg.clone(),
-        )
-        .default_backoff()
-        .reflect_shared(cred_writer)
-        .for_each(|_| future::ready(())),
-        watcher(
-            api_for::<ServiceAccount>(&client, watch_ns.as_deref()),
-            cfg.clone(),
-        )
-        .default_backoff()
-        .reflect_shared(account_writer)
-        .for_each(|_| future::ready(())),
-        watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
-            .default_backoff()
-            .reflect_shared(ns_writer)
-            .for_each(|_| future::ready(())),
-    );
-
-    // Reflectors run on their own; reconciles start only once every store
-    // has listed, so no reconcile mistakes an unsynced cache for absence
-    // (and writes a wrong status on every restart).
-    let reflectors = tokio::spawn(reflectors);
+    let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
+    // Reconciles start only once every store has listed, so no reconcile
+    // mistakes an unsynced cache for absence (and writes a wrong status on
+    // every restart).
     let ready = future::try_join3(
-        cred_store.wait_until_ready(),
-        account_store.wait_until_ready(),
-        ns_store.wait_until_ready(),
+        r.credentials.wait_until_ready(),
+        r.accounts.wait_until_ready(),
+        r.namespaces.wait_until_ready(),
     );
     tokio::select! {
         r = ready => { r?; }
         _ = stop_early(&mut stop_rx) => return Ok(()),
     }
 
+    let recorder = Recorder::new(client.clone(), reporter(config.instance.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         config,
-        recorder: Recorder::new(client.clone(), reporter()),
-        accounts: account_store.clone(),
-        credentials: cred_store.clone(),
-        namespaces: ns_store,
-        verifier_key: arc_swap::ArcSwapOption::from_pointee(key),
+        recorder,
+        accounts: r.accounts.clone(),
+        credentials: r.credentials.clone(),
+        namespaces: r.namespaces.clone(),
+        verifier_key: arc_swap::ArcSwapOption::from_pointee(first.verifier_key.clone()),
         metrics: metrics.clone(),
     });
     let key_loop = tokio::spawn(maintain_keys(
@@ -125,24 +152,56 @@ pub async fn run_controllers(
         first.next_due,
     ));
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
+    let reflector_task = r.task.abort_handle();
+    let controllers = future::join(
+        credential_controller(&ctx, &client, &r, stop.clone()),
+        account_controller(&ctx, r, stop.clone()),
+    );
+    tracing::info!("controllers started");
+    tokio::select! {
+        _ = controllers => {}
+        _ = stop => {}
+    }
+    reflector_task.abort();
+    key_loop.abort();
+    gauge_loop.abort();
+    tracing::info!("controllers stopped");
+    Ok(())
+}
 
-    let creds = cred_store.clone();
-    let creds2 = cred_store.clone();
-    let credential_controller = Controller::for_shared_stream(cred_for_creds, cred_store)
+/// The credential controller: a credential reconciles when it, its Secret,
+/// its ServiceAccount or its Namespace changes.
+fn credential_controller<S>(
+    ctx: &Arc<Context>,
+    client: &Client,
+    r: &Reflectors,
+    stop: S,
+) -> impl Future<Output = ()> + use<S>
+where
+    S: Future<Output = ()> + Send + Sync + 'static,
+{
+    let watch_ns = ctx.config.watch_namespace.as_deref();
+    let creds = r.credentials.clone();
+    let creds2 = r.credentials.clone();
+    let managed = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    Controller::for_shared_stream(r.cred_for_creds.clone(), r.credentials.clone())
         .owns(
-            api_for::<Secret>(&client, watch_ns.as_deref()),
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=m2m-operator"),
+            api_for::<Secret>(client, watch_ns),
+            watcher::Config::default().labels(&managed),
         )
-        .watches_shared_stream(account_for_creds, move |account: Arc<ServiceAccount>| {
-            let ns = account.namespace();
-            let name = account.name_any();
-            creds
-                .state()
-                .into_iter()
-                .filter(move |c| c.namespace() == ns && c.spec.service_account_name == name)
-                .map(|c| ObjectRef::from_obj(&*c))
-        })
-        .watches_shared_stream(ns_for_creds, move |ns: Arc<Namespace>| {
+        .watches_shared_stream(
+            r.account_for_creds.clone(),
+            move |account: Arc<ServiceAccount>| {
+                let ns = account.namespace();
+                let name = account.name_any();
+                creds
+                    .state()
+                    .into_iter()
+                    .filter(move |c| c.namespace() == ns && c.spec.service_account_name == name)
+                    .map(|c| ObjectRef::from_obj(&*c))
+            },
+        )
+        .watches_shared_stream(r.ns_for_creds.clone(), move |ns: Arc<Namespace>| {
             let name = ns.name_any();
             creds2
                 .state()
@@ -150,7 +209,7 @@ pub async fn run_controllers(
                 .filter(move |c| c.namespace().as_deref() == Some(name.as_str()))
                 .map(|c| ObjectRef::from_obj(&*c))
         })
-        .graceful_shutdown_on(stop.clone())
+        .graceful_shutdown_on(stop)
         .run(
             |cred, ctx: Arc<Context>| async move {
                 let start = Instant::now();
@@ -161,15 +220,23 @@ pub async fn run_controllers(
             credential::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| future::ready(()));
+        .for_each(|_| future::ready(()))
+}
 
-    let accounts = account_store.clone();
-    let account_controller = Controller::for_shared_stream(account_for_accounts, account_store)
-        .watches_shared_stream(cred_for_accounts, |cred: Arc<M2MCredential>| {
+/// The ServiceAccount controller: an account reconciles when it, one of
+/// its credentials or its Namespace changes.
+fn account_controller(
+    ctx: &Arc<Context>,
+    r: Reflectors,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let accounts = r.accounts.clone();
+    Controller::for_shared_stream(r.account_for_accounts, r.accounts)
+        .watches_shared_stream(r.cred_for_accounts, |cred: Arc<M2MCredential>| {
             let ns = cred.namespace().unwrap_or_default();
             Some(ObjectRef::new(&cred.spec.service_account_name).within(&ns))
         })
-        .watches_shared_stream(ns_for_accounts, move |ns: Arc<Namespace>| {
+        .watches_shared_stream(r.ns_for_accounts, move |ns: Arc<Namespace>| {
             let name = ns.name_any();
             accounts
                 .state()
@@ -177,24 +244,18 @@ pub async fn run_controllers(
                 .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
                 .map(|a| ObjectRef::from_obj(&*a))
         })
-        .graceful_shutdown_on(stop.clone())
+        .graceful_shutdown_on(stop)
         .run(
-            service_account::reconcile,
+            |account, ctx: Arc<Context>| async move {
+                let start = Instant::now();
+                let result = service_account::reconcile(account, ctx.clone()).await;
+                observe(&ctx.metrics, "serviceaccount", start, &result);
+                result
+            },
             service_account::error_policy,
-            ctx,
+            ctx.clone(),
         )
-        .for_each(|_| future::ready(()));
-
-    tracing::info!("controllers started");
-    tokio::select! {
-        _ = future::join(credential_controller, account_controller) => {}
-        _ = stop => {}
-    }
-    reflectors.abort();
-    key_loop.abort();
-    gauge_loop.abort();
-    tracing::info!("controllers stopped");
-    Ok(())
+        .for_each(|_| future::ready(()))
 }
 
 fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Result<T, Error>) {
@@ -299,10 +360,10 @@ pub async fn run_with_leader_election(
     ready: ReadyFlag,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let identity = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .map(|h| format!("{h}-{}", uuid::Uuid::new_v4().simple()))
-        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string());
+    let identity = match &config.instance {
+        Some(h) => format!("{h}-{}", uuid::Uuid::new_v4().simple()),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
     let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
         .with_namespace(&config.operator_namespace)
         .with_identity(&identity)

@@ -7,6 +7,10 @@
 use crate::core::client_secret::ClientSecret;
 use crate::core::verifier::{SecretBinding, VerifierKey};
 use crate::crd::M2MCredential;
+use crate::labels::{
+    ANN_DIGEST, ANN_HANDLED_ROTATE, ANN_PREVIOUS_NOT_AFTER, ANN_ROTATED_AT, ANN_VERSION,
+    FIELD_MANAGER, LABEL_CREDENTIAL, MANAGED_BY,
+};
 use chrono::{DateTime, Utc};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,23 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// `type` of every generated Secret.
 pub const SECRET_TYPE: &str = "m2m.dev/client-credentials";
-/// Field manager of every write the operator makes.
-pub const FIELD_MANAGER: &str = "m2m-operator";
-/// Label naming the managing tool.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-/// Label naming the owning credential.
-pub const LABEL_CREDENTIAL: &str = "m2m.dev/credential";
-/// Annotation: the secret version held.
-pub const ANN_VERSION: &str = "m2m.dev/secret-version";
-/// Annotation: HMAC of the held secret (the same digest as its verifier).
-pub const ANN_DIGEST: &str = "m2m.dev/secret-digest";
-/// Annotation: when the held secret was generated.
-pub const ANN_ROTATED_AT: &str = "m2m.dev/rotated-at";
-/// Annotation: until when the previous secret stays valid (absent: not at all).
-pub const ANN_PREVIOUS_NOT_AFTER: &str = "m2m.dev/previous-not-after";
-/// Annotation: the `m2m.dev/rotate` value handled by this secret's rotation.
-pub const ANN_HANDLED_ROTATE: &str = "m2m.dev/rotate-handled";
-
 /// Everything the controller writes into a credential Secret.
 #[derive(Debug, Clone)]
 pub struct SecretContents<'a> {
@@ -62,7 +49,7 @@ pub fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) ->
     let cred_name = cred.metadata.name.clone().unwrap_or_default();
     let template = &cred.spec.secret_template;
     let mut labels = template.labels.clone();
-    labels.insert(LABEL_MANAGED_BY.into(), "m2m-operator".into());
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     labels.insert(LABEL_CREDENTIAL.into(), cred_name);
     let mut annotations: BTreeMap<String, String> = template
         .annotations

@@ -2,10 +2,10 @@
 //! the namespace's scope policy, is it enabled, how many credentials use it.
 //! Its credentials react to its changes through their own watch mapping.
 
-use super::secret::FIELD_MANAGER;
-use super::{Context, Error, kube_err};
+use super::{Context, Error, Step, kube_err};
 use crate::core::grant::resolve_account;
 use crate::crd::{Condition, ConditionStatus, ServiceAccount, ServiceAccountStatus, set_condition};
+use crate::labels::FIELD_MANAGER;
 use chrono::Utc;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -131,7 +131,7 @@ async fn patch_status(
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_err("patch ServiceAccount status")(e)),
+        Err(e) => Err(kube_err(Step::PatchServiceAccountStatus)(e)),
     }
 }
 

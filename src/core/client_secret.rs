@@ -68,23 +68,23 @@ impl ClientSecret {
         &self.0
     }
 
-    /// The last four characters, safe to show in status.
+    /// A fingerprint, safe to show in status: see [`hint`].
     pub fn hint(&self) -> String {
         hint(&self.0)
     }
 }
 
-/// The last four characters of a secret, prefixed with an ellipsis.
+/// A fingerprint of a secret to tell versions apart: `sha256:` and the
+/// first 8 hex digits of the SHA-256 of the whole secret. It reveals
+/// nothing about the secret's characters (the former hint, its last four
+/// characters, gave away 4 of the 6 checksum characters, ~24 bits), and
+/// anyone holding a secret can compute it:
+/// `printf %s "$SECRET" | sha256sum | cut -c1-8`.
 pub fn hint(secret: &str) -> String {
-    let tail: String = secret
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(secret.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// Whether `candidate` has the shape and checksum of a generated secret.
@@ -128,11 +128,25 @@ mod tests {
         assert_eq!(s.expose().len(), SECRET_LEN);
         assert!(s.expose().starts_with("m2ms_"));
         assert!(is_well_formed(s.expose()));
-        assert_eq!(s.hint().chars().count(), 5);
-        assert!(s.expose().ends_with(&s.hint()[3..]));
         assert!(!format!("{s:?}").contains(&s.expose()[5..20]));
         // ≥ 256 bits of entropy.
         assert!(BODY_LEN as f64 * 62f64.log2() >= 256.0);
+    }
+
+    /// The hint is derived from the whole secret, shows none of its
+    /// checksum characters, and is what `sha256sum` prints.
+    #[test]
+    fn the_hint_reveals_no_secret_characters() {
+        let secret = "m2ms_0123456789abcdefghijABCDEFGHIJ0123456789abcdWXYZ12";
+        let s = ClientSecret::from_stored(secret.into());
+        assert_eq!(s.hint(), "sha256:57abbbab");
+        assert!(
+            !s.hint().contains("YZ12"),
+            "checksum characters in the hint"
+        );
+        let a = ClientSecret::generate().unwrap();
+        let b = ClientSecret::generate().unwrap();
+        assert_ne!(a.hint(), b.hint(), "tells versions apart");
     }
 
     #[test]

@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// No access token lives longer than this.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `tokenTTL` (ServiceAccount or credential): shorter tokens would
+/// be expired, or nearly, when they arrive.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// One entry of a scope policy: an exact scope, a `prefix*` pattern
 /// (`repo:*` allows `repo:read`), or `*` for everything.
@@ -144,6 +147,17 @@ pub enum GrantError {
         /// The bound it broke.
         max: String,
     },
+    /// A `tokenTTL` is below [`MIN_TOKEN_TTL`]: its tokens would expire
+    /// before a client could use them (`expires_in` rounds to seconds).
+    #[error("{field} {value} is below the minimum of {min}")]
+    TokenTTLTooShort {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The bound it broke.
+        min: String,
+    },
     /// `spec.expiresAt` has passed.
     #[error("the credential expired at {0}")]
     Expired(DateTime<Utc>),
@@ -160,6 +174,7 @@ impl GrantError {
             Self::ScopesOutsideServiceAccount { .. } => "ScopesOutsideServiceAccount",
             Self::InvalidTokenTTL { .. } => "InvalidTokenTTL",
             Self::TokenTTLTooLong { .. } => "TokenTTLTooLong",
+            Self::TokenTTLTooShort { .. } => "TokenTTLTooShort",
             Self::Expired(_) => "Expired",
         }
     }
@@ -189,8 +204,17 @@ pub struct Grant {
 
 fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
     match parse_duration(value) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(GrantError::InvalidTokenTTL {
+        Ok(d) if d.is_zero() => Err(GrantError::InvalidTokenTTL {
+            field,
+            value: value.to_owned(),
+        }),
+        Ok(d) if d < MIN_TOKEN_TTL => Err(GrantError::TokenTTLTooShort {
+            field,
+            value: value.to_owned(),
+            min: crate::core::duration::format_duration(MIN_TOKEN_TTL),
+        }),
+        Ok(d) => Ok(d),
+        Err(_) => Err(GrantError::InvalidTokenTTL {
             field,
             value: value.to_owned(),
         }),
@@ -505,6 +529,33 @@ mod tests {
         assert_eq!(g.token_ttl, Duration::from_secs(900));
     }
 
+    /// `tokenTTL: 500ms` issued already-expired tokens (`expires_in: 0`).
+    #[test]
+    fn ttls_below_one_minute_are_refused_with_a_precise_reason() {
+        let all = ScopePolicy::allow_all();
+        for ttl in ["500ms", "1s", "59s"] {
+            let c = M2MCredentialSpec {
+                token_ttl: Some(ttl.into()),
+                ..cred(&[])
+            };
+            let e = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap_err();
+            assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
+            assert!(e.to_string().contains("below the minimum of 1m"), "{e}");
+            let acc = ServiceAccountSpec {
+                token_ttl: Some(ttl.into()),
+                ..account(&["a"])
+            };
+            let e = resolve_grant(&cred(&[]), Some(&acc), Ok(&all), now()).unwrap_err();
+            assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
+        }
+        let c = M2MCredentialSpec {
+            token_ttl: Some("1m".into()),
+            ..cred(&[])
+        };
+        let g = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap();
+        assert_eq!(g.token_ttl, MIN_TOKEN_TTL);
+    }
+
     #[test]
     fn error_messages_name_the_problem() {
         let all = ScopePolicy::allow_all();
@@ -514,5 +565,185 @@ mod tests {
             e.to_string(),
             "scopes not held by ServiceAccount \"ci-bot\": x"
         );
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the grant decision over arbitrary accounts, credentials
+    //! and namespace policies: a grant is never wider than the account, the
+    //! namespace policy or the credential's request, and an empty request
+    //! means everything the account may hold.
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    const SCOPES: &[&str] = &["a", "b", "repo:read", "repo:write", "repo:", "admin", "x:y"];
+    const PATTERNS: &[&str] = &["a", "b", "repo:*", "repo:read", "*", "x:*", "admin"];
+    const TTLS: &[&str] = &["1s", "15m", "1h", "2h", "24h", "25h", "0s", "soon"];
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000, 0).single().unwrap()
+    }
+
+    fn scopes() -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(SCOPES, 0..=SCOPES.len())
+            .prop_map(|v| v.into_iter().map(str::to_owned).collect())
+            .prop_shuffle()
+    }
+
+    fn policy() -> impl Strategy<Value = String> {
+        proptest::sample::subsequence(PATTERNS, 0..=PATTERNS.len()).prop_map(|v| v.join(", "))
+    }
+
+    fn ttl() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(proptest::sample::select(TTLS).prop_map(str::to_owned))
+    }
+
+    fn account() -> impl Strategy<Value = ServiceAccountSpec> {
+        (scopes(), ttl(), proptest::bool::weighted(0.1)).prop_map(
+            |(scopes, token_ttl, disabled)| ServiceAccountSpec {
+                scopes,
+                token_ttl,
+                disabled,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn credential() -> impl Strategy<Value = M2MCredentialSpec> {
+        (
+            scopes(),
+            ttl(),
+            proptest::option::of(-100i64..100),
+            proptest::collection::vec("[a-c]{1,2}", 0..3),
+        )
+            .prop_map(
+                |(scopes, token_ttl, expires, audiences)| M2MCredentialSpec {
+                    service_account_name: "ci-bot".into(),
+                    scopes,
+                    token_ttl,
+                    expires_at: expires.map(|s| now() + chrono::Duration::seconds(s)),
+                    audiences,
+                    ..Default::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn a_grant_is_never_wider_than_account_policy_or_request(
+            cred in credential(),
+            acc in account(),
+            policy in policy(),
+        ) {
+            let policy = ScopePolicy::parse(&policy).expect("patterns are valid");
+            let Ok(g) = resolve_grant(&cred, Some(&acc), Ok(&policy), now()) else {
+                return Ok(());
+            };
+            for s in &g.scopes {
+                prop_assert!(acc.scopes.contains(s), "{s} not held by the account");
+                prop_assert!(policy.allows(s), "{s} not allowed by the namespace");
+            }
+            let requested: BTreeSet<String> = cred.scopes.iter().cloned().collect();
+            if requested.is_empty() {
+                let all: BTreeSet<String> = acc.scopes.iter().cloned().collect();
+                prop_assert_eq!(&g.scopes, &all, "an empty request grants all the account may hold");
+            } else {
+                prop_assert_eq!(&g.scopes, &requested, "exactly what was requested");
+            }
+            prop_assert!(!acc.disabled);
+            prop_assert!(cred.expires_at.is_none_or(|t| t > now()));
+            prop_assert!(!g.token_ttl.is_zero() && g.token_ttl <= MAX_TOKEN_TTL);
+            let account_ttl = resolve_account(&acc, Ok(&policy)).expect("account valid").token_ttl;
+            prop_assert!(g.token_ttl <= account_ttl);
+            prop_assert!(g.audiences.windows(2).all(|w| w[0] < w[1]), "sorted, deduplicated");
+        }
+
+        #[test]
+        fn a_valid_request_is_granted(
+            cred in credential(),
+            acc in account(),
+            policy in policy(),
+        ) {
+            // Completeness: nothing fails except for a stated reason.
+            let policy = ScopePolicy::parse(&policy).expect("patterns are valid");
+            let in_policy = acc.scopes.iter().all(|s| policy.allows(s));
+            let in_account = cred.scopes.iter().all(|s| acc.scopes.contains(s));
+            let ttl_ok = |t: &Option<String>, max: Duration| {
+                t.as_deref().is_none_or(|t| parse_duration(t).is_ok_and(|d| d >= MIN_TOKEN_TTL && d <= max))
+            };
+            let acc_ttl_ok = ttl_ok(&acc.token_ttl, MAX_TOKEN_TTL);
+            let acc_ttl = acc.token_ttl.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TOKEN_TTL);
+            let cred_ttl_ok = ttl_ok(&cred.token_ttl, acc_ttl);
+            let live = cred.expires_at.is_none_or(|t| t > now());
+            let got = resolve_grant(&cred, Some(&acc), Ok(&policy), now());
+            let should = in_policy && in_account && acc_ttl_ok && cred_ttl_ok && live && !acc.disabled;
+            prop_assert_eq!(got.is_ok(), should, "{:?}", got);
+            if let Err(e) = got {
+                // The first failing check, in the order users fix them.
+                let ttl_reason = matches!(
+                    e.reason(),
+                    "InvalidTokenTTL" | "TokenTTLTooLong" | "TokenTTLTooShort"
+                );
+                if !in_policy {
+                    prop_assert_eq!(e.reason(), "ScopesNotAllowedInNamespace");
+                } else if !acc_ttl_ok {
+                    prop_assert!(ttl_reason && e.to_string().starts_with("ServiceAccount"), "{}", e);
+                } else if !in_account {
+                    prop_assert_eq!(e.reason(), "ScopesOutsideServiceAccount");
+                } else if !cred_ttl_ok {
+                    prop_assert!(ttl_reason && e.to_string().starts_with("tokenTTL"), "{}", e);
+                } else if !live {
+                    prop_assert_eq!(e.reason(), "Expired");
+                } else {
+                    prop_assert_eq!(e.reason(), "ServiceAccountDisabled");
+                }
+            }
+        }
+
+        #[test]
+        fn no_account_or_a_broken_policy_grants_nothing(
+            cred in credential(),
+            acc in account(),
+        ) {
+            let all = ScopePolicy::allow_all();
+            prop_assert_eq!(
+                resolve_grant(&cred, None, Ok(&all), now()).map_err(|e| e.reason()),
+                Err("ServiceAccountNotFound")
+            );
+            let broken = ScopePolicy::parse("a*b").unwrap_err();
+            prop_assert_eq!(
+                resolve_grant(&cred, Some(&acc), Err(&broken), now()).map_err(|e| e.reason()),
+                Err("InvalidNamespacePolicy")
+            );
+        }
+
+        #[test]
+        fn policy_allows_exactly_its_patterns(policy in policy(), scope in "[a-z:]{0,10}") {
+            let parsed = ScopePolicy::parse(&policy).expect("patterns are valid");
+            let expected = policy.split(',').map(str::trim).filter(|p| !p.is_empty()).any(|p| {
+                match p.strip_suffix('*') {
+                    Some(prefix) => scope.starts_with(prefix),
+                    None => p == scope,
+                }
+            });
+            prop_assert_eq!(parsed.allows(&scope), expected);
+        }
+
+        #[test]
+        fn policy_parsing_never_widens_on_garbage(policy in "\\PC{0,40}") {
+            // Whatever the annotation holds, a parsed policy allows only what
+            // one of its well-formed entries allows; anything else is an error.
+            if let Ok(parsed) = ScopePolicy::parse(&policy) {
+                let entries: Vec<&str> = policy.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+                if entries.is_empty() {
+                    prop_assert!(!parsed.allows("anything"));
+                }
+                if !entries.iter().any(|e| e.ends_with('*')) {
+                    prop_assert!(!parsed.allows("zz-not-listed") || entries.contains(&"zz-not-listed"));
+                }
+            }
+        }
     }
 }

@@ -5,5 +5,7 @@
 pub mod client_secret;
 pub mod duration;
 pub mod grant;
+pub mod policy;
 pub mod rotation;
 pub mod verifier;
+pub mod workload;

@@ -267,3 +267,210 @@ mod tests {
         assert_eq!(prune_verifiers(&list, at(100)), vec![v(3, None)]);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the rotation decisions over arbitrary histories: a
+    //! rotation never leaves two current secrets, never lengthens a grace
+    //! period, never keeps a secret past its grace, and schedules are
+    //! monotonic in time.
+    use super::*;
+    use crate::core::verifier::is_accepted;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(s, 0).single().unwrap()
+    }
+
+    fn verifier(version: i64, not_after: Option<i64>) -> SecretVerifier {
+        SecretVerifier {
+            version,
+            digest: format!("d{version}"),
+            not_after: not_after.map(at),
+            seal: None,
+        }
+    }
+
+    /// A plausible stored list: distinct versions, at most one current, any
+    /// grace ends (past or future), in any order.
+    fn verifier_list() -> impl Strategy<Value = Vec<SecretVerifier>> {
+        proptest::collection::btree_map(1i64..50, proptest::option::of(0i64..10_000), 0..6)
+            .prop_flat_map(|m| {
+                let list: Vec<_> = m.into_iter().collect();
+                let n = list.len();
+                (Just(list), proptest::option::of(0..n.max(1)))
+            })
+            .prop_map(|(list, current)| {
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, (version, end))| {
+                        let end = if Some(i) == current {
+                            None
+                        } else {
+                            Some(end.unwrap_or(0))
+                        };
+                        verifier(version, end)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .prop_shuffle()
+    }
+
+    fn grace() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            (1u64..5_000).prop_map(Duration::from_secs)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_rotation_leaves_exactly_one_current_secret_the_new_one(
+            existing in verifier_list(),
+            new_version in 1i64..60,
+            now in 0i64..10_000,
+            grace in grace(),
+        ) {
+            let out = rotate_verifiers(&existing, verifier(new_version, Some(1)), at(now), grace);
+            let current: Vec<_> = out.iter().filter(|v| v.not_after.is_none()).collect();
+            prop_assert_eq!(current.len(), 1, "{:?}", out);
+            prop_assert_eq!(current[0].version, new_version);
+            prop_assert_eq!(out[0].version, new_version);
+            let versions: BTreeSet<_> = out.iter().map(|v| v.version).collect();
+            prop_assert_eq!(versions.len(), out.len(), "duplicate versions: {:?}", out);
+            prop_assert!(out[1..].iter().all(|v| v.version < new_version));
+        }
+
+        #[test]
+        fn grace_ends_after_the_rotation_and_is_never_lengthened(
+            existing in verifier_list(),
+            new_version in 1i64..60,
+            now in 0i64..10_000,
+            grace in grace(),
+        ) {
+            let out = rotate_verifiers(&existing, verifier(new_version, None), at(now), grace);
+            let grace_end = at(now) + chrono::Duration::from_std(grace).unwrap();
+            for v in &out[1..] {
+                let end = v.not_after.expect("only the new secret is current");
+                prop_assert!(end > at(now), "kept a secret whose grace ended: {:?}", v);
+                let before = existing.iter().find(|e| e.version == v.version).expect("no new versions appear");
+                if let Some(old_end) = before.not_after {
+                    prop_assert_eq!(end, old_end, "an existing grace period changed");
+                } else {
+                    prop_assert_eq!(end, grace_end, "the replaced secret gets exactly the grace period");
+                }
+            }
+            if grace.is_zero() {
+                prop_assert!(out[1..].iter().all(|v| v.not_after.is_some_and(|e| e > at(now))));
+                prop_assert!(!out[1..].iter().any(|v| existing.iter().any(|e| e.version == v.version && e.not_after.is_none())),
+                    "a rotation without grace kept the previous secret");
+            }
+        }
+
+        #[test]
+        fn a_rotation_only_ever_narrows_what_is_accepted_later(
+            existing in verifier_list(),
+            new_version in 1i64..60,
+            now in 0i64..10_000,
+            later in 0i64..20_000,
+            grace in grace(),
+        ) {
+            let out = rotate_verifiers(&existing, verifier(new_version, None), at(now), grace);
+            // Any old version still accepted at some later moment was
+            // accepted before the rotation too (nothing is resurrected) and
+            // stops being accepted no later than max(its own end, now + grace).
+            let t = at(now + later);
+            for v in out[1..].iter().filter(|v| is_accepted(v, t)) {
+                prop_assert!(existing.iter().any(|e| e.version == v.version && is_accepted(e, at(now))),
+                    "resurrected {:?}", v);
+            }
+        }
+
+        #[test]
+        fn repeated_rotations_keep_one_current_and_versions_descending(
+            steps in proptest::collection::vec((1i64..500, grace()), 1..12),
+        ) {
+            let mut list: Vec<SecretVerifier> = vec![verifier(1, None)];
+            let mut now = 0i64;
+            for (i, (gap, grace)) in steps.into_iter().enumerate() {
+                now += gap;
+                let version = i as i64 + 2;
+                list = rotate_verifiers(&list, verifier(version, None), at(now), grace);
+                prop_assert_eq!(list.iter().filter(|v| v.not_after.is_none()).count(), 1);
+                prop_assert!(list.windows(2).all(|w| w[0].version > w[1].version), "{:?}", list);
+                let pruned = prune_verifiers(&list, at(now));
+                prop_assert_eq!(&pruned, &list, "a fresh rotation holds nothing to prune");
+            }
+        }
+
+        #[test]
+        fn pruning_keeps_the_current_secret_and_exactly_the_accepted_ones(
+            existing in verifier_list(),
+            now in 0i64..12_000,
+        ) {
+            let pruned = prune_verifiers(&existing, at(now));
+            prop_assert!(pruned.iter().all(|v| is_accepted(v, at(now))));
+            prop_assert_eq!(pruned.len(), existing.iter().filter(|v| is_accepted(v, at(now))).count());
+            prop_assert_eq!(
+                pruned.iter().filter(|v| v.not_after.is_none()).count(),
+                existing.iter().filter(|v| v.not_after.is_none()).count()
+            );
+            prop_assert_eq!(prune_verifiers(&pruned, at(now)), pruned.clone(), "idempotent");
+        }
+
+        #[test]
+        fn scheduled_rotation_is_monotonic_in_time(
+            every in proptest::option::of(0u64..100_000),
+            last in proptest::option::of(0i64..100_000),
+            t1 in 0i64..300_000,
+            dt in 0i64..300_000,
+        ) {
+            let input = RotationInputs {
+                annotation: None,
+                last_handled_annotation: None,
+                every: every.map(Duration::from_secs),
+                last_rotation: last.map(at),
+            };
+            let due = next_scheduled(&input);
+            if let (Some(due), Some(last)) = (due, last) {
+                prop_assert!(due > at(last), "due {due} not after the last rotation {last}");
+            }
+            // Once due, a rotation stays due as time passes (until it is done).
+            if rotation_due(&input, at(t1)).is_some() {
+                prop_assert!(rotation_due(&input, at(t1 + dt)).is_some());
+            }
+            prop_assert_eq!(rotation_due(&input, at(t1)).is_some(), due.is_some_and(|d| d <= at(t1)));
+            // A later last rotation never makes the next one due earlier.
+            if let (Some(every), Some(last)) = (every, last) {
+                let later = RotationInputs { last_rotation: Some(at(last + dt)), ..input };
+                prop_assert!(next_scheduled(&later) >= next_scheduled(&input));
+                let longer = RotationInputs { every: Some(Duration::from_secs(every + 1)), ..input };
+                if every > 0 {
+                    prop_assert!(next_scheduled(&longer) > next_scheduled(&input));
+                }
+            }
+        }
+
+        #[test]
+        fn annotation_rotation_is_due_exactly_when_the_value_is_new(
+            annotation in proptest::option::of("[a-c]{0,2}"),
+            handled in proptest::option::of("[a-c]{0,2}"),
+            now in 0i64..1_000,
+        ) {
+            let input = RotationInputs {
+                annotation: annotation.as_deref(),
+                last_handled_annotation: handled.as_deref(),
+                every: None,
+                last_rotation: Some(at(0)),
+            };
+            let due = rotation_due(&input, at(now));
+            let new = annotation.is_some() && annotation != handled;
+            prop_assert_eq!(due.is_some(), new);
+            if let Some(RotationTrigger::Annotation(v)) = due {
+                prop_assert_eq!(Some(v), annotation);
+            }
+        }
+    }
+}

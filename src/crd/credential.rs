@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
     doc = "An OAuth 2.0 client-credentials credential bound to an m2m.dev ServiceAccount.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".status.clientId"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
     printcolumn = r#"{"name":"Account","type":"string","jsonPath":".spec.serviceAccountName"}"#,
     printcolumn = r#"{"name":"Scopes","type":"string","jsonPath":".spec.scopes"}"#,
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.secretVersion","priority":1}"#,
@@ -90,6 +91,58 @@ pub struct M2MCredentialSpec {
     /// Labels and annotations copied onto the generated Secret.
     #[serde(default, skip_serializing_if = "SecretTemplate::is_empty")]
     pub secret_template: SecretTemplate,
+
+    /// Authenticate with the pod's own Kubernetes service-account token
+    /// instead of a generated client secret (RFC 7523 client assertion).
+    /// When set, no secret is generated and no Secret is written;
+    /// `secretName`, `rotation` and `secretTemplate` are ignored, and a
+    /// Secret written before is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentity>,
+}
+
+/// Bind a core `v1/ServiceAccount` of the credential's namespace: a pod
+/// running as it obtains tokens by presenting its projected
+/// service-account token as `client_assertion`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentity {
+    /// Name of the core `v1/ServiceAccount` (not `serviceaccounts.m2m.dev`)
+    /// in this namespace whose tokens authenticate this credential.
+    #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    pub kubernetes_service_account: String,
+
+    /// The `aud` the service-account token must carry (the `audience` of the
+    /// pod's projected token volume). Default: the token endpoint's issuer URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub audience: Option<String>,
+
+    /// Allow binding the namespace's `default` ServiceAccount. Off by
+    /// default: every pod that names no ServiceAccount runs as `default`
+    /// and holds its token, so binding it grants this credential to all of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_default_service_account: bool,
+}
+
+/// How a credential authenticates at the token endpoint.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CredentialMode {
+    /// A generated client secret in a Secret.
+    ClientSecret,
+    /// A Kubernetes service-account token (`spec.workloadIdentity`).
+    WorkloadIdentity,
+}
+
+/// The Kubernetes identity a workload-identity credential accepts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadIdentityStatus {
+    /// The username of accepted service-account tokens,
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub subject: String,
+    /// The audience those tokens must carry.
+    pub audience: String,
 }
 
 /// When the client secret is replaced, and for how long the previous one
@@ -195,7 +248,8 @@ pub struct M2MCredentialStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_rotate_annotation: Option<String>,
 
-    /// The last 4 characters of the current secret, to tell versions apart.
+    /// A fingerprint of the current secret to tell versions apart: `sha256:`
+    /// and the first 8 hex digits of its SHA-256 (reveals none of its characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_hint: Option<String>,
 
@@ -207,6 +261,14 @@ pub struct M2MCredentialStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub verifiers: Vec<SecretVerifier>,
+
+    /// `ClientSecret` or `WorkloadIdentity`: how the credential authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CredentialMode>,
+
+    /// The bound Kubernetes ServiceAccount, in workload-identity mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentityStatus>,
 
     /// `Ready` plus specific conditions (`ServiceAccountValid`, `SecretReady`).
     #[serde(default)]

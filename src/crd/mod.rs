@@ -9,8 +9,8 @@ mod service_account;
 
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use credential::{
-    CredentialRotation, M2MCredential, M2MCredentialSpec, M2MCredentialStatus, SecretTemplate,
-    SecretVerifier,
+    CredentialMode, CredentialRotation, M2MCredential, M2MCredentialSpec, M2MCredentialStatus,
+    SecretTemplate, SecretVerifier, WorkloadIdentity, WorkloadIdentityStatus,
 };
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
 

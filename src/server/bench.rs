@@ -5,27 +5,39 @@
 //! `POST /bench/token-unsigned`, which does everything `/oauth/token` does
 //! except signing, so one run measures the signing cost against a baseline.
 //! Reached only through the hidden `bench-server` subcommand.
+//!
+//! Workload identity: a second credential binds the core ServiceAccount
+//! `bench/bench-wi`, and the assertion cache is pre-seeded with a
+//! service-account-token-shaped assertion for it (there is no apiserver to
+//! ask), so the benchmark measures the steady state — every request a
+//! cache hit, as in production once a pod's token has been reviewed.
 
+use super::error::OAuthError;
+use super::form::OAuthRequest;
 use super::index::{CredentialIndex, KeyMaterial, TokenState};
+use super::oauth::Refusal;
 use super::revocation::LocalRevocations;
-use super::{ServerConfig, TokenServer, router};
-use crate::cli::{BenchServerArgs, SigningAlg};
-use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
+use super::{ServerConfig, TokenServer, router, with_layers};
+use crate::cli::BenchServerArgs;
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
+use crate::core::workload::service_account_subject;
 use crate::crd::{
     M2MCredential, M2MCredentialSpec, M2MCredentialStatus, SecretVerifier, ServiceAccount,
-    ServiceAccountSpec,
+    ServiceAccountSpec, WorkloadIdentity,
 };
 use crate::signing::KeySet;
+use crate::signing::SigningAlg;
+use crate::signing::keyset::next_key_set;
+use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::{Metrics, init_logging};
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use kube::api::ObjectMeta;
 use std::sync::Arc;
@@ -40,6 +52,9 @@ pub struct BenchFixture {
     pub client_id: String,
     /// Its client secret.
     pub client_secret: String,
+    /// A client assertion the server accepts (pre-seeded in its cache) for
+    /// the workload-identity credential.
+    pub assertion: String,
 }
 
 /// Build a cluster-free server whose keys use `alg`.
@@ -96,6 +111,23 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
             ..Default::default()
         }),
     };
+    // Workload identity: bound to core ServiceAccount bench/bench-wi.
+    let wi_credential = M2MCredential {
+        metadata: ObjectMeta {
+            name: Some("bench-wi".into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uuid::Uuid::new_v4().to_string()),
+            ..Default::default()
+        },
+        spec: M2MCredentialSpec {
+            workload_identity: Some(WorkloadIdentity {
+                kubernetes_service_account: "bench-wi".into(),
+                ..Default::default()
+            }),
+            ..credential.spec.clone()
+        },
+        status: None,
+    };
     let namespace_meta = ObjectMeta {
         name: Some(namespace.into()),
         ..Default::default()
@@ -108,7 +140,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
     let state = Arc::new(TokenState::new());
     let policy = ScopePolicy::allow_all();
     state.set_credentials(CredentialIndex::build(
-        [&credential],
+        [&credential, &wi_credential],
         [&account],
         [&namespace_meta],
         &policy,
@@ -120,44 +152,106 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         default_audience: "https://m2m.bench.example".into(),
         default_policy: policy,
         operator_namespace: "bench".into(),
+        limits: crate::http::HttpLimits::token_endpoint(),
     };
+    let issuer = config.issuer.clone();
     let revocations = Arc::new(LocalRevocations::new(state.clone()));
+    let server = TokenServer::new(config, state, Metrics::new(), revocations);
+    let subject = service_account_subject(namespace, "bench-wi");
+    let assertion = fake_service_account_token(&subject, &issuer, now);
+    server.assertions().cache().seed(
+        &issuer,
+        &assertion,
+        &subject,
+        now + chrono::Duration::days(1),
+    );
     Ok(BenchFixture {
-        server: TokenServer::new(config, state, Metrics::new(), revocations),
+        server,
         client_id,
         client_secret: secret.expose().to_owned(),
+        assertion,
     })
 }
 
-async fn token_unsigned(
-    State(server): State<TokenServer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    server.issue(headers, body, false).await
+/// A JWT shaped and sized like a projected service-account token (RS256,
+/// ~1 KB); its signature is random bytes: only the pre-seeded cache accepts it.
+fn fake_service_account_token(subject: &str, audience: &str, now: chrono::DateTime<Utc>) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rand::RngCore;
+    let header = r#"{"alg":"RS256","kid":"bench"}"#;
+    let claims = serde_json::json!({
+        "aud": [audience],
+        "exp": now.timestamp() + 86_400,
+        "iat": now.timestamp(),
+        "iss": "https://kubernetes.default.svc",
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "kubernetes.io": {
+            "namespace": "bench",
+            "pod": {"name": "bench-0", "uid": uuid::Uuid::new_v4().to_string()},
+            "serviceaccount": {"name": "bench-wi", "uid": uuid::Uuid::new_v4().to_string()},
+        },
+        "nbf": now.timestamp(),
+        "sub": subject,
+    });
+    let mut signature = [0u8; 256];
+    rand::rng().fill_bytes(&mut signature);
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
 }
 
-/// The production routes plus `/bench/token-unsigned`.
+/// Everything `/oauth/token` does but signing: the claims are only
+/// base64url-encoded. The production handler has no such switch.
+async fn token_unsigned(
+    State(server): State<TokenServer>,
+    request: OAuthRequest,
+) -> Result<Response, OAuthError> {
+    let issued = server
+        .prepare_token(request)
+        .await
+        .map_err(Refusal::audit)?;
+    let token = URL_SAFE_NO_PAD.encode(&issued.claims_json);
+    server.token_response(issued, &token)
+}
+
+/// The production routes plus `/bench/token-unsigned`, behind the same layers.
 pub fn bench_router(server: TokenServer) -> Router {
-    router(server.clone()).merge(
-        Router::new()
-            .route("/bench/token-unsigned", post(token_unsigned))
-            .with_state(server),
-    )
+    let limits = server.config().limits.clone();
+    let metrics = server.inner.metrics.clone();
+    let unsigned = Router::new()
+        .route("/bench/token-unsigned", post(token_unsigned))
+        .with_state(server.clone());
+    router(server).merge(with_layers(unsigned, &limits, metrics))
 }
 
 /// `m2m-operator bench-server`.
 pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let fixture = fixture(args.signing_alg)?;
+    if let Some(path) = &args.assertion_file {
+        std::fs::write(path, &fixture.assertion)?;
+    }
     std::fs::write(
         &args.credentials_file,
         format!("{}:{}\n", fixture.client_id, fixture.client_secret),
     )?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, alg = args.signing_alg.as_str(), "bench server ready");
-    axum::serve(listener, bench_router(fixture.server))
-        .with_graceful_shutdown(crate::admin::shutdown_signal())
-        .await?;
+    let limits = fixture.server.config().limits.clone();
+    let metrics = fixture.server.inner.metrics.clone();
+    crate::http::serve(
+        "token",
+        listener,
+        bench_router(fixture.server),
+        None,
+        limits,
+        metrics,
+        crate::admin::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

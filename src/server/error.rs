@@ -137,6 +137,32 @@ impl OAuthError {
     }
 }
 
+/// The outcome label of an error response, for the metrics middleware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome(pub &'static str);
+
+/// A bare error response made by a tower layer (the body limit's 413, the
+/// request timeout's 503, the body deadline's 408) as the RFC 6749 JSON
+/// error every token-endpoint error is. Other responses pass unchanged.
+pub fn as_oauth_error(response: Response) -> Response {
+    if response.extensions().get::<Outcome>().is_some() {
+        return response;
+    }
+    let error = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => OAuthError::invalid_request_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than 8 KiB",
+        ),
+        StatusCode::REQUEST_TIMEOUT => OAuthError::invalid_request_status(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request was not received in time",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => OAuthError::unavailable("the request timed out"),
+        _ => return response,
+    };
+    error.into_response()
+}
+
 /// `Cache-Control: no-store` and `Pragma: no-cache`, required on every
 /// token-endpoint response (RFC 6749 §5.1).
 pub fn no_store(response: &mut Response) {
@@ -167,6 +193,7 @@ impl IntoResponse for OAuthError {
         )
             .into_response();
         no_store(&mut response);
+        response.extensions_mut().insert(Outcome(self.outcome()));
         let headers = response.headers_mut();
         if self.basic_challenge {
             headers.insert(

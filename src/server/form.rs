@@ -9,13 +9,19 @@
 
 use super::error::OAuthError;
 use axum::body::Body;
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 /// Largest accepted request body. A client-credentials request is a few
-/// hundred bytes; an introspection request carries one token (< 2 KiB).
+/// hundred bytes; an introspection or revocation request carries one token
+/// of at most [`MAX_TOKEN_BYTES`] plus client authentication.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
+/// Largest access token the endpoint issues: whatever can be issued can be
+/// introspected and revoked within [`MAX_BODY_BYTES`] (1 KiB is left for
+/// `token=`, `token_type_hint` and `client_id`/`client_secret`).
+pub const MAX_TOKEN_BYTES: usize = MAX_BODY_BYTES - 1024;
 /// At most this many parameters per request.
 const MAX_PARAMS: usize = 32;
 
@@ -143,14 +149,68 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), OAuthError> {
     Ok(())
 }
 
-/// Read the whole body, refusing more than [`MAX_BODY_BYTES`].
+/// A token-endpoint request, parsed strictly: content type, body size,
+/// form syntax and client authentication. Rejections are [`OAuthError`]s.
+#[derive(Debug)]
+pub struct OAuthRequest {
+    /// The form parameters.
+    pub form: Form,
+    /// The client credentials presented, if any.
+    pub credentials: Option<ClientCredentials>,
+    /// The client's address, when the server knows it.
+    pub source: Option<std::net::IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
+    type Rejection = OAuthError;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, OAuthError> {
+        let (parts, body) = request.into_parts();
+        check_content_type(&parts.headers)?;
+        let body = read_body(&parts.headers, body).await?;
+        let form = Form::parse(&body)?;
+        let credentials = client_credentials(&parts.headers, &form)?;
+        let source = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        Ok(Self {
+            form,
+            credentials,
+            source,
+        })
+    }
+}
+
+/// What reading the body failed on: the size limit layer, the body
+/// deadline layer, or the connection.
+fn body_error(error: &axum::Error) -> OAuthError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return too_large();
+        }
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return OAuthError::invalid_request_status(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body was not received in time",
+            );
+        }
+        source = e.source();
+    }
+    OAuthError::invalid_request("the request body could not be read")
+}
+
+fn too_large() -> OAuthError {
+    OAuthError::invalid_request_status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the request body is larger than 8 KiB",
+    )
+}
+
+/// Read the whole body, refusing more than [`MAX_BODY_BYTES`] (also when
+/// no body-limit layer is in front).
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, OAuthError> {
-    let too_large = || {
-        OAuthError::invalid_request_status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is larger than 8 KiB",
-        )
-    };
     if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         let len: usize = len
             .to_str()
@@ -165,8 +225,7 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, OAuth
     let mut stream = body.into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|_| OAuthError::invalid_request("the request body could not be read"))?;
+        let chunk = chunk.map_err(|e| body_error(&e))?;
         if buf.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(too_large());
         }
@@ -182,6 +241,16 @@ pub enum AuthMethod {
     Basic,
     /// Form parameters (`client_secret_post`).
     Post,
+}
+
+impl AuthMethod {
+    /// The RFC 8414 method name, used in audit lines and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Basic => "client_secret_basic",
+            Self::Post => "client_secret_post",
+        }
+    }
 }
 
 /// The client credentials a request presented.

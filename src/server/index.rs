@@ -1,31 +1,44 @@
 //! The token server's in-memory state, fed by watches: a
 //! [`CredentialIndex`] keyed by client id with each credential's grant
 //! resolved ahead of time, the operator keys ([`KeyMaterial`]) and the
-//! revocation list. Requests read it through lock-free `ArcSwap` loads; a
-//! watch event builds a new value and swaps it in.
+//! revocation list. Requests read it through lock-free `ArcSwap` loads.
 //!
-//! The index is built from the watched objects by [`CredentialIndex::build`]
-//! — the only code path, used by the watches and by tests alike. Nothing in
-//! a credential's status is trusted except the verifiers (keyed hashes that
-//! cannot be forged without the verifier key): the grant is recomputed from
-//! the credential spec, its ServiceAccount and the namespace's scope policy,
-//! and the client id is derived from the credential's UID.
+//! The index is maintained by a [`CredentialIndexer`], one change at a time:
+//! an M2MCredential, ServiceAccount or Namespace applied, deleted, or all of
+//! one kind reset after a relist — the only code path, used by the watches
+//! and (through [`CredentialIndex::build`]) by tests alike. The work per
+//! change is proportional to the credentials it affects, not to the size of
+//! the cluster: the published index is a persistent map, so a new snapshot
+//! shares every entry that did not change. Only the fields a credential
+//! needs are kept ([`CredentialSource`], [`AccountSource`],
+//! [`NamespaceSource`]), never the watched objects.
+//!
+//! Nothing in a credential's status is trusted except the verifiers (keyed
+//! hashes that cannot be forged without the verifier key): the grant is
+//! recomputed from the credential spec, its ServiceAccount and the
+//! namespace's scope policy, and the client id is derived from the
+//! credential's UID.
 
-use crate::controller::keys::{KeysError, parse_key_secret};
+use super::revocation::Revocations;
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
+use crate::core::policy::annotated_policy;
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
-use crate::crd::{ALLOWED_SCOPES_ANNOTATION, M2MCredential, SecretVerifier, ServiceAccount};
+use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
+use crate::crd::{
+    M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
+};
+use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// One credential as the token endpoint sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CredentialEntry {
     /// Namespace.
     pub namespace: String,
@@ -44,8 +57,12 @@ pub struct CredentialEntry {
     pub grant: Result<Grant, GrantError>,
     /// Space-separated default scopes (all of the grant's).
     pub default_scope: String,
-    /// The accepted secret versions, as keyed hashes.
+    /// The accepted secret versions, as keyed hashes (none in
+    /// workload-identity mode).
     pub verifiers: Vec<SecretVerifier>,
+    /// Workload identity: the bound Kubernetes ServiceAccount, or why the
+    /// binding is refused; `None` for a secret-based credential.
+    pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
 }
 
 impl CredentialEntry {
@@ -79,17 +96,41 @@ impl CredentialEntry {
 
     /// Whether secret `version` is accepted at `now`.
     pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+        // workload-identity hook: tokens carry version 0 while the binding is valid.
+        if let Some(binding) = &self.workload {
+            return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
+        }
         self.verifiers
             .iter()
             .any(|v| v.version == version && self.usable(key, v, now))
     }
 
-    /// The secret version `secret` authenticates at `now`, if any. Checks
-    /// every accepted verifier in constant time per comparison.
-    pub fn authenticate(&self, key: &VerifierKey, secret: &str, now: DateTime<Utc>) -> Option<i64> {
+    /// The secret version `secret` authenticates at `now`, if any.
+    ///
+    /// Equal work whatever the credential: every slot up to
+    /// [`super::oauth::MAX_VERIFIERS`] costs one seal check and one digest
+    /// check (constant-time comparisons), padded with a verifier nothing
+    /// matches, so the time does not tell how many verifiers a credential
+    /// has — nor, with the padded dummy entry the token endpoint uses for
+    /// unknown ids, whether the id exists.
+    pub fn authenticate(
+        &self,
+        key: &impl super::oauth::SecretCheck,
+        secret: &str,
+        now: DateTime<Utc>,
+    ) -> Option<i64> {
+        let pad = super::oauth::padding_verifier();
+        let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
         let mut matched = None;
-        for v in self.verifiers.iter().filter(|v| self.usable(key, v, now)) {
-            if key.verify(&self.binding(v.version), secret, &v.digest) && matched.is_none() {
+        for slot in 0..slots {
+            let (v, real) = match self.verifiers.get(slot) {
+                Some(v) => (v, true),
+                None => (pad, false),
+            };
+            let binding = self.binding(v.version);
+            let sealed = key.is_sealed(&binding, v);
+            let digest_ok = key.verify(&binding, secret, &v.digest);
+            if real && sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
                 matched = Some(v.version);
             }
         }
@@ -97,29 +138,126 @@ impl CredentialEntry {
     }
 }
 
-/// The namespace scope policies, from Namespace annotations.
-fn namespace_policies<'a>(
-    namespaces: impl IntoIterator<Item = &'a ObjectMeta>,
-) -> HashMap<&'a str, Result<ScopePolicy, ScopePolicyError>> {
-    namespaces
-        .into_iter()
-        .filter_map(|meta| {
-            let name = meta.name.as_deref()?;
-            let value = meta.annotations.as_ref()?.get(ALLOWED_SCOPES_ANNOTATION)?;
-            Some((name, ScopePolicy::parse(value)))
-        })
-        .collect()
+/// A scope policy as a Namespace annotation states it.
+pub type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
+
+/// An object's namespace and name.
+type ObjectKey = (String, String);
+
+/// What the token server keeps of an M2MCredential: the fields a
+/// [`CredentialEntry`] is made of, nothing else. The watched object (with
+/// its `managedFields`, annotations and the rest) is dropped as soon as it
+/// has been converted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialSource {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID (the client id derives from it).
+    pub uid: String,
+    /// The spec fields a grant depends on; the others are left empty.
+    pub spec: M2MCredentialSpec,
+    /// `status.verifiers`.
+    pub verifiers: Vec<SecretVerifier>,
+    /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
+    pub deleting: bool,
 }
 
-/// Every live credential by client id.
-#[derive(Debug, Default, Clone)]
+impl CredentialSource {
+    /// The parts of `cred` the index needs; `None` without namespace, name or UID.
+    pub fn new(cred: &M2MCredential) -> Option<Self> {
+        let meta = &cred.metadata;
+        let spec = &cred.spec;
+        Some(Self {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            uid: meta.uid.clone()?,
+            spec: M2MCredentialSpec {
+                service_account_name: spec.service_account_name.clone(),
+                scopes: spec.scopes.clone(),
+                audiences: spec.audiences.clone(),
+                token_ttl: spec.token_ttl.clone(),
+                expires_at: spec.expires_at,
+                workload_identity: spec.workload_identity.clone(),
+                ..Default::default()
+            },
+            verifiers: cred
+                .status
+                .as_ref()
+                .map(|s| s.verifiers.clone())
+                .unwrap_or_default(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// What the token server keeps of a ServiceAccount (m2m.dev).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSource {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec without its description.
+    pub spec: ServiceAccountSpec,
+    /// It has a `deletionTimestamp`: treated as absent.
+    pub deleting: bool,
+}
+
+impl AccountSource {
+    /// The parts of `account` the index needs; `None` without namespace or name.
+    pub fn new(account: &ServiceAccount) -> Option<Self> {
+        let meta = &account.metadata;
+        Some(Self {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            spec: ServiceAccountSpec {
+                description: None,
+                ..account.spec.clone()
+            },
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// A Namespace's scope policy (`m2m.dev/allowed-scopes`), parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceSource {
+    /// The namespace.
+    pub name: String,
+    /// The annotation's policy; `None` without the annotation (the
+    /// operator-wide default applies).
+    pub policy: Option<PolicyResult>,
+}
+
+impl NamespaceSource {
+    /// The policy a Namespace's metadata states; `None` without a name.
+    pub fn new(meta: &ObjectMeta) -> Option<Self> {
+        Some(Self {
+            name: meta.name.clone()?,
+            policy: annotated_policy(meta),
+        })
+    }
+}
+
+/// Every live credential by client id: the snapshot requests read.
+///
+/// A persistent map, so that publishing a new snapshot after a change
+/// shares everything that did not change instead of copying every entry.
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct CredentialIndex {
-    by_client_id: HashMap<String, Arc<CredentialEntry>>,
+    by_client_id: imbl::HashMap<String, Arc<CredentialEntry>>,
+    /// Workload identity: client ids of the credentials validly binding a
+    /// Kubernetes ServiceAccount, by its subject `system:serviceaccount:<ns>:<name>`.
+    by_subject: imbl::HashMap<String, Vec<String>>,
 }
 
 impl CredentialIndex {
-    /// Build the index from the watched objects. Credentials being deleted
-    /// (with a `deletionTimestamp`) are left out: deletion revokes at once.
+    /// Build the index from the watched objects, through the same
+    /// [`CredentialIndexer`] operations the watches use. Credentials being
+    /// deleted (with a `deletionTimestamp`) are left out: deletion revokes
+    /// at once.
     pub fn build<'a>(
         credentials: impl IntoIterator<Item = &'a M2MCredential>,
         accounts: impl IntoIterator<Item = &'a ServiceAccount>,
@@ -127,72 +265,20 @@ impl CredentialIndex {
         default_policy: &ScopePolicy,
         now: DateTime<Utc>,
     ) -> Self {
-        let policies = namespace_policies(namespaces);
-        let accounts: HashMap<(&str, &str), &ServiceAccount> = accounts
-            .into_iter()
-            .filter_map(|a| {
-                Some((
-                    (
-                        a.metadata.namespace.as_deref()?,
-                        a.metadata.name.as_deref()?,
-                    ),
-                    a,
-                ))
-            })
-            .collect();
-        let mut by_client_id = HashMap::new();
-        for cred in credentials {
-            let meta = &cred.metadata;
-            let (Some(namespace), Some(name), Some(uid)) = (
-                meta.namespace.as_deref(),
-                meta.name.as_deref(),
-                meta.uid.as_deref(),
-            ) else {
-                continue;
-            };
-            if meta.deletion_timestamp.is_some() {
-                continue;
-            }
-            let account_name = cred.spec.service_account_name.as_str();
-            let account = accounts
-                .get(&(namespace, account_name))
-                .filter(|a| a.metadata.deletion_timestamp.is_none())
-                .map(|a| &a.spec);
-            let policy = match policies.get(namespace) {
-                Some(Ok(p)) => Ok(p),
-                Some(Err(e)) => Err(e),
-                None => Ok(default_policy),
-            };
-            let grant = resolve_grant(&cred.spec, account, policy, now);
-            let default_scope = grant
-                .as_ref()
-                .map(|g| {
-                    g.scopes
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            let client_id = client_id_for_uid(uid);
-            let entry = CredentialEntry {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                uid: uid.to_owned(),
-                client_id: client_id.clone(),
-                service_account: account_name.to_owned(),
-                subject: format!("m2m:{namespace}:{account_name}"),
-                grant,
-                default_scope,
-                verifiers: cred
-                    .status
-                    .as_ref()
-                    .map(|s| s.verifiers.clone())
-                    .unwrap_or_default(),
-            };
-            by_client_id.insert(client_id, Arc::new(entry));
-        }
-        Self { by_client_id }
+        let mut indexer = CredentialIndexer::new(default_policy.clone());
+        indexer.reset_namespaces(namespaces.into_iter().filter_map(NamespaceSource::new), now);
+        indexer.reset_accounts(accounts.into_iter().filter_map(AccountSource::new), now);
+        indexer.reset_credentials(
+            credentials.into_iter().filter_map(CredentialSource::new),
+            now,
+        );
+        indexer.snapshot()
+    }
+
+    /// Client ids of the credentials binding the Kubernetes ServiceAccount
+    /// with this subject (workload identity).
+    pub fn by_subject(&self, subject: &str) -> &[String] {
+        self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
     /// The credential with this client id.
@@ -211,6 +297,384 @@ impl CredentialIndex {
     }
 }
 
+/// A credential as the indexer holds it: the spec its grant is resolved
+/// from, and the entry published in the index.
+#[derive(Debug, Clone)]
+struct CredentialRecord {
+    spec: M2MCredentialSpec,
+    entry: Arc<CredentialEntry>,
+}
+
+/// The writer side of the [`CredentialIndex`]: applies one watched change
+/// at a time (apply, delete, or reset after a relist, as linkerd's policy
+/// index does) and updates only the credentials the change affects. A
+/// ServiceAccount change re-resolves the credentials bound to it, a
+/// Namespace policy change those of its namespace — found through the
+/// secondary maps, never by scanning every credential.
+///
+/// The watches and [`CredentialIndex::build`] (tests, the bench server)
+/// both go through these operations.
+#[derive(Debug, Clone)]
+pub struct CredentialIndexer {
+    default_policy: ScopePolicy,
+    credentials: HashMap<ObjectKey, CredentialRecord>,
+    /// Live ServiceAccounts (those being deleted are absent).
+    accounts: HashMap<ObjectKey, ServiceAccountSpec>,
+    /// Namespaces with the policy annotation.
+    policies: HashMap<String, PolicyResult>,
+    /// (namespace, ServiceAccount name) → names of its credentials.
+    by_account: HashMap<ObjectKey, BTreeSet<String>>,
+    /// namespace → names of its credentials.
+    by_namespace: HashMap<String, BTreeSet<String>>,
+    index: CredentialIndex,
+}
+
+impl CredentialIndexer {
+    /// An empty index; namespaces without the annotation get `default_policy`.
+    pub fn new(default_policy: ScopePolicy) -> Self {
+        Self {
+            default_policy,
+            credentials: HashMap::new(),
+            accounts: HashMap::new(),
+            policies: HashMap::new(),
+            by_account: HashMap::new(),
+            by_namespace: HashMap::new(),
+            index: CredentialIndex::default(),
+        }
+    }
+
+    /// The current index, to publish (cheap: structure is shared).
+    pub fn snapshot(&self) -> CredentialIndex {
+        self.index.clone()
+    }
+
+    /// Number of credentials in the index.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn grant(
+        &self,
+        namespace: &str,
+        spec: &M2MCredentialSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Grant, GrantError> {
+        let account = self
+            .accounts
+            .get(&(namespace.to_owned(), spec.service_account_name.clone()));
+        let policy = match self.policies.get(namespace) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e),
+            None => Ok(&self.default_policy),
+        };
+        resolve_grant(spec, account, policy, now)
+    }
+
+    /// Add or replace a credential. Returns whether the index changed.
+    pub fn apply_credential(&mut self, source: CredentialSource, now: DateTime<Utc>) -> bool {
+        if source.deleting {
+            return self.delete_credential(&source.namespace, &source.name);
+        }
+        let key = (source.namespace, source.name);
+        if let Some(record) = self.credentials.get(&key)
+            && record.spec == source.spec
+            && record.entry.uid == source.uid
+            && record.entry.verifiers == source.verifiers
+        {
+            return false;
+        }
+        self.delete_credential(&key.0, &key.1);
+        let (namespace, name) = key;
+        let grant = self.grant(&namespace, &source.spec, now);
+        let account_name = source.spec.service_account_name.clone();
+        let client_id = client_id_for_uid(&source.uid);
+        let workload = source
+            .spec
+            .workload_identity
+            .as_ref()
+            .map(|wi| crate::core::workload::resolve_binding(&namespace, wi));
+        if let Some(Ok(binding)) = &workload {
+            let subject = binding.subject();
+            let mut ids = self
+                .index
+                .by_subject
+                .get(&subject)
+                .cloned()
+                .unwrap_or_default();
+            ids.push(client_id.clone());
+            self.index.by_subject.insert(subject, ids);
+        }
+        let entry = Arc::new(CredentialEntry {
+            subject: format!("m2m:{namespace}:{account_name}"),
+            default_scope: default_scope(&grant),
+            grant,
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: source.uid,
+            client_id: client_id.clone(),
+            service_account: account_name.clone(),
+            // A credential switched to workload identity accepts no
+            // secret, even before the controller clears its verifiers.
+            verifiers: match workload {
+                Some(_) => vec![],
+                None => source.verifiers,
+            },
+            workload,
+        });
+        self.index.by_client_id.insert(client_id, entry.clone());
+        self.by_account
+            .entry((namespace.clone(), account_name))
+            .or_default()
+            .insert(name.clone());
+        self.by_namespace
+            .entry(namespace.clone())
+            .or_default()
+            .insert(name.clone());
+        self.credentials.insert(
+            (namespace, name),
+            CredentialRecord {
+                spec: source.spec,
+                entry,
+            },
+        );
+        true
+    }
+
+    /// Remove a credential. Returns whether the index changed.
+    pub fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(record) = self.credentials.remove(&key) else {
+            return false;
+        };
+        let entry = &record.entry;
+        if self
+            .index
+            .by_client_id
+            .get(&entry.client_id)
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            self.index.by_client_id.remove(&entry.client_id);
+        }
+        if let Some(Ok(binding)) = &entry.workload {
+            let subject = binding.subject();
+            if let Some(ids) = self.index.by_subject.get(&subject) {
+                let ids: Vec<String> = ids
+                    .iter()
+                    .filter(|id| **id != entry.client_id)
+                    .cloned()
+                    .collect();
+                if ids.is_empty() {
+                    self.index.by_subject.remove(&subject);
+                } else {
+                    self.index.by_subject.insert(subject, ids);
+                }
+            }
+        }
+        let account_key = (key.0, entry.service_account.clone());
+        if let Some(names) = self.by_account.get_mut(&account_key) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_account.remove(&account_key);
+            }
+        }
+        if let Some(names) = self.by_namespace.get_mut(namespace) {
+            names.remove(name);
+            if names.is_empty() {
+                self.by_namespace.remove(namespace);
+            }
+        }
+        true
+    }
+
+    /// Replace every credential with `sources` (after a relist): removes
+    /// the ones no longer listed, applies the others (unchanged ones cost a
+    /// comparison only).
+    pub fn reset_credentials(
+        &mut self,
+        sources: impl IntoIterator<Item = CredentialSource>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let sources: Vec<_> = sources.into_iter().collect();
+        let listed: HashSet<(&str, &str)> = sources
+            .iter()
+            .filter(|s| !s.deleting)
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .credentials
+            .keys()
+            .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
+            .cloned()
+            .collect();
+        drop(listed);
+        let mut changed = false;
+        for (ns, name) in gone {
+            changed |= self.delete_credential(&ns, &name);
+        }
+        for source in sources {
+            changed |= self.apply_credential(source, now);
+        }
+        changed
+    }
+
+    /// Add or replace a ServiceAccount; re-resolves its credentials only.
+    pub fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
+        if source.deleting {
+            return self.delete_account(&source.namespace, &source.name, now);
+        }
+        let key = (source.namespace, source.name);
+        if self.accounts.get(&key) == Some(&source.spec) {
+            return false;
+        }
+        self.accounts.insert(key.clone(), source.spec);
+        self.refresh(&key.0, self.by_account.get(&key).cloned(), now)
+    }
+
+    /// Remove a ServiceAccount; re-resolves its credentials only.
+    pub fn delete_account(&mut self, namespace: &str, name: &str, now: DateTime<Utc>) -> bool {
+        let key = (namespace.to_owned(), name.to_owned());
+        if self.accounts.remove(&key).is_none() {
+            return false;
+        }
+        self.refresh(namespace, self.by_account.get(&key).cloned(), now)
+    }
+
+    /// Replace every ServiceAccount with `sources` (after a relist).
+    pub fn reset_accounts(
+        &mut self,
+        sources: impl IntoIterator<Item = AccountSource>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let sources: Vec<_> = sources.into_iter().collect();
+        let listed: HashSet<(&str, &str)> = sources
+            .iter()
+            .filter(|s| !s.deleting)
+            .map(|s| (s.namespace.as_str(), s.name.as_str()))
+            .collect();
+        let gone: Vec<ObjectKey> = self
+            .accounts
+            .keys()
+            .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
+            .cloned()
+            .collect();
+        drop(listed);
+        let mut changed = false;
+        for (ns, name) in gone {
+            changed |= self.delete_account(&ns, &name, now);
+        }
+        for source in sources {
+            changed |= self.apply_account(source, now);
+        }
+        changed
+    }
+
+    /// Set a namespace's policy; re-resolves that namespace's credentials only.
+    pub fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
+        let previous = match source.policy {
+            Some(policy) => {
+                if self.policies.get(&source.name) == Some(&policy) {
+                    return false;
+                }
+                self.policies.insert(source.name.clone(), policy)
+            }
+            None => match self.policies.remove(&source.name) {
+                Some(previous) => Some(previous),
+                None => return false,
+            },
+        };
+        drop(previous);
+        let names = self.by_namespace.get(&source.name).cloned();
+        self.refresh(&source.name, names, now)
+    }
+
+    /// A namespace is gone: its credentials fall back to the default policy.
+    pub fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
+        self.apply_namespace(
+            NamespaceSource {
+                name: name.to_owned(),
+                policy: None,
+            },
+            now,
+        )
+    }
+
+    /// Replace every namespace policy with `sources` (after a relist).
+    pub fn reset_namespaces(
+        &mut self,
+        sources: impl IntoIterator<Item = NamespaceSource>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let sources: Vec<_> = sources.into_iter().filter(|s| s.policy.is_some()).collect();
+        let listed: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .policies
+            .keys()
+            .filter(|ns| !listed.contains(ns.as_str()))
+            .cloned()
+            .collect();
+        drop(listed);
+        let mut changed = false;
+        for ns in gone {
+            changed |= self.delete_namespace(&ns, now);
+        }
+        for source in sources {
+            changed |= self.apply_namespace(source, now);
+        }
+        changed
+    }
+
+    /// Re-resolve the grants of the named credentials of `namespace`.
+    fn refresh(
+        &mut self,
+        namespace: &str,
+        names: Option<BTreeSet<String>>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let mut changed = false;
+        for name in names.into_iter().flatten() {
+            let key = (namespace.to_owned(), name);
+            let Some(record) = self.credentials.get(&key) else {
+                continue;
+            };
+            let grant = self.grant(namespace, &record.spec, now);
+            if grant == record.entry.grant {
+                continue;
+            }
+            let entry = Arc::new(CredentialEntry {
+                default_scope: default_scope(&grant),
+                grant,
+                ..CredentialEntry::clone(&record.entry)
+            });
+            let client_id = entry.client_id.clone();
+            if let Some(record) = self.credentials.get_mut(&key) {
+                record.entry = entry.clone();
+            }
+            self.index.by_client_id.insert(client_id, entry);
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// The space-separated default scopes: all of the grant's.
+fn default_scope(grant: &Result<Grant, GrantError>) -> String {
+    grant
+        .as_ref()
+        .map(|g| {
+            g.scopes
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// The operator keys the token server uses: the verifier key and the
 /// parsed signing keys.
 #[derive(Debug)]
@@ -226,7 +690,7 @@ pub struct KeyMaterial {
 pub enum KeyMaterialError {
     /// The Secret's content.
     #[error(transparent)]
-    Secret(#[from] KeysError),
+    Secret(#[from] KeySecretError),
     /// The signing keys.
     #[error(transparent)]
     Ring(#[from] KeyRingError),
@@ -243,59 +707,12 @@ impl KeyMaterial {
     }
 }
 
-/// Revoked token ids and their expiry (unix seconds).
-#[derive(Debug, Default, Clone)]
-pub struct RevocationList {
-    revoked: HashMap<String, i64>,
-}
-
-impl RevocationList {
-    /// Read the revocation ConfigMap (`<jti>: <exp>`); values that are not
-    /// integers were not written by the operator and are ignored.
-    pub fn from_config_map(cm: Option<&ConfigMap>) -> Self {
-        let revoked = cm
-            .and_then(|cm| cm.data.as_ref())
-            .map(|data| {
-                data.iter()
-                    .filter_map(|(jti, exp)| Some((jti.clone(), exp.trim().parse().ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self { revoked }
-    }
-
-    /// Whether `jti` was revoked.
-    pub fn contains(&self, jti: &str) -> bool {
-        self.revoked.contains_key(jti)
-    }
-
-    /// Entries whose token has expired at `now` (unix seconds): safe to drop.
-    pub fn expired(&self, now: i64) -> impl Iterator<Item = &str> {
-        self.revoked
-            .iter()
-            .filter(move |(_, exp)| **exp < now)
-            .map(|(jti, _)| jti.as_str())
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.revoked.len()
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.revoked.is_empty()
-    }
-}
-
 /// Everything the handlers read, swapped atomically by the watches.
 #[derive(Debug, Default)]
 pub struct TokenState {
     credentials: ArcSwap<CredentialIndex>,
     keys: ArcSwapOption<KeyMaterial>,
-    revoked: ArcSwap<RevocationList>,
-    /// Revocations made by this replica and not yet seen through the watch.
-    local_revoked: Mutex<HashMap<String, i64>>,
+    revocations: Revocations,
 }
 
 impl TokenState {
@@ -314,9 +731,9 @@ impl TokenState {
         self.keys.load_full()
     }
 
-    /// The current revocation list.
-    pub fn revoked(&self) -> Arc<RevocationList> {
-        self.revoked.load_full()
+    /// Revoked tokens (this replica's knowledge and the stored lists).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Replace the credential index.
@@ -328,28 +745,317 @@ impl TokenState {
     pub fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
     }
+}
 
-    /// Replace the revocation list with what the ConfigMap holds, keeping
-    /// this replica's own revocations until the watch shows them.
-    pub fn set_revocations(&self, mut list: RevocationList, now: i64) {
-        if let Ok(mut local) = self.local_revoked.lock() {
-            local.retain(|jti, exp| *exp >= now && !list.revoked.contains_key(jti));
-            for (jti, exp) in local.iter() {
-                list.revoked.insert(jti.clone(), *exp);
-            }
-        }
-        self.revoked.store(Arc::new(list));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ALLOWED_SCOPES_ANNOTATION;
+    use crate::crd::M2MCredentialStatus;
+    use chrono::TimeZone;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+
+    const NAMESPACES: [&str; 3] = ["a", "b", "c"];
+    const ACCOUNTS: [&str; 3] = ["bot", "ci", "web"];
+    const CREDENTIALS: [&str; 4] = ["one", "two", "three", "four"];
+    const SCOPES: [&str; 4] = ["read", "write", "admin", "repo:read"];
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap()
     }
 
-    /// Record a revocation made by this replica, effective immediately here.
-    pub fn revoke_locally(&self, jti: &str, exp: i64) {
-        if let Ok(mut local) = self.local_revoked.lock() {
-            local.insert(jti.to_owned(), exp);
+    fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+        from[rng.random_range(0..from.len())]
+    }
+
+    fn scopes(rng: &mut StdRng) -> Vec<String> {
+        SCOPES
+            .iter()
+            .filter(|_| rng.random_bool(0.5))
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    fn meta(ns: Option<&str>, name: &str, rng: &mut StdRng) -> ObjectMeta {
+        ObjectMeta {
+            namespace: ns.map(str::to_owned),
+            name: Some(name.to_owned()),
+            deletion_timestamp: rng.random_bool(0.1).then(|| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                )
+            }),
+            ..Default::default()
         }
-        self.revoked.rcu(|current| {
-            let mut next = RevocationList::clone(current);
-            next.revoked.insert(jti.to_owned(), exp);
-            next
-        });
+    }
+
+    /// The cluster as the watches would see it.
+    #[derive(Default)]
+    struct World {
+        credentials: BTreeMap<ObjectKey, M2MCredential>,
+        accounts: BTreeMap<ObjectKey, ServiceAccount>,
+        namespaces: BTreeMap<String, ObjectMeta>,
+        incarnation: u64,
+    }
+
+    impl World {
+        fn credential(&mut self, rng: &mut StdRng) -> M2MCredential {
+            let ns = pick(rng, &NAMESPACES);
+            let name = pick(rng, &CREDENTIALS);
+            // Same object updated, or deleted and created again (new UID).
+            let uid = match self.credentials.get(&(ns.into(), name.into())) {
+                Some(c) if rng.random_bool(0.8) => c.metadata.uid.clone(),
+                _ => {
+                    self.incarnation += 1;
+                    Some(format!("uid-{ns}-{name}-{}", self.incarnation))
+                }
+            };
+            let mut metadata = meta(Some(ns), name, rng);
+            metadata.uid = uid;
+            let verifiers = (0..rng.random_range(0..3))
+                .map(|v| SecretVerifier {
+                    version: v,
+                    digest: format!("d{}", rng.random_range(0..3)),
+                    not_after: None,
+                    seal: Some("s".into()),
+                })
+                .collect();
+            M2MCredential {
+                metadata,
+                spec: M2MCredentialSpec {
+                    service_account_name: pick(rng, &ACCOUNTS).into(),
+                    scopes: scopes(rng),
+                    description: Some("ignored".into()),
+                    token_ttl: rng.random_bool(0.2).then(|| "30m".into()),
+                    ..Default::default()
+                },
+                status: Some(M2MCredentialStatus {
+                    verifiers,
+                    ..Default::default()
+                }),
+            }
+        }
+
+        fn account(&self, rng: &mut StdRng) -> ServiceAccount {
+            ServiceAccount {
+                metadata: meta(Some(pick(rng, &NAMESPACES)), pick(rng, &ACCOUNTS), rng),
+                spec: ServiceAccountSpec {
+                    scopes: scopes(rng),
+                    disabled: rng.random_bool(0.1),
+                    token_ttl: rng.random_bool(0.2).then(|| "15m".into()),
+                    ..Default::default()
+                },
+                status: None,
+            }
+        }
+
+        fn namespace(&self, rng: &mut StdRng) -> ObjectMeta {
+            let mut m = meta(None, pick(rng, &NAMESPACES), rng);
+            m.deletion_timestamp = None;
+            let policy = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some("*".to_owned()),
+                2 => Some("read, repo:*".to_owned()),
+                _ => Some("not a [policy".to_owned()),
+            };
+            m.annotations = policy.map(|p| [(ALLOWED_SCOPES_ANNOTATION.to_owned(), p)].into());
+            m
+        }
+
+        fn build(&self, default_policy: &ScopePolicy) -> CredentialIndex {
+            CredentialIndex::build(
+                self.credentials.values(),
+                self.accounts.values(),
+                self.namespaces.values(),
+                default_policy,
+                now(),
+            )
+        }
+    }
+
+    fn key(meta: &ObjectMeta) -> ObjectKey {
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// Any sequence of watch events leaves the index equal to a full build
+    /// from the objects that exist afterwards.
+    #[test]
+    fn incremental_updates_equal_a_full_build() {
+        let default_policy = ScopePolicy::parse("read, write, repo:*").unwrap();
+        for seed in 0..200 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut world = World::default();
+            let mut indexer = CredentialIndexer::new(default_policy.clone());
+            for step in 0..60 {
+                match rng.random_range(0..9) {
+                    0 | 1 => {
+                        let c = world.credential(&mut rng);
+                        indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
+                        world.credentials.insert(key(&c.metadata), c);
+                    }
+                    2 => {
+                        let c = world.credential(&mut rng);
+                        let (ns, name) = key(&c.metadata);
+                        indexer.delete_credential(&ns, &name);
+                        world.credentials.remove(&(ns, name));
+                    }
+                    3 => {
+                        let a = world.account(&mut rng);
+                        indexer.apply_account(AccountSource::new(&a).unwrap(), now());
+                        world.accounts.insert(key(&a.metadata), a);
+                    }
+                    4 => {
+                        let a = world.account(&mut rng);
+                        let (ns, name) = key(&a.metadata);
+                        indexer.delete_account(&ns, &name, now());
+                        world.accounts.remove(&(ns, name));
+                    }
+                    5 => {
+                        let n = world.namespace(&mut rng);
+                        indexer.apply_namespace(NamespaceSource::new(&n).unwrap(), now());
+                        world.namespaces.insert(n.name.clone().unwrap(), n);
+                    }
+                    6 => {
+                        let n = world.namespace(&mut rng);
+                        let name = n.name.clone().unwrap();
+                        indexer.delete_namespace(&name, now());
+                        world.namespaces.remove(&name);
+                    }
+                    7 => {
+                        // A relist: some objects changed or vanished meanwhile.
+                        world.credentials.retain(|_, _| rng.random_bool(0.7));
+                        for _ in 0..rng.random_range(0..4) {
+                            let c = world.credential(&mut rng);
+                            world.credentials.insert(key(&c.metadata), c);
+                        }
+                        indexer.reset_credentials(
+                            world.credentials.values().filter_map(CredentialSource::new),
+                            now(),
+                        );
+                    }
+                    _ => {
+                        if rng.random_bool(0.5) {
+                            world.accounts.retain(|_, _| rng.random_bool(0.7));
+                            let a = world.account(&mut rng);
+                            world.accounts.insert(key(&a.metadata), a);
+                            indexer.reset_accounts(
+                                world.accounts.values().filter_map(AccountSource::new),
+                                now(),
+                            );
+                        } else {
+                            world.namespaces.retain(|_, _| rng.random_bool(0.7));
+                            let n = world.namespace(&mut rng);
+                            world.namespaces.insert(n.name.clone().unwrap(), n);
+                            indexer.reset_namespaces(
+                                world.namespaces.values().filter_map(NamespaceSource::new),
+                                now(),
+                            );
+                        }
+                    }
+                }
+                let expected = world.build(&default_policy);
+                assert_eq!(
+                    indexer.snapshot(),
+                    expected,
+                    "seed {seed}, step {step}: incremental index differs from a full build"
+                );
+            }
+        }
+    }
+
+    fn credential(ns: &str, name: &str, account: &str) -> M2MCredential {
+        M2MCredential {
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                uid: Some(format!("uid-{ns}-{name}")),
+                ..Default::default()
+            },
+            spec: M2MCredentialSpec {
+                service_account_name: account.into(),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn account(ns: &str, name: &str, scopes: &[&str]) -> AccountSource {
+        AccountSource {
+            namespace: ns.into(),
+            name: name.into(),
+            spec: ServiceAccountSpec {
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            deleting: false,
+        }
+    }
+
+    /// A ServiceAccount or namespace-policy change replaces the entries of
+    /// the credentials it governs and shares every other one.
+    #[test]
+    fn a_change_touches_only_the_credentials_it_affects() {
+        let mut indexer = CredentialIndexer::new(ScopePolicy::allow_all());
+        for ns in ["a", "b"] {
+            for acct in ["x", "y"] {
+                indexer.apply_account(account(ns, acct, &["read"]), now());
+                for i in 0..3 {
+                    let c = credential(ns, &format!("{acct}{i}"), acct);
+                    indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
+                }
+            }
+        }
+        assert_eq!(indexer.len(), 12);
+        let changed_ids = |before: &CredentialIndex, after: &CredentialIndex| {
+            let mut ids: Vec<String> = after
+                .by_client_id
+                .iter()
+                .filter(|(id, e)| !before.get(id).is_some_and(|b| Arc::ptr_eq(b, e)))
+                .map(|(_, e)| format!("{}/{}", e.namespace, e.name))
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        let before = indexer.snapshot();
+        assert!(indexer.apply_account(account("a", "x", &["read", "write"]), now()));
+        assert_eq!(
+            changed_ids(&before, &indexer.snapshot()),
+            ["a/x0", "a/x1", "a/x2"]
+        );
+        let entry = indexer.snapshot();
+        let entry = entry.get(&client_id_for_uid("uid-a-x0")).unwrap();
+        assert_eq!(entry.default_scope, "read write");
+
+        let before = indexer.snapshot();
+        let policy = NamespaceSource {
+            name: "b".into(),
+            policy: Some(ScopePolicy::parse("write")),
+        };
+        assert!(indexer.apply_namespace(policy.clone(), now()));
+        assert_eq!(
+            changed_ids(&before, &indexer.snapshot()),
+            ["b/x0", "b/x1", "b/x2", "b/y0", "b/y1", "b/y2"]
+        );
+        // The same policy again changes nothing.
+        let before = indexer.snapshot();
+        assert!(!indexer.apply_namespace(policy, now()));
+        assert_eq!(indexer.snapshot(), before);
+
+        // Deleting a credential removes it at once; unknown deletes are no-ops.
+        assert!(indexer.delete_credential("a", "y1"));
+        assert!(!indexer.delete_credential("a", "y1"));
+        assert!(
+            indexer
+                .snapshot()
+                .get(&client_id_for_uid("uid-a-y1"))
+                .is_none()
+        );
+        assert_eq!(indexer.len(), 11);
     }
 }

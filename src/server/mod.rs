@@ -7,8 +7,18 @@
 //!   aside, which must persist).
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
-//! - [`bench`]: a cluster-free server for the benchmark (`bench-server`).
+//! - [`assertion`]: workload identity — Kubernetes service-account tokens as
+//!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
+//! - [`bench`] (cargo feature `bench`): a cluster-free server for the
+//!   benchmark (`bench-server`).
+//!
+//! Every route sits behind the same tower stack ([`router`]): tracing span,
+//! metrics and RFC 6749 error shaping, request timeout, concurrency limit,
+//! body deadline and body-size limit; connection-level limits are in
+//! [`crate::http`].
 
+pub mod assertion;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod error;
 pub mod form;
@@ -22,29 +32,31 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
-use crate::admin::{self, AdminState, Readiness};
-use crate::cli::{CommonArgs, TokenServerArgs, TokenServerOptions};
-use crate::core::grant::{ScopePolicy, ScopePolicyError};
-use crate::telemetry::{Metrics, init_logging};
+use crate::admin::Readiness;
+use crate::cli::TokenServerOptions;
+use crate::core::grant::ScopePolicy;
+use crate::http::HttpLimits;
+use crate::telemetry::{Endpoint, Metrics};
 use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post};
-use futures::FutureExt;
 use index::TokenState;
-use ratelimit::FailureLimiter;
+use ratelimit::AuthLimiter;
 use revocation::{ConfigMapRevocations, RevocationStore};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::{RequestBodyDeadlineLayer, TimeoutLayer};
+use tower_http::trace::TraceLayer;
 
 /// Why the token server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// `--default-allowed-scopes` does not parse.
-    #[error("--default-allowed-scopes")]
-    DefaultPolicy(#[source] ScopePolicyError),
-    /// No Kubernetes client configuration.
-    #[error("connecting to Kubernetes")]
-    Kube(#[source] kube::Error),
     /// The listen address could not be bound or serving failed.
     #[error("serving on {0}")]
     Io(String, #[source] std::io::Error),
@@ -64,31 +76,17 @@ pub struct ServerConfig {
     pub default_policy: ScopePolicy,
     /// Namespace of the key Secret and the revocation ConfigMap.
     pub operator_namespace: String,
-}
-
-impl ServerConfig {
-    /// The configuration the flags describe.
-    pub fn from_args(common: &CommonArgs, opts: &TokenServerOptions) -> Result<Self, ServerError> {
-        let issuer = common.issuer();
-        Ok(Self {
-            default_audience: opts
-                .default_audience
-                .clone()
-                .unwrap_or_else(|| issuer.clone()),
-            issuer,
-            default_policy: ScopePolicy::parse(&common.default_allowed_scopes)
-                .map_err(ServerError::DefaultPolicy)?,
-            operator_namespace: common.namespace(),
-        })
-    }
+    /// Connection and request limits.
+    pub limits: HttpLimits,
 }
 
 struct Inner {
     config: ServerConfig,
     state: Arc<TokenState>,
-    limiter: FailureLimiter,
+    limiter: AuthLimiter,
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
+    assertions: Arc<assertion::AssertionVerifier>,
 }
 
 /// The token endpoint's shared handle (cheap to clone).
@@ -113,15 +111,33 @@ impl TokenServer {
         metrics: Metrics,
         revocations: Arc<dyn RevocationStore>,
     ) -> Self {
+        let assertions = Arc::new(assertion::AssertionVerifier::refuse_all());
+        Self::with_assertions(config, state, metrics, revocations, assertions)
+    }
+
+    /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
+    pub fn with_assertions(
+        config: ServerConfig,
+        state: Arc<TokenState>,
+        metrics: Metrics,
+        revocations: Arc<dyn RevocationStore>,
+        assertions: Arc<assertion::AssertionVerifier>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 state,
-                limiter: FailureLimiter::new(),
+                limiter: AuthLimiter::new(),
                 metrics,
                 revocations,
+                assertions,
             }),
         }
+    }
+
+    /// The workload-identity assertion verifier (and its cache).
+    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+        &self.inner.assertions
     }
 
     /// The state the handlers read (and the watches write).
@@ -135,9 +151,11 @@ impl TokenServer {
     }
 }
 
-/// The token endpoint's routes.
+/// The token endpoint's routes behind its tower stack.
 pub fn router(server: TokenServer) -> Router {
-    Router::new()
+    let limits = server.config().limits.clone();
+    let metrics = server.inner.metrics.clone();
+    let routes = Router::new()
         .route("/oauth/token", post(oauth::token))
         .route("/oauth/introspect", post(oauth::introspect))
         .route("/oauth/revoke", post(oauth::revoke))
@@ -145,48 +163,72 @@ pub fn router(server: TokenServer) -> Router {
             "/.well-known/oauth-authorization-server",
             get(oauth::metadata),
         )
-        .route("/.well-known/openid-configuration", get(oauth::metadata))
+        // No /.well-known/openid-configuration: this is no OpenID Provider
+        // (no authorization endpoint, no ID tokens), and a document there
+        // that strict OIDC discovery clients reject is worse than a 404.
         .route("/.well-known/jwks.json", get(oauth::jwks))
         // A wrong method is a malformed request too: an RFC 6749 JSON error
         // (with the Allow header axum adds), not an empty 405.
         .method_not_allowed_fallback(|| async {
             error::OAuthError::invalid_request_status(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed on this endpoint",
             )
         })
-        .with_state(server)
+        .with_state(server);
+    with_layers(routes, &limits, metrics)
 }
 
-/// `m2m-operator token-server`: logging, admin endpoint, watches, serving,
-/// until SIGTERM/SIGINT.
-pub async fn run(args: TokenServerArgs) -> Result<(), ServerError> {
-    init_logging(args.common.log_format);
-    let client = kube::Client::try_default()
-        .await
-        .map_err(ServerError::Kube)?;
-    let metrics = Metrics::new();
-    let readiness = Readiness::new();
-    let shutdown = admin::shutdown_signal().shared();
-    let admin_state = AdminState {
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-    };
-    let admin_addr = args.common.admin_listen;
-    let admin = tokio::spawn(admin::serve(admin_addr, admin_state, shutdown.clone()));
-    let result = run_token_server(
-        client,
-        &args.common,
-        &args.server,
-        metrics,
-        &readiness,
-        shutdown,
+/// The tower stack of the token endpoint, outermost first.
+pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics) -> Router {
+    routes.layer(
+        ServiceBuilder::new()
+            // A span per request (method and path only: a query string can
+            // carry what a client should not have sent).
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &Request| {
+                        tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                    })
+                    .on_failure(()),
+            )
+            .layer(axum::middleware::from_fn_with_state(metrics, observe))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                limits.request_timeout,
+            ))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                limits.max_concurrent_requests.max(1),
+            ))
+            .layer(RequestBodyDeadlineLayer::new(limits.body_read_timeout))
+            .layer(RequestBodyLimitLayer::new(form::MAX_BODY_BYTES)),
     )
-    .await;
-    if let Ok(Err(e)) = admin.await {
-        tracing::warn!(error = %e, "admin endpoint failed");
+}
+
+/// Metrics per endpoint and outcome, and the RFC 6749 shape of errors
+/// the layers below answer themselves (413, 408, 503).
+async fn observe(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = match request.uri().path() {
+        "/oauth/token" => Some(Endpoint::token),
+        "/oauth/introspect" => Some(Endpoint::introspect),
+        "/oauth/revoke" => Some(Endpoint::revoke),
+        _ => None,
+    };
+    let started = Instant::now();
+    let response = error::as_oauth_error(next.run(request).await);
+    if let Some(endpoint) = endpoint {
+        let outcome = match response.extensions().get::<error::Outcome>() {
+            Some(error::Outcome(outcome)) => outcome,
+            None if response.status().is_success() => "ok",
+            None => "server_error",
+        };
+        metrics.observe_request(endpoint, outcome, started.elapsed().as_secs_f64());
     }
-    result
+    response
 }
 
 /// Run the token server inside a process that already has a client,
@@ -196,37 +238,52 @@ pub async fn run(args: TokenServerArgs) -> Result<(), ServerError> {
 /// in-flight requests finished.
 pub async fn run_token_server(
     client: kube::Client,
-    common: &CommonArgs,
+    config: ServerConfig,
+    watch_namespace: Option<String>,
     opts: &TokenServerOptions,
     metrics: Metrics,
     readiness: &Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let config = ServerConfig::from_args(common, opts)?;
     let state = Arc::new(TokenState::new());
-    let revocations =
-        ConfigMapRevocations::new(client.clone(), &config.operator_namespace, state.clone());
-    if let Err(error) = revocations.ensure_exists().await {
-        tracing::warn!(%error, "could not create the revocation ConfigMap; will retry on first revocation");
-    }
+    let revocations = ConfigMapRevocations::new(
+        client.clone(),
+        &config.operator_namespace,
+        state.clone(),
+        opts.revocation_quota,
+    );
+    let repairs = tokio::spawn(revocations.clone().run_repairs());
     let watch_ready = watch::WatchReadiness {
         synced: readiness.flag("token-server-watches"),
         signing_key: readiness.flag("token-server-signing-key"),
+        fresh: readiness.flag("token-server-state-fresh"),
+        metrics: metrics.clone(),
     };
+    let assertions = Arc::new(assertion::AssertionVerifier::new(
+        Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
+        opts.assertion_cache_bounds(),
+    ));
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
-            watch_namespace: common.watch_namespace.clone(),
+            watch_namespace,
         },
         state.clone(),
         watch_ready,
     ));
     tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
-    let server = TokenServer::new(config, state, metrics, Arc::new(revocations));
-    let result = serve(router(server), opts, shutdown).await;
+    let server = TokenServer::with_assertions(
+        config,
+        state,
+        metrics.clone(),
+        Arc::new(revocations),
+        assertions,
+    );
+    let result = serve(router(server), opts, metrics, shutdown).await;
     watches.abort();
+    repairs.abort();
     result
 }
 
@@ -234,78 +291,31 @@ pub async fn run_token_server(
 pub async fn serve(
     app: Router,
     opts: &TokenServerOptions,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let addr = opts.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Io(addr.to_string(), e))?;
-    match (&opts.tls_cert, &opts.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = tls::ReloadingTls::new(cert.clone(), key.clone())?;
-            let reloader = tokio::spawn(tls.clone().watch());
-            let result = serve_tls(listener, app, tls, shutdown).await;
-            reloader.abort();
-            result.map_err(|e| ServerError::Io(addr.to_string(), e))
-        }
-        _ => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| ServerError::Io(addr.to_string(), e)),
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ReloadingTls::new(cert.clone(), key.clone())?),
+        _ => None,
+    };
+    let reloader = tls.clone().map(|t| tokio::spawn(t.watch()));
+    let result = crate::http::serve(
+        "token",
+        listener,
+        app,
+        tls,
+        opts.limits(),
+        metrics,
+        shutdown,
+    )
+    .await
+    .map_err(|e| ServerError::Io(addr.to_string(), e));
+    if let Some(r) = reloader {
+        r.abort();
     }
-}
-
-/// How long in-flight TLS connections get to finish after shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a client gets to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: Arc<tls::ReloadingTls>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
-                    Ok(a) => a,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-                let service = TowerToHyperService::new(app.clone());
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn).await;
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain timeout; closing");
-    }
-    Ok(())
+    result
 }

@@ -22,28 +22,33 @@
 
 use super::TokenServer;
 use super::error::{OAuthError, no_store};
-use super::form::{
-    AuthMethod, ClientCredentials, Form, check_content_type, client_credentials, read_body,
-};
+use super::form::{AuthMethod, ClientCredentials, MAX_TOKEN_BYTES, OAuthRequest};
 use super::index::{CredentialEntry, KeyMaterial};
-use crate::core::client_secret::is_well_formed;
+use super::revocation::Revoked;
+use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
-use crate::core::verifier::SecretBinding;
-use crate::telemetry::{AUDIT_TARGET, Endpoint};
+use crate::core::verifier::{SecretBinding, VerifierKey};
+use crate::core::workload::WORKLOAD_IDENTITY_VERSION;
+use crate::crd::SecretVerifier;
+use crate::telemetry::AUDIT_TARGET;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// The private claim carrying the client-secret version that authenticated
 /// the token request. Stable: introspection compares it with the versions
-/// the credential still accepts.
+/// the credential still accepts. Tokens obtained with a Kubernetes
+/// service-account token (workload identity) carry
+/// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
+/// in workload-identity mode.
 pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
@@ -104,31 +109,94 @@ fn new_jti() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A digest no secret matches, for the equal-work path of unknown clients.
+/// A digest no secret matches, for the equal-work padding.
 const DUMMY_DIGEST: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
-fn audit_id(client_id: &str) -> &str {
-    match client_id.char_indices().nth(80) {
-        Some((i, _)) => &client_id[..i],
-        None => client_id,
+/// Authentication checks this many verifier slots (current version and
+/// grace periods) for every client id, known or not, padding with a
+/// verifier nothing matches. A credential with more verifiers costs more;
+/// the controller keeps at most a handful.
+pub const MAX_VERIFIERS: usize = 4;
+
+/// The two keyed checks of authentication (a seam for counting them).
+pub trait SecretCheck {
+    /// Whether the verifier carries a valid seal.
+    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool;
+    /// Whether `secret` matches `digest`.
+    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool;
+}
+
+impl SecretCheck for VerifierKey {
+    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+        VerifierKey::is_sealed(self, binding, verifier)
+    }
+
+    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
+        VerifierKey::verify(self, binding, secret, digest)
     }
 }
 
+/// The verifier padding the slots: well-formed, so both MACs are computed
+/// and compared, and matched by nothing.
+pub(crate) fn padding_verifier() -> &'static SecretVerifier {
+    static PAD: std::sync::LazyLock<SecretVerifier> = std::sync::LazyLock::new(|| SecretVerifier {
+        version: 0,
+        digest: DUMMY_DIGEST.to_owned(),
+        not_after: None,
+        seal: Some(DUMMY_DIGEST.to_owned()),
+    });
+    &PAD
+}
+
+/// The credential unknown client ids are checked against: no verifiers,
+/// fields of typical length, so the work equals a real credential's.
+pub(crate) fn unknown_client() -> &'static CredentialEntry {
+    static UNKNOWN: std::sync::LazyLock<CredentialEntry> = std::sync::LazyLock::new(|| {
+        let uid = "00000000-0000-4000-8000-000000000000";
+        CredentialEntry {
+            namespace: "unknown-namespace".into(),
+            name: "unknown-credential".into(),
+            uid: uid.into(),
+            client_id: crate::core::client_secret::client_id_for_uid(uid),
+            service_account: String::new(),
+            subject: String::new(),
+            grant: Err(GrantError::Expired(DateTime::<Utc>::MIN_UTC)),
+            default_scope: String::new(),
+            verifiers: Vec::new(),
+            workload: None,
+        }
+    });
+    &UNKNOWN
+}
+
+/// How a presented client id appears in logs: in full only when it is a
+/// known client id; anything else — a secret sent in its place (client_id
+/// and client_secret swapped), a typo, garbage — as a short hash, which
+/// still lets repeated attempts be correlated without revealing the value.
+fn loggable_client_id(presented: &str, known: bool) -> String {
+    if known && !presented.starts_with(SECRET_PREFIX) {
+        return presented.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(presented.as_bytes());
+    let hex: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("unknown:sha256:{hex}")
+}
+
 impl TokenServer {
-    /// Authenticate a client: the same response and similar work whether
+    /// Authenticate a client: the same response and the same work whether
     /// the id is unknown or the secret is wrong. Returns the credential and
-    /// the secret version that matched.
+    /// the secret version that matched. A correct secret is always
+    /// accepted; failures count against the id and the source, and once
+    /// either has run out they are answered `429` instead of `401`
+    /// ([`super::ratelimit`]).
     fn authenticate(
         &self,
         creds: &ClientCredentials,
+        source: Option<IpAddr>,
         keys: &KeyMaterial,
         now: DateTime<Utc>,
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
-        let started = Instant::now();
-        let limiter = &self.inner.limiter;
-        if let Err(retry) = limiter.check(&creds.client_id, started) {
-            return Err(OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64));
-        }
         let basic = creds.method == AuthMethod::Basic;
         let index = self.inner.state.credentials();
         let entry = index.get(&creds.client_id);
@@ -140,16 +208,11 @@ impl TokenServer {
                     .authenticate(&keys.verifier_key, &creds.client_secret, now)
                     .map(|v| (entry.clone(), v)),
                 None => {
-                    let dummy = SecretBinding {
-                        namespace: "",
-                        name: "",
-                        uid: "",
-                        client_id: &creds.client_id,
-                        version: 0,
-                    };
-                    let _ = keys
-                        .verifier_key
-                        .verify(&dummy, &creds.client_secret, DUMMY_DIGEST);
+                    let _ = unknown_client().authenticate(
+                        &keys.verifier_key,
+                        &creds.client_secret,
+                        now,
+                    );
                     None
                 }
             }
@@ -157,8 +220,14 @@ impl TokenServer {
             None
         };
         matched.ok_or_else(|| {
-            limiter.record_failure(&creds.client_id, started);
-            OAuthError::invalid_client(basic)
+            match self
+                .inner
+                .limiter
+                .failed(&creds.client_id, source, Instant::now())
+            {
+                Ok(()) => OAuthError::invalid_client(basic),
+                Err(retry) => OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64),
+            }
         })
     }
 
@@ -169,91 +238,67 @@ impl TokenServer {
             .ok_or_else(|| OAuthError::unavailable("the signing keys are not loaded yet"))
     }
 
-    /// The common front half of every POST endpoint: content type, body,
-    /// form, client credentials.
-    async fn read_request(
-        headers: &HeaderMap,
-        body: Body,
-    ) -> Result<(Form, Option<ClientCredentials>), OAuthError> {
-        check_content_type(headers)?;
-        let body = read_body(headers, body).await?;
-        let form = Form::parse(&body)?;
-        let creds = client_credentials(headers, &form)?;
-        Ok((form, creds))
-    }
-
-    /// Everything `/oauth/token` does; `sign: false` skips only the
-    /// signature (the benchmark's baseline).
-    pub(crate) async fn issue(&self, headers: HeaderMap, body: Body, sign: bool) -> Response {
-        let started = Instant::now();
-        let result = self.issue_inner(&headers, body, sign).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err((e, _)) => e.outcome(),
+    /// Everything `/oauth/token` does before signing: grant type, client
+    /// authentication, grant, scopes, audiences, claims. The signature is
+    /// the caller's: [`token`] signs with the active key.
+    pub(crate) async fn prepare_token(&self, request: OAuthRequest) -> Result<Issued, Refusal> {
+        let OAuthRequest {
+            form,
+            credentials,
+            source,
+        } = request;
+        let refuse = |error: OAuthError| Refusal {
+            error,
+            who: credentials.as_ref().map(|c| {
+                let known = self.inner.state.credentials().get(&c.client_id).is_some();
+                Box::new(Who::unauthenticated(c, known))
+            }),
         };
-        self.inner.metrics.observe_request(
-            Endpoint::token,
-            outcome,
-            started.elapsed().as_secs_f64(),
-        );
-        match result {
-            Ok(response) => response,
-            Err((error, who)) => {
-                if let Some(who) = who {
-                    tracing::info!(
-                        target: AUDIT_TARGET,
-                        event = "token",
-                        outcome,
-                        client_id = ?audit_id(&who.client_id),
-                        namespace = who.namespace.as_deref(),
-                        service_account = who.service_account.as_deref(),
-                        reason = %error.description,
-                        "token refused"
-                    );
-                }
-                error.into_response()
-            }
-        }
-    }
-
-    async fn issue_inner(
-        &self,
-        headers: &HeaderMap,
-        body: Body,
-        sign: bool,
-    ) -> Result<Response, (OAuthError, Option<Who>)> {
-        let (form, creds) = Self::read_request(headers, body)
-            .await
-            .map_err(|e| (e, None))?;
         match form.get("grant_type") {
-            None => {
-                return Err((
-                    OAuthError::invalid_request("missing grant_type"),
-                    creds.as_ref().map(Who::unauthenticated),
-                ));
-            }
+            None => return Err(refuse(OAuthError::invalid_request("missing grant_type"))),
             Some(CLIENT_CREDENTIALS) => {}
-            Some(_) => {
-                return Err((
-                    OAuthError::unsupported_grant_type(),
-                    creds.as_ref().map(Who::unauthenticated),
-                ));
-            }
+            Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
         }
-        let Some(creds) = creds else {
-            return Err((OAuthError::invalid_client(true), None));
-        };
         let now = Utc::now();
-        let keys = self.keys().map_err(|e| (e, None))?;
-        let (entry, version) = self
-            .authenticate(&creds, &keys, now)
-            .map_err(|e| (e, Some(Who::unauthenticated(&creds))))?;
-        let who = || Some(Who::of(&entry));
-        let grant = entry.grant_at(now).map_err(|e| (grant_error(&e), who()))?;
+        // Workload identity hook: an RFC 7523 client assertion instead of a secret.
+        let assertion =
+            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?;
+        let (entry, version, method, keys) = match assertion {
+            Some(assertion) => {
+                let who = || Some(Box::new(Who::asserted(&assertion)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result = self.authenticate_assertion(&assertion, source, now).await;
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::assertion::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let entry = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, WORKLOAD_IDENTITY_VERSION, method, keys)
+            }
+            None => {
+                let Some(creds) = credentials.as_ref() else {
+                    return Err(Refusal {
+                        error: OAuthError::invalid_client(true),
+                        who: None,
+                    });
+                };
+                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+                let result = self.authenticate(creds, source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = creds.method.as_str();
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(refuse)?;
+                (entry, version, method, keys)
+            }
+        };
+        let refuse = |error: OAuthError| Refusal {
+            error,
+            who: Some(Box::new(Who::of(&entry, method))),
+        };
+        let grant = entry.grant_at(now).map_err(|e| refuse(grant_error(&e)))?;
 
         // Scopes: a subset of the grant; default all of it.
-        let scope: std::borrow::Cow<'_, str> = match form.get("scope") {
-            None => entry.default_scope.as_str().into(),
+        let scope: String = match form.get("scope") {
+            None => entry.default_scope.clone(),
             Some(requested) => {
                 let mut wanted: Vec<&str> =
                     requested.split(' ').filter(|s| !s.is_empty()).collect();
@@ -261,14 +306,11 @@ impl TokenServer {
                 wanted.dedup();
                 if let Some(bad) = wanted.iter().find(|s| !grant.scopes.contains(**s)) {
                     let bad: String = bad.chars().take(64).collect();
-                    return Err((
-                        OAuthError::invalid_scope(format!(
-                            "scope {bad:?} is not granted to this client"
-                        )),
-                        who(),
-                    ));
+                    return Err(refuse(OAuthError::invalid_scope(format!(
+                        "scope {bad:?} is not granted to this client"
+                    ))));
                 }
-                wanted.join(" ").into()
+                wanted.join(" ")
             }
         };
 
@@ -290,12 +332,9 @@ impl TokenServer {
         audiences.dedup();
         if let Some(bad) = audiences.iter().find(|a| !allowed.contains(a)) {
             let bad: String = bad.chars().take(128).collect();
-            return Err((
-                OAuthError::invalid_target(format!(
-                    "audience {bad:?} is not allowed for this client"
-                )),
-                who(),
-            ));
+            return Err(refuse(OAuthError::invalid_target(format!(
+                "audience {bad:?} is not allowed for this client"
+            ))));
         }
         if audiences.is_empty() {
             audiences = allowed;
@@ -324,19 +363,49 @@ impl TokenServer {
             m2m_sv: version,
         };
         let claims_json = serde_json::to_vec(&claims)
-            .map_err(|_| (OAuthError::unavailable("encoding the token failed"), who()))?;
-        let access_token = if sign {
-            let signer = keys
-                .ring
-                .active()
-                .ok_or_else(|| (OAuthError::unavailable("no active signing key"), who()))?;
-            signer.sign(&claims_json).map_err(|e| {
-                tracing::error!(error = %e, "signing failed");
-                (OAuthError::unavailable("signing failed"), who())
-            })?
-        } else {
-            URL_SAFE_NO_PAD.encode(&claims_json)
-        };
+            .map_err(|_| refuse(OAuthError::unavailable("encoding the token failed")))?;
+        Ok(Issued {
+            claims_json,
+            scope,
+            jti,
+            iat,
+            exp,
+            version,
+            method,
+            entry,
+            keys,
+        })
+    }
+
+    /// The token response for a prepared token and its encoding, with the
+    /// audit line. A token over [`MAX_TOKEN_BYTES`] is refused: it could
+    /// not be introspected or revoked within the body limit.
+    pub(crate) fn token_response(
+        &self,
+        issued: Issued,
+        access_token: &str,
+    ) -> Result<Response, OAuthError> {
+        if access_token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal {
+                error: OAuthError::invalid_scope(format!(
+                    "the token would be {} bytes, over the limit of {MAX_TOKEN_BYTES}; \
+                     request fewer scopes or audiences",
+                    access_token.len()
+                )),
+                who: Some(Box::new(Who::of(&issued.entry, issued.method))),
+            }
+            .audit());
+        }
+        let Issued {
+            scope,
+            jti,
+            iat,
+            exp,
+            version,
+            method,
+            entry,
+            ..
+        } = issued;
         tracing::info!(
             target: AUDIT_TARGET,
             event = "token",
@@ -345,6 +414,7 @@ impl TokenServer {
             namespace = %entry.namespace,
             credential = %entry.name,
             service_account = %entry.service_account,
+            auth_method = method,
             scope = %scope,
             jti = %jti,
             secret_version = version,
@@ -359,7 +429,7 @@ impl TokenServer {
             scope: &'a str,
         }
         let body = serde_json::to_vec(&TokenResponse {
-            access_token: &access_token,
+            access_token,
             token_type: "Bearer",
             expires_in: exp - iat,
             scope: &scope,
@@ -388,7 +458,11 @@ impl TokenServer {
         if claims.exp <= ts
             || claims.nbf.is_some_and(|nbf| nbf > ts + 60)
             || claims.iss != self.inner.config.issuer
-            || self.inner.state.revoked().contains(&claims.jti)
+            || self
+                .inner
+                .state
+                .revocations()
+                .is_revoked(&claims.client_id, &claims.jti, claims.iat)
         {
             return false;
         }
@@ -399,7 +473,23 @@ impl TokenServer {
         let Ok(grant) = entry.grant_at(now) else {
             return false;
         };
+        // Every audience of the token must still be allowed: removing an
+        // audience from the credential deactivates its tokens, as removing
+        // a scope does.
+        let default_audience = self.inner.config.default_audience.as_str();
+        let audience_allowed = |a: &str| {
+            if grant.audiences.is_empty() {
+                a == default_audience
+            } else {
+                grant.audiences.iter().any(|g| g == a)
+            }
+        };
+        let audiences_ok = match &claims.aud {
+            AudienceIn::One(a) => audience_allowed(a),
+            AudienceIn::Many(many) => !many.is_empty() && many.iter().all(|a| audience_allowed(a)),
+        };
         entry.subject == claims.sub
+            && audiences_ok
             && entry.accepts_version(&keys.verifier_key, claims.m2m_sv, now)
             && claims
                 .scope
@@ -409,27 +499,87 @@ impl TokenServer {
     }
 }
 
-/// Who a refused request was about, for the audit line.
+/// A token about to be issued: its claims, unsigned.
+pub(crate) struct Issued {
+    /// The claims, as JSON.
+    pub(crate) claims_json: Vec<u8>,
+    scope: String,
+    jti: String,
+    iat: i64,
+    exp: i64,
+    version: i64,
+    /// How the client authenticated (RFC 8414 method name).
+    method: &'static str,
+    entry: Arc<CredentialEntry>,
+    /// The keys the client was authenticated with (and that sign).
+    pub(crate) keys: Arc<KeyMaterial>,
+}
+
+/// A refused token request and whom it was about.
+pub(crate) struct Refusal {
+    error: OAuthError,
+    who: Option<Box<Who>>,
+}
+
+impl Refusal {
+    /// Write the audit line (when a client was named) and return the error.
+    pub(crate) fn audit(self) -> OAuthError {
+        let Self { error, who } = self;
+        if let Some(who) = who {
+            tracing::info!(
+                target: AUDIT_TARGET,
+                event = "token",
+                outcome = error.outcome(),
+                client_id = %who.client_id,
+                namespace = who.namespace.as_deref(),
+                service_account = who.service_account.as_deref(),
+                auth_method = who.method,
+                reason = %error.description,
+                "token refused"
+            );
+        }
+        error
+    }
+}
+
+/// Who a refused request was about, for the audit line. `client_id` is
+/// already safe to log.
 struct Who {
     client_id: String,
     namespace: Option<String>,
     service_account: Option<String>,
+    method: &'static str,
 }
 
 impl Who {
-    fn unauthenticated(creds: &ClientCredentials) -> Self {
+    /// A client that did not authenticate: its presented id, logged in
+    /// full only if `known` ([`loggable_client_id`]).
+    fn unauthenticated(creds: &ClientCredentials, known: bool) -> Self {
         Self {
-            client_id: creds.client_id.clone(),
+            client_id: loggable_client_id(&creds.client_id, known),
             namespace: None,
             service_account: None,
+            method: creds.method.as_str(),
         }
     }
 
-    fn of(entry: &CredentialEntry) -> Self {
+    /// A workload-identity request before it is authenticated: the
+    /// `client_id` if sent (the token is never logged).
+    fn asserted(assertion: &super::assertion::ClientAssertion) -> Self {
+        Self {
+            client_id: assertion.client_id.clone().unwrap_or_default(),
+            namespace: None,
+            service_account: None,
+            method: super::assertion::METHOD,
+        }
+    }
+
+    fn of(entry: &CredentialEntry, method: &'static str) -> Self {
         Self {
             client_id: entry.client_id.clone(),
             namespace: Some(entry.namespace.clone()),
             service_account: Some(entry.service_account.clone()),
+            method,
         }
     }
 }
@@ -457,129 +607,129 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// `POST /oauth/token`.
-pub async fn token(State(server): State<TokenServer>, headers: HeaderMap, body: Body) -> Response {
-    server.issue(headers, body, true).await
+pub async fn token(
+    State(server): State<TokenServer>,
+    request: OAuthRequest,
+) -> Result<Response, OAuthError> {
+    let issued = server
+        .prepare_token(request)
+        .await
+        .map_err(Refusal::audit)?;
+    let signer = issued
+        .keys
+        .ring
+        .active()
+        .cloned()
+        .ok_or_else(|| OAuthError::unavailable("no active signing key"))?;
+    let token = signer.sign(&issued.claims_json).map_err(|e| {
+        tracing::error!(error = %e, "signing failed");
+        OAuthError::unavailable("signing failed")
+    })?;
+    server.token_response(issued, &token)
 }
 
 /// `POST /oauth/introspect` (RFC 7662).
 pub async fn introspect(
     State(server): State<TokenServer>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let (form, creds) = TokenServer::read_request(&headers, body).await?;
-        let creds = creds.ok_or_else(|| OAuthError::invalid_client(true))?;
-        let now = Utc::now();
-        let keys = server.keys()?;
-        // Authentication gates access; the answer does not depend on who asks.
-        server.authenticate(&creds, &keys, now)?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
-        let claims = server
-            .inspect(&keys, token, None)
-            .filter(|c| server.is_active(&keys, c, now));
-        let body = match claims {
-            None => serde_json::json!({ "active": false }),
-            Some(c) => {
-                let aud = match c.aud {
-                    AudienceIn::One(a) => serde_json::json!(a),
-                    AudienceIn::Many(a) => serde_json::json!(a),
-                };
-                serde_json::json!({
-                    "active": true,
-                    "scope": c.scope,
-                    "client_id": c.client_id,
-                    "token_type": "Bearer",
-                    "exp": c.exp,
-                    "iat": c.iat,
-                    "nbf": c.nbf,
-                    "sub": c.sub,
-                    "aud": aud,
-                    "iss": c.iss,
-                    "jti": c.jti,
-                    SECRET_VERSION_CLAIM: c.m2m_sv,
-                })
-            }
-        };
-        Ok::<_, OAuthError>(json_response(
-            StatusCode::OK,
-            serde_json::to_vec(&body).unwrap_or_default(),
-        ))
-    }
-    .await;
-    finish(&server, Endpoint::introspect, started, result)
+    OAuthRequest {
+        form,
+        credentials,
+        source,
+    }: OAuthRequest,
+) -> Result<Response, OAuthError> {
+    let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
+    let now = Utc::now();
+    let keys = server.keys()?;
+    // Authentication gates access; the answer does not depend on who asks.
+    server.authenticate(&creds, source, &keys, now)?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
+    let claims = server
+        .inspect(&keys, token, None)
+        .filter(|c| server.is_active(&keys, c, now));
+    let body = match claims {
+        None => serde_json::json!({ "active": false }),
+        Some(c) => {
+            let aud = match c.aud {
+                AudienceIn::One(a) => serde_json::json!(a),
+                AudienceIn::Many(a) => serde_json::json!(a),
+            };
+            serde_json::json!({
+                "active": true,
+                "scope": c.scope,
+                "client_id": c.client_id,
+                "token_type": "Bearer",
+                "exp": c.exp,
+                "iat": c.iat,
+                "nbf": c.nbf,
+                "sub": c.sub,
+                "aud": aud,
+                "iss": c.iss,
+                "jti": c.jti,
+                SECRET_VERSION_CLAIM: c.m2m_sv,
+            })
+        }
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ))
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 for unknown, foreign or already
 /// expired tokens too.
-pub async fn revoke(State(server): State<TokenServer>, headers: HeaderMap, body: Body) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let (form, creds) = TokenServer::read_request(&headers, body).await?;
-        let creds = creds.ok_or_else(|| OAuthError::invalid_client(true))?;
-        let now = Utc::now();
-        let keys = server.keys()?;
-        let (caller, _) = server.authenticate(&creds, &keys, now)?;
-        let token = form
-            .get("token")
-            .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
-        if let Some(claims) = server.inspect(&keys, token, Some(&caller))
-            && claims.exp > now.timestamp()
-            && !server.inner.state.revoked().contains(&claims.jti)
-        {
-            server
-                .inner
-                .revocations
-                .revoke(&claims.jti, claims.exp, now.timestamp())
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "recording a revocation failed");
-                    OAuthError::unavailable("the revocation could not be recorded; retry")
-                })?;
-            tracing::info!(
-                target: AUDIT_TARGET,
-                event = "revoke",
-                outcome = "ok",
-                client_id = %caller.client_id,
-                namespace = %caller.namespace,
-                service_account = %caller.service_account,
-                jti = %claims.jti,
-                "token revoked"
-            );
-        }
-        let mut response = StatusCode::OK.into_response();
-        no_store(&mut response);
-        Ok::<_, OAuthError>(response)
+pub async fn revoke(
+    State(server): State<TokenServer>,
+    OAuthRequest {
+        form,
+        credentials,
+        source,
+    }: OAuthRequest,
+) -> Result<Response, OAuthError> {
+    let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
+    let now = Utc::now();
+    let keys = server.keys()?;
+    let (caller, _) = server.authenticate(&creds, source, &keys, now)?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
+    if let Some(claims) = server.inspect(&keys, token, Some(&caller))
+        && claims.exp > now.timestamp()
+    {
+        let token = Revoked {
+            client_id: &claims.client_id,
+            jti: &claims.jti,
+            iat: claims.iat,
+            exp: claims.exp,
+        };
+        server
+            .inner
+            .revocations
+            .revoke(token, now.timestamp())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "recording a revocation failed");
+                OAuthError::unavailable("the revocation could not be recorded; retry")
+            })?;
+        tracing::info!(
+            target: AUDIT_TARGET,
+            event = "revoke",
+            outcome = "ok",
+            client_id = %caller.client_id,
+            namespace = %caller.namespace,
+            service_account = %caller.service_account,
+            jti = %claims.jti,
+            "token revoked"
+        );
     }
-    .await;
-    finish(&server, Endpoint::revoke, started, result)
+    let mut response = StatusCode::OK.into_response();
+    no_store(&mut response);
+    Ok(response)
 }
 
-fn finish(
-    server: &TokenServer,
-    endpoint: Endpoint,
-    started: Instant,
-    result: Result<Response, OAuthError>,
-) -> Response {
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.outcome(),
-    };
-    server
-        .inner
-        .metrics
-        .observe_request(endpoint, outcome, started.elapsed().as_secs_f64());
-    match result {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// `GET /.well-known/oauth-authorization-server` and
-/// `/.well-known/openid-configuration` (RFC 8414).
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Only
+/// authorization-server metadata: no OpenID Provider fields.
 pub async fn metadata(State(server): State<TokenServer>) -> Response {
     let issuer = &server.inner.config.issuer;
     let algs: Vec<&str> = server
@@ -589,6 +739,13 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         .map(|k| k.ring.algorithms().to_vec())
         .unwrap_or_default();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
+    // Workload identity: Kubernetes service-account tokens as RFC 7523
+    // client assertions, at the token endpoint only.
+    let token_auth_methods = [
+        "client_secret_basic",
+        "client_secret_post",
+        super::assertion::METHOD,
+    ];
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
@@ -597,11 +754,11 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "grant_types_supported": [CLIENT_CREDENTIALS],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_methods_supported": token_auth_methods,
+        // Service-account tokens are signed by the cluster (RS256 or ES256).
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": algs,
         "access_token_signing_alg_values_supported": algs,
     });
     (

@@ -1,19 +1,28 @@
-//! Rate limiting of failed client authentication, per presented client id
-//! (known or not, so the limiter reveals nothing about which ids exist).
+//! Limits on failed client authentication, per presented client id (known
+//! or not, so the limiter reveals nothing about which ids exist) and per
+//! source IP address.
 //!
-//! A token bucket per client id: [`BURST`] failures at once, then one more
-//! every [`REFILL`]. Only failures take tokens; while a bucket is empty the
-//! client id is refused with `429` + `Retry-After` *without* checking the
-//! secret, which caps guessing at ~30 attempts a minute per id. The cost
-//! is that someone who knows a client id (ids are not secret) and keeps
-//! sending wrong secrets locks the real client out for as long as they
-//! keep going; this shows in the audit log and in
-//! `m2m_token_requests_total{outcome="rate_limited"}`.
+//! Threat model. Client secrets carry ≥ 256 bits from a CSPRNG and are
+//! checked against keyed hashes, so online guessing is hopeless whatever the
+//! rate: the limiter does not protect secrecy. Client ids are not secret
+//! (every token carries one in `client_id`). So the limiter must never let
+//! someone who knows an id lock its owner out: **the presented secret is
+//! always verified, and a correct secret is always accepted.** What the
+//! limiter does is answer repeated *failures* with `429` + `Retry-After`
+//! instead of `401`: a misconfigured client or a scanner is told to slow
+//! down, and shows up in the audit log and in
+//! `m2m_token_requests_total{outcome="rate_limited"}`. The CPU a failure
+//! costs is small and bounded (a checksum pre-check, then a fixed number of
+//! HMACs, [`super::oauth::MAX_VERIFIERS`] slots); the request-level limits of
+//! [`crate::http`] bound the rest.
 //!
-//! Memory is bounded: [`SHARDS`] mutex-guarded maps of at most
-//! [`SHARD_CAPACITY`] buckets. A full shard first forgets buckets that
-//! have refilled (they carry no information), then the least recently used
-//! eighth.
+//! A token bucket per key: [`BURST`] failures at once, then one more every
+//! [`REFILL`]; only failures take tokens. Memory is bounded: [`SHARDS`]
+//! mutex-guarded maps of at most [`SHARD_CAPACITY`] buckets. A full shard
+//! first forgets buckets that have refilled (they carry no information),
+//! then the eighth carrying the least information: fullest first, and among
+//! equally full ones the least recently failed — so a flood of fresh keys
+//! does not evict an exhausted bucket.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -27,26 +36,27 @@ pub const BURST: f64 = 10.0;
 pub const REFILL: Duration = Duration::from_secs(2);
 /// Number of independently locked shards.
 pub const SHARDS: usize = 16;
-/// Buckets per shard (16 × 4096 ≈ 65k client ids, a few MiB at most).
+/// Buckets per shard (16 × 4096 ≈ 65k keys, a few MiB at most).
 pub const SHARD_CAPACITY: usize = 4096;
-/// Longest client id tracked as is; longer ids are truncated for the key.
+/// Longest key tracked as is; longer ones are truncated.
 const MAX_KEY_LEN: usize = 128;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
+    /// When the last failure was recorded.
     updated: Instant,
 }
 
 impl Bucket {
-    fn refill(&mut self, now: Instant) {
+    /// The tokens at `now`, without changing the bucket.
+    fn tokens_at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed / REFILL.as_secs_f64()).min(BURST);
-        self.updated = now;
+        (self.tokens + elapsed / REFILL.as_secs_f64()).min(BURST)
     }
 }
 
-/// The failed-authentication limiter.
+/// One token-bucket map.
 #[derive(Debug)]
 pub struct FailureLimiter {
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
@@ -80,43 +90,37 @@ impl FailureLimiter {
         &self.shards[i]
     }
 
-    /// `Err(retry_after)` while `client_id` has no failures left.
-    pub fn check(&self, client_id: &str, now: Instant) -> Result<(), Duration> {
-        let key = key(client_id);
-        let Ok(mut shard) = self.shard(key).lock() else {
+    /// `Err(retry_after)` while `key` has no failures left.
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let key = self::key(key);
+        let Ok(shard) = self.shard(key).lock() else {
             return Ok(());
         };
-        match shard.get_mut(key) {
-            None => Ok(()),
-            Some(bucket) => {
-                bucket.refill(now);
-                if bucket.tokens >= 1.0 {
-                    Ok(())
-                } else {
-                    Err(REFILL.mul_f64(1.0 - bucket.tokens))
-                }
-            }
+        match shard.get(key).map(|b| b.tokens_at(now)) {
+            Some(tokens) if tokens < 1.0 => Err(REFILL.mul_f64(1.0 - tokens)),
+            _ => Ok(()),
         }
     }
 
-    /// Record one failed authentication for `client_id`.
-    pub fn record_failure(&self, client_id: &str, now: Instant) {
-        let key = key(client_id);
+    /// Record one failure for `key`.
+    pub fn record_failure(&self, key: &str, now: Instant) {
+        let key = self::key(key);
         let Ok(mut shard) = self.shard(key).lock() else {
             return;
         };
         if !shard.contains_key(key) && shard.len() >= SHARD_CAPACITY {
-            shard.retain(|_, b| {
-                b.refill(now);
-                b.tokens < BURST
-            });
+            // Pure: reading the tokens must not touch `updated`, or the
+            // age order below would be lost.
+            shard.retain(|_, b| b.tokens_at(now) < BURST);
             if shard.len() >= SHARD_CAPACITY {
-                // Evict the least recently used eighth at once, so a flood of
-                // fresh ids costs O(1) amortised per failure.
-                let mut by_age: Vec<(Instant, String)> =
-                    shard.iter().map(|(k, b)| (b.updated, k.clone())).collect();
-                by_age.sort_unstable();
-                for (_, k) in by_age.into_iter().take(SHARD_CAPACITY / 8) {
+                // Evict an eighth at once (O(1) amortised per failure):
+                // fullest buckets first, then the least recently failed.
+                let mut order: Vec<(u64, Instant, String)> = shard
+                    .iter()
+                    .map(|(k, b)| ((b.tokens_at(now) * 1000.0) as u64, b.updated, k.clone()))
+                    .collect();
+                order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                for (_, _, k) in order.into_iter().take(SHARD_CAPACITY / 8) {
                     shard.remove(&k);
                 }
             }
@@ -125,11 +129,11 @@ impl FailureLimiter {
             tokens: BURST,
             updated: now,
         });
-        bucket.refill(now);
-        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        bucket.tokens = (bucket.tokens_at(now) - 1.0).max(0.0);
+        bucket.updated = now;
     }
 
-    /// Number of tracked client ids.
+    /// Number of tracked keys.
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -140,6 +144,45 @@ impl FailureLimiter {
     /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Failed-authentication limits per client id and per source address.
+#[derive(Debug, Default)]
+pub struct AuthLimiter {
+    by_client_id: FailureLimiter,
+    by_source: FailureLimiter,
+}
+
+impl AuthLimiter {
+    /// Empty limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record a failed authentication. `Err(retry_after)`: the client id or
+    /// the source has run out of failures (answer `429`, not `401`).
+    pub fn failed(
+        &self,
+        client_id: &str,
+        source: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let source = source.map(|ip| ip.to_string());
+        let by_id = self.by_client_id.check(client_id, now);
+        let by_source = match &source {
+            Some(ip) => self.by_source.check(ip, now),
+            None => Ok(()),
+        };
+        self.by_client_id.record_failure(client_id, now);
+        if let Some(ip) = &source {
+            self.by_source.record_failure(ip, now);
+        }
+        match (by_id, by_source) {
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
+            (Ok(()), Ok(())) => Ok(()),
+        }
     }
 }
 
@@ -172,5 +215,49 @@ mod tests {
         let long = "x".repeat(10_000);
         l.record_failure(&long, t0);
         assert!(l.check(&long, t0).is_ok());
+    }
+
+    /// A flood of fresh ids must not evict a bucket an attacker keeps
+    /// empty (the old `retain` refreshed every bucket's age, so eviction
+    /// fell back to key order).
+    #[test]
+    fn a_flood_of_fresh_ids_does_not_evict_an_exhausted_bucket() {
+        let l = FailureLimiter::new();
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            l.record_failure("a-exhausted", t0);
+        }
+        assert!(l.check("a-exhausted", t0).is_err());
+        for i in 0..(SHARDS * SHARD_CAPACITY * 2) {
+            l.record_failure(&format!("id-{i}"), t0 + Duration::from_millis(1));
+        }
+        assert!(
+            l.check("a-exhausted", t0 + Duration::from_millis(2))
+                .is_err(),
+            "the exhausted bucket was evicted"
+        );
+    }
+
+    #[test]
+    fn failures_are_limited_per_id_and_per_source() {
+        let l = AuthLimiter::new();
+        let t0 = Instant::now();
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let other: std::net::IpAddr = "10.0.0.8".parse().unwrap();
+        // Many ids from one source: the source runs out.
+        for i in 0..10 {
+            assert!(l.failed(&format!("ghost-{i}"), Some(ip), t0).is_ok());
+        }
+        assert!(l.failed("ghost-new", Some(ip), t0).is_err());
+        assert!(l.failed("ghost-new-2", Some(other), t0).is_ok());
+        // One id from many sources: the id runs out.
+        for i in 0..10 {
+            let src: std::net::IpAddr = format!("10.1.0.{i}").parse().unwrap();
+            assert!(l.failed("target", Some(src), t0).is_ok());
+        }
+        assert!(
+            l.failed("target", Some("10.2.0.1".parse().unwrap()), t0)
+                .is_err()
+        );
     }
 }

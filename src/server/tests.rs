@@ -5,8 +5,6 @@
 use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router};
-use crate::cli::SigningAlg;
-use crate::controller::keys::{KeySecretConfig, desired_secret, next_key_set};
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -15,6 +13,9 @@ use crate::crd::{
     SecretVerifier, ServiceAccount, ServiceAccountSpec,
 };
 use crate::signing::KeySet;
+use crate::signing::SigningAlg;
+use crate::signing::keyset::next_key_set;
+use crate::signing::store::{KeySecretConfig, desired_secret};
 use crate::telemetry::Metrics;
 use axum::Router;
 use axum::body::Body;
@@ -22,6 +23,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use kube::api::ObjectMeta;
 use serde_json::Value;
@@ -40,6 +42,7 @@ struct World {
     accounts: Vec<ServiceAccount>,
     namespaces: Vec<ObjectMeta>,
     state: Arc<TokenState>,
+    metrics: Metrics,
     app: Router,
 }
 
@@ -50,6 +53,10 @@ struct Client {
 
 impl World {
     fn new(alg: SigningAlg) -> Self {
+        Self::with_limits(alg, crate::http::HttpLimits::token_endpoint())
+    }
+
+    fn with_limits(alg: SigningAlg, limits: crate::http::HttpLimits) -> Self {
         let key = VerifierKey::generate().unwrap();
         let cfg = KeySecretConfig::new("ops".into(), alg, Duration::from_secs(3600));
         let (_, set) = next_key_set(&KeySet::default(), &cfg.policy, Utc::now())
@@ -63,11 +70,13 @@ impl World {
             default_audience: ISSUER.into(),
             default_policy: ScopePolicy::allow_all(),
             operator_namespace: "ops".into(),
+            limits,
         };
+        let metrics = Metrics::new();
         let server = TokenServer::new(
             config,
             state.clone(),
-            Metrics::new(),
+            metrics.clone(),
             Arc::new(LocalRevocations::new(state.clone())),
         );
         let mut world = Self {
@@ -79,6 +88,7 @@ impl World {
                 ..Default::default()
             }],
             state,
+            metrics,
             app: router(server),
         };
         world.account(
@@ -717,14 +727,16 @@ async fn forged_verifiers_are_refused() {
     assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
 }
 
+/// Knowing a client id must not lock its owner out: failures are answered
+/// 429 once the id has run out, but the right secret always works.
 #[tokio::test]
-async fn failed_authentication_is_rate_limited_per_client_id() {
+async fn failed_authentication_is_limited_but_never_refuses_the_right_secret() {
     let mut world = World::new(SigningAlg::Es256);
     let c = world.simple("uploads");
     let other = world.simple("other");
     let wrong = Client {
         id: c.id.clone(),
-        secret: "m2ms_wrong".into(),
+        secret: ClientSecret::generate().unwrap().expose().to_owned(),
     };
     for _ in 0..10 {
         assert_eq!(world.token(&wrong, "").await.0, StatusCode::UNAUTHORIZED);
@@ -737,8 +749,17 @@ async fn failed_authentication_is_rate_limited_per_client_id() {
         .parse()
         .unwrap();
     assert!((1..=2).contains(&retry));
-    // Even the right secret waits; other clients are unaffected.
-    assert_eq!(world.token(&c, "").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // The attacker keeps going; the owner's right secret still works, on
+    // every endpoint, and other clients are unaffected.
+    for _ in 0..5 {
+        assert_eq!(
+            world.token(&wrong, "").await.0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+    }
+    let token = world.access_token(&c).await;
+    assert!(world.active(&c, &token).await);
     assert_eq!(world.token(&other, "").await.0, StatusCode::OK);
     // Unknown ids are limited the same way.
     let ghost = Client {
@@ -752,6 +773,52 @@ async fn failed_authentication_is_rate_limited_per_client_id() {
         world.token(&ghost, "").await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+/// Failures are limited per source address too: one source trying many
+/// ids runs out, another source does not, and the right secret from the
+/// limited source still works.
+#[tokio::test]
+async fn failed_authentication_is_limited_per_source() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let from = |ip: &str, client: &Client| {
+        let mut req = Request::post("/oauth/token")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                header::AUTHORIZATION,
+                basic_header(&client.id, &client.secret),
+            )
+            .body(Body::from("grant_type=client_credentials"))
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    for i in 0..10 {
+        let ghost = Client {
+            id: format!("m2mc_ghost{i}"),
+            secret: "x".into(),
+        };
+        assert_eq!(
+            world.call(from("10.0.0.7", &ghost)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let fresh = Client {
+        id: "m2mc_fresh".into(),
+        secret: "x".into(),
+    };
+    assert_eq!(
+        world.call(from("10.0.0.7", &fresh)).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        world.call(from("10.0.0.8", &fresh)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(world.call(from("10.0.0.7", &c)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -971,10 +1038,17 @@ async fn introspection_and_revocation() {
 #[tokio::test]
 async fn discovery_documents_and_missing_keys() {
     let mut world = World::new(SigningAlg::Es256);
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
+    // Not an OpenID Provider: no discovery document strict OIDC clients
+    // would reject (it had an empty response_types_supported).
+    let (status, _, _) = world
+        .call(
+            Request::get("/.well-known/openid-configuration")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for path in ["/.well-known/oauth-authorization-server"] {
         let (status, _, meta) = world
             .call(Request::get(path).body(Body::empty()).unwrap())
             .await;
@@ -994,10 +1068,20 @@ async fn discovery_documents_and_missing_keys() {
             meta["grant_types_supported"],
             serde_json::json!(["client_credentials"])
         );
+        // Workload identity: RFC 7523 client assertions at the token endpoint only.
         assert_eq!(
             meta["token_endpoint_auth_methods_supported"],
+            serde_json::json!([
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt"
+            ])
+        );
+        assert_eq!(
+            meta["introspection_endpoint_auth_methods_supported"],
             serde_json::json!(["client_secret_basic", "client_secret_post"])
         );
+        assert!(meta.get("id_token_signing_alg_values_supported").is_none());
     }
     let c = world.simple("uploads");
     world.state.set_keys(None);
@@ -1014,4 +1098,257 @@ async fn discovery_documents_and_missing_keys() {
         )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A body that stops arriving is cut off by the body deadline with an RFC
+/// 6749 error (408), and the metrics middleware counts every outcome, the
+/// layers' own answers included.
+#[tokio::test]
+async fn stalled_bodies_time_out_and_every_outcome_is_counted() {
+    let limits = crate::http::HttpLimits {
+        body_read_timeout: Duration::from_millis(200),
+        ..crate::http::HttpLimits::token_endpoint()
+    };
+    let mut world = World::with_limits(SigningAlg::Es256, limits);
+    let c = world.simple("uploads");
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(b"grant_type=cli".to_vec())]);
+    let stalled = first.chain(futures::stream::pending());
+    let req = Request::post("/oauth/token")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::AUTHORIZATION, basic_header(&c.id, &c.secret))
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), world.call(req))
+        .await
+        .expect("a stalled body must not hold the request open");
+    assert_error(&resp, StatusCode::REQUEST_TIMEOUT, "invalid_request");
+
+    assert_eq!(world.token(&c, "").await.0, StatusCode::OK);
+    let big = format!("grant_type=client_credentials&pad={}", "x".repeat(9000));
+    world.post("/oauth/token", &big, Some(&c)).await;
+    let text = world.metrics.encode().unwrap();
+    for needle in [
+        r#"m2m_token_requests_total{endpoint="token",outcome="ok"} 1"#,
+        r#"m2m_token_requests_total{endpoint="token",outcome="invalid_request"} 2"#,
+    ] {
+        assert!(text.contains(needle), "{needle} missing in\n{text}");
+    }
+}
+
+/// Counts the keyed checks authentication performs.
+struct CountingKey<'a> {
+    key: &'a VerifierKey,
+    macs: std::cell::Cell<usize>,
+}
+
+impl super::oauth::SecretCheck for CountingKey<'_> {
+    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+        self.macs.set(self.macs.get() + 1);
+        self.key.is_sealed(binding, verifier)
+    }
+
+    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
+        self.macs.set(self.macs.get() + 1);
+        self.key.verify(binding, secret, digest)
+    }
+}
+
+/// No timing oracle: the same number of MAC computations for an unknown
+/// id, a known id with one verifier, one in a grace period (two verifiers),
+/// a right and a wrong secret.
+#[tokio::test]
+async fn authentication_does_equal_work_for_every_client_id() {
+    let mut world = World::new(SigningAlg::Es256);
+    let one = world.simple("one");
+    world.simple("two");
+    let two = world.rotate("two", Some(Utc::now() + chrono::Duration::hours(1)));
+    let index = world.state.credentials();
+    let now = Utc::now();
+    let count = |entry: &super::index::CredentialEntry, secret: &str| {
+        let k = CountingKey {
+            key: &world.key,
+            macs: std::cell::Cell::new(0),
+        };
+        let matched = entry.authenticate(&k, secret, now);
+        (k.macs.get(), matched.is_some())
+    };
+    let wrong = ClientSecret::generate().unwrap().expose().to_owned();
+    let unknown = super::oauth::unknown_client();
+    let cases = [
+        ("unknown id", count(unknown, &wrong)),
+        (
+            "one verifier, right",
+            count(index.get(&one.id).unwrap(), &one.secret),
+        ),
+        (
+            "one verifier, wrong",
+            count(index.get(&one.id).unwrap(), &wrong),
+        ),
+        (
+            "grace period, right",
+            count(index.get(&two.id).unwrap(), &two.secret),
+        ),
+        (
+            "grace period, wrong",
+            count(index.get(&two.id).unwrap(), &wrong),
+        ),
+    ];
+    let expected = 2 * super::oauth::MAX_VERIFIERS;
+    for (what, (macs, matched)) in cases {
+        assert_eq!(macs, expected, "{what}");
+        assert_eq!(matched, what.ends_with("right"), "{what}");
+    }
+}
+
+/// Removing an audience from a credential deactivates the tokens issued
+/// for it, as removing a scope does; tokens for the remaining audience stay.
+#[tokio::test]
+async fn tokens_for_a_removed_audience_introspect_inactive() {
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.credential(
+        "uploads",
+        M2MCredentialSpec {
+            service_account_name: "ci-bot".into(),
+            audiences: vec!["https://a.example".into(), "https://b.example".into()],
+            ..Default::default()
+        },
+    );
+    let both = world.access_token(&c).await;
+    let (status, _, body) = world.token(&c, "&audience=https%3A%2F%2Fa.example").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let only_a = body["access_token"].as_str().unwrap().to_owned();
+    let (_, _, body) = world.token(&c, "&audience=https%3A%2F%2Fb.example").await;
+    let only_b = body["access_token"].as_str().unwrap().to_owned();
+    assert!(world.active(&c, &both).await);
+    assert!(world.active(&c, &only_b).await);
+    world.cred_mut("uploads").spec.audiences = vec!["https://a.example".into()];
+    world.sync();
+    assert!(world.active(&c, &only_a).await);
+    assert!(!world.active(&c, &only_b).await, "removed audience");
+    assert!(
+        !world.active(&c, &both).await,
+        "one of its audiences was removed"
+    );
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A secret sent as the client id (id and secret swapped, in the form or
+/// in Basic) never reaches the audit log; unknown ids are logged as a
+/// short hash, known ids in full.
+#[tokio::test]
+async fn the_audit_log_never_shows_a_secret_as_client_id() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut world = World::new(SigningAlg::Es256);
+    let c = world.simple("uploads");
+    let swapped = Client {
+        id: c.secret.clone(),
+        secret: c.id.clone(),
+    };
+    assert_eq!(world.token(&swapped, "").await.0, StatusCode::UNAUTHORIZED);
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}",
+        c.secret, c.id
+    );
+    assert_eq!(
+        world.post("/oauth/token", &form, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A refusal after authentication, and a typo'd id.
+    assert_eq!(
+        world.token(&c, "&scope=nope").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let typo = Client {
+        id: format!("{}x", c.id),
+        secret: c.secret.clone(),
+    };
+    assert_eq!(world.token(&typo, "").await.0, StatusCode::UNAUTHORIZED);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(&c.secret[5..]), "secret in the log:\n{text}");
+    assert!(!text.contains(&typo.id), "unknown id in full:\n{text}");
+    assert_eq!(
+        text.matches("client_id=unknown:sha256:").count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains(&format!("client_id={}", c.id)), "{text}");
+}
+
+/// Whatever can be issued can be introspected and revoked: a token of 40
+/// long scopes (14 KB) used to be issued and then be refused by the 8 KiB
+/// body limit of introspection and revocation.
+#[tokio::test]
+async fn every_issued_token_fits_introspection_and_revocation() {
+    let mut world = World::new(SigningAlg::Es256);
+    let scopes: Vec<String> = (0..40)
+        .map(|i| format!("scope-{i:02}:{}", "x".repeat(300)))
+        .collect();
+    let refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    world.account("wide", &refs);
+    let c = world.credential(
+        "wide",
+        M2MCredentialSpec {
+            service_account_name: "wide".into(),
+            ..Default::default()
+        },
+    );
+    // All 40 (the default) is too large to issue.
+    assert_error(
+        &world.token(&c, "").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_scope",
+    );
+    // The largest token that is issued introspects and revokes, with the
+    // client authenticating in the body (the largest request form).
+    let mut largest = None;
+    for n in 1..=40 {
+        let (status, _, body) = world
+            .token(&c, &format!("&scope={}", scopes[..n].join("+")))
+            .await;
+        if status != StatusCode::OK {
+            assert_eq!(body["error"], "invalid_scope", "{body}");
+            break;
+        }
+        largest = Some(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let token = largest.expect("some token is issued");
+    assert!(token.len() > 5000, "{}", token.len());
+    let auth = format!("&client_id={}&client_secret={}", c.id, c.secret);
+    let (status, _, body) = world
+        .post(
+            "/oauth/introspect",
+            &format!("token={token}&token_type_hint=access_token{auth}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["active"], true);
+    let (status, _, body) = world
+        .post(
+            "/oauth/revoke",
+            &format!("token={token}&token_type_hint=access_token{auth}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!world.active(&c, &token).await);
 }

@@ -6,10 +6,11 @@
 //! fails (e.g. half-written files) keeps the previous certificate.
 
 use arc_swap::ArcSwap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// How often the files are checked for changes.
@@ -21,6 +22,9 @@ pub enum TlsError {
     /// A file could not be read.
     #[error("reading {0}")]
     Read(PathBuf, #[source] std::io::Error),
+    /// A file is not valid PEM.
+    #[error("{0} is not valid PEM")]
+    Pem(PathBuf, #[source] pem::Error),
     /// The certificate file holds no certificate.
     #[error("{0} contains no PEM certificate")]
     NoCertificate(PathBuf),
@@ -37,15 +41,17 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.to_owned(), e));
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(cert_pem.as_slice()))
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Read(cert.to_owned(), e))?;
+        .map_err(|e| TlsError::Pem(cert.to_owned(), e))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let private = rustls_pemfile::private_key(&mut BufReader::new(key_pem.as_slice()))
-        .map_err(|e| TlsError::Read(key.to_owned(), e))?
-        .ok_or_else(|| TlsError::NoKey(key.to_owned()))?;
+    let private = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => return Err(TlsError::NoKey(key.to_owned())),
+        Err(e) => return Err(TlsError::Pem(key.to_owned(), e)),
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

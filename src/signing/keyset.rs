@@ -14,7 +14,8 @@
 //! still published (it may have signed tokens that have not expired) until
 //! `retiredAt + 24h` (the longest token lifetime) plus [`PUBLICATION_SKEW`].
 
-use crate::cli::SigningAlg;
+use super::algorithm::SigningAlg;
+use super::crypto::{CryptoError, generate_pkcs8, thumbprint};
 use crate::core::grant::MAX_TOKEN_TTL;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,24 +40,13 @@ pub enum KeySetError {
     /// Serialising the key set failed.
     #[error("serialising signing-keys.json failed")]
     Serialize(#[source] serde_json::Error),
-    /// The crypto library could not generate a key.
-    #[error("generating a {0} signing key failed")]
-    Generate(&'static str),
-    /// A stored private key does not parse for its algorithm.
-    #[error("signing key {kid:?} ({alg}) is not a valid PKCS#8 key")]
-    InvalidKey {
-        /// Its key id.
-        kid: String,
-        /// Its algorithm.
-        alg: &'static str,
-    },
-    /// The RFC 7638 thumbprint could not be computed.
-    #[error("computing the key id failed")]
-    Thumbprint(#[source] jsonwebtoken::errors::Error),
+    /// A key could not be generated, parsed or named.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
 }
 
 mod alg_serde {
-    use crate::cli::SigningAlg;
+    use crate::signing::algorithm::SigningAlg;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(alg: &SigningAlg, s: S) -> Result<S::Ok, S::Error> {
@@ -118,28 +108,8 @@ impl fmt::Debug for SigningKeyRecord {
 
 /// Generate a fresh key of `alg` from the OS CSPRNG (through aws-lc).
 pub fn generate_key(alg: SigningAlg, now: DateTime<Utc>) -> Result<SigningKeyRecord, KeySetError> {
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
-    let failed = || KeySetError::Generate(alg.as_str());
-    let pkcs8: Vec<u8> = match alg {
-        SigningAlg::Es256 => EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .and_then(|k| k.to_pkcs8v1())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-        // PKCS#8 v1 (48 bytes): the form jsonwebtoken's `EncodingKey::from_ed_der` expects.
-        SigningAlg::EdDsa => Ed25519KeyPair::generate()
-            .and_then(|k| k.to_pkcs8v1())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-        SigningAlg::Rs256 => aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .and_then(|k| k.as_der())
-            .map_err(|_| failed())?
-            .as_ref()
-            .to_vec(),
-    };
-    let kid = super::signer::thumbprint(alg, &pkcs8)?;
+    let pkcs8 = generate_pkcs8(alg)?;
+    let kid = thumbprint(alg, &pkcs8)?;
     Ok(SigningKeyRecord {
         kid,
         alg,
@@ -352,6 +322,25 @@ pub fn apply_plan(
     }
 }
 
+/// The key set after applying what is due at `now` (a rotation, pruning),
+/// or `None` when nothing is due. Pure apart from key generation.
+pub fn next_key_set(
+    set: &KeySet,
+    policy: &KeyPolicy,
+    now: DateTime<Utc>,
+) -> Result<Option<(KeyPlan, KeySet)>, KeySetError> {
+    let plan = plan(set, policy, now);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let new_key = match &plan.rotate {
+        Some(_) => Some(generate_key(policy.alg, now)?),
+        None => None,
+    };
+    let next = apply_plan(set, &plan, new_key, now);
+    Ok(Some((plan, next)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +471,42 @@ mod tests {
         assert!(KeySet::from_json(b"nope").is_err());
         let ed = generate_key(SigningAlg::EdDsa, at(0)).unwrap();
         assert_eq!(ed.private_key_pkcs8.len(), 48, "PKCS#8 v1 Ed25519");
+    }
+
+    #[test]
+    fn nothing_is_written_when_nothing_is_due() {
+        let policy = KeyPolicy {
+            alg: SigningAlg::Es256,
+            rotate_every: Duration::from_secs(10 * 3600),
+        };
+        let (_, set) = next_key_set(&KeySet::default(), &policy, at(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert!(next_key_set(&set, &policy, at(9)).unwrap().is_none());
+        let (plan, rotated) = next_key_set(&set, &policy, at(10)).unwrap().unwrap();
+        assert_eq!(plan.rotate.unwrap().reason(), "KeyExpired");
+        assert_eq!(rotated.keys.len(), 2);
+        assert!(next_key_set(&rotated, &policy, at(19)).unwrap().is_none());
+        let (plan, twice) = next_key_set(&rotated, &policy, at(20)).unwrap().unwrap();
+        assert!(plan.rotate.is_some(), "the second key is due at 20h");
+        assert!(
+            plan.prune.is_empty(),
+            "the first key is published until 34h05m"
+        );
+        assert_eq!(twice.keys.len(), 3);
+        let first = set.keys[0].kid.clone();
+        assert!(next_key_set(&twice, &policy, at(29)).unwrap().is_none());
+        assert_eq!(next_due(&twice, &policy), Some(at(30)));
+        let late = at(34) + chrono::Duration::minutes(5);
+        let (plan, pruned) = next_key_set(&twice, &policy, late).unwrap().unwrap();
+        assert_eq!(plan.prune, vec![first]);
+        assert_eq!(pruned.keys.len(), 3, "pruned one, rotated the active one");
+        let policy_rs = KeyPolicy {
+            alg: SigningAlg::EdDsa,
+            ..policy
+        };
+        let (plan, _) = next_key_set(&set, &policy_rs, at(1)).unwrap().unwrap();
+        assert_eq!(plan.rotate.unwrap().reason(), "AlgorithmChanged");
     }
 }

@@ -153,6 +153,23 @@ def main():
         f"token-server: patches only `{REVOCATION_CONFIGMAP}`",
         cm_patch and all(r.get("resourceNames") == [REVOCATION_CONFIGMAP] for r in cm_patch),
     )
+    # Workload identity: create TokenReviews, and nothing else around tokens.
+    check(
+        "token-server: cluster-wide `create` on tokenreviews (workload identity)",
+        rules_granting(docs, "ClusterRole", ts_sa, "tokenreviews", "create"),
+    )
+    for res, verb in (
+        ("tokenreviews", "get"),
+        ("tokenreviews", "list"),
+        ("serviceaccounts/token", "create"),
+        ("pods", "get"),
+        ("pods", "list"),
+    ):
+        check(
+            f"token-server: no `{verb}` on {res}",
+            not rules_granting(docs, "ClusterRole", ts_sa, res, verb)
+            and not rules_granting(docs, "Role", ts_sa, res, verb),
+        )
     for res in ("m2mcredentials", "serviceaccounts", "namespaces"):
         check(f"token-server: cluster-wide watch on {res}", rules_granting(docs, "ClusterRole", ts_sa, res, "watch"))
     for res, verb in (

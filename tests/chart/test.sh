@@ -335,6 +335,11 @@ if ((installed)); then
   denied "$TS" list secrets --all-namespaces
   denied "$TS" create secrets -n "$NS"
   denied "$TS" patch secrets/m2m-operator-keys -n "$NS"
+  # Token server: workload identity asks the apiserver, and may do nothing else with tokens.
+  allowed "$TS" create tokenreviews.authentication.k8s.io
+  denied "$TS" create serviceaccounts/token -n "$OTHER_NS"
+  denied "$TS" get serviceaccounts -n "$OTHER_NS"
+  denied "$TS" get pods -n "$OTHER_NS"
   # Token server: reads the reconciled state, writes none of it.
   allowed "$TS" list m2mcredentials.m2m.dev --all-namespaces
   allowed "$TS" watch m2mcredentials.m2m.dev --all-namespaces
@@ -347,14 +352,15 @@ if ((installed)); then
   denied "$TS" patch serviceaccounts.m2m.dev --subresource=status -n "$OTHER_NS"
   denied "$TS" patch namespaces
   # Token server: the revocation list only.
-  allowed "$TS" get configmaps/m2m-revoked-tokens -n "$NS"
-  allowed "$TS" patch configmaps/m2m-revoked-tokens -n "$NS"
+  # (one ConfigMap per client: not nameable in advance, so namespace-wide)
+  allowed "$TS" get configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" patch configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" delete configmaps/m2m-revoked-tokens-0123 -n "$NS"
+  allowed "$TS" list configmaps -n "$NS"
   allowed "$TS" create configmaps -n "$NS"
-  denied "$TS" get configmaps/other -n "$NS"
-  denied "$TS" patch configmaps/other -n "$NS"
-  denied "$TS" list configmaps -n "$NS"
   denied "$TS" create configmaps -n "$OTHER_NS"
-  denied "$TS" get configmaps/m2m-revoked-tokens -n "$OTHER_NS"
+  denied "$TS" list configmaps -n "$OTHER_NS"
+  denied "$TS" get configmaps/m2m-revoked-tokens-0123 -n "$OTHER_NS"
   denied "$TS" create leases.coordination.k8s.io -n "$NS"
   denied "$TS" create pods -n "$NS"
 
@@ -463,7 +469,7 @@ metadata: { name: rbac-probe, namespace: $OTHER_NS }
 spec: { serviceAccountName: rbac-probe }
 YAML
   keys_watch="/api/v1/namespaces/$NS/secrets?fieldSelector=metadata.name%3Dm2m-operator-keys&watch=1&timeoutSeconds=1"
-  revoked_watch="/api/v1/namespaces/$NS/configmaps?fieldSelector=metadata.name%3Dm2m-revoked-tokens&watch=1&timeoutSeconds=1"
+  revoked_watch="/api/v1/namespaces/$NS/configmaps?labelSelector=m2m.dev%2Frevocation-list%3Dv2&watch=1&timeoutSeconds=1"
   all_watch="/api/v1/namespaces/$NS/secrets?watch=1&timeoutSeconds=1"
 
   as_sa "$TS_CFG" ok "token server reads its keys Secret" -n "$NS" get secret m2m-operator-keys
@@ -480,26 +486,50 @@ YAML
   as_sa "$TS_CFG" ok "token server lists M2MCredentials cluster-wide" get m2mcredentials.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists m2m.dev ServiceAccounts cluster-wide" get serviceaccounts.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists Namespaces" get namespaces
-  # Created the way the token server does it: server-side apply by name.
-  as_sa "$TS_CFG" ok "token server creates the revocation ConfigMap (server-side apply)" \
-    -n "$NS" apply --server-side --field-manager=m2m-operator -f - <<YAML
+  # Created and written the way the token server does it: create, then merge patches.
+  as_sa "$TS_CFG" ok "token server creates a revocation ConfigMap" \
+    -n "$NS" create -f - <<YAML
 apiVersion: v1
 kind: ConfigMap
 metadata:
-  name: m2m-revoked-tokens
-  labels: { app.kubernetes.io/managed-by: m2m-operator }
+  name: m2m-revoked-tokens-rbac-probe
+  labels: { app.kubernetes.io/managed-by: m2m-operator, m2m.dev/revocation-list: v2 }
 YAML
-  as_sa "$TS_CFG" ok "token server patches the revocation ConfigMap" \
-    -n "$NS" patch configmap m2m-revoked-tokens --type=merge -p '{"data":{"jti-1":"1999999999"}}'
-  as_sa "$TS_CFG" ok "token server watches the revocation ConfigMap by name" get --raw "$revoked_watch"
-  as_sa "$TS_CFG" forbidden "token server is refused other ConfigMaps" \
-    -n "$NS" get configmap kube-root-ca.crt
+  as_sa "$TS_CFG" ok "token server patches a revocation ConfigMap" \
+    -n "$NS" patch configmap m2m-revoked-tokens-rbac-probe --type=merge -p '{"data":{"jti-1":"1.1999999999.x"}}'
+  as_sa "$TS_CFG" ok "token server watches the revocation ConfigMaps by label" get --raw "$revoked_watch"
+  as_sa "$TS_CFG" ok "token server deletes an empty revocation ConfigMap" \
+    -n "$NS" delete configmap m2m-revoked-tokens-rbac-probe
+  as_sa "$TS_CFG" forbidden "token server is refused ConfigMaps in other namespaces" \
+    -n "$OTHER_NS" get configmaps
   as_sa "$TS_CFG" forbidden "token server is refused writing credential status" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=merge \
     -p '{"status":{"secretHint":"...evil"}}' --dry-run=server
   as_sa "$TS_CFG" forbidden "token server is refused editing credentials" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --type=merge \
     -p '{"spec":{"scopes":["a"]}}' --dry-run=server
+
+  # Workload identity: a real TokenReview of a real service-account token.
+  "$KUBECTL" -n "$OTHER_NS" create serviceaccount wi-probe >/dev/null
+  wi_token="$("$KUBECTL" -n "$OTHER_NS" create token wi-probe --audience https://m2m.chart-test)"
+  reviewed="$("$KUBECTL" --kubeconfig "$TS_CFG" create --validate=false -o jsonpath='{.status.authenticated} {.status.user.username}' -f - 2>&1 <<YAML
+apiVersion: authentication.k8s.io/v1
+kind: TokenReview
+spec:
+  token: $wi_token
+  audiences: ["https://m2m.chart-test"]
+YAML
+)"
+  if [[ "$reviewed" == "true system:serviceaccount:$OTHER_NS:wi-probe" ]]; then
+    pass "token server reviews a service-account token (TokenReview)"
+  else
+    fail "token server reviews a service-account token (TokenReview)" "$reviewed"
+  fi
+  as_sa "$TS_CFG" forbidden "token server is refused minting service-account tokens" \
+    -n "$OTHER_NS" create token wi-probe
+  as_sa "$TS_CFG" forbidden "token server is refused reading core ServiceAccounts" \
+    -n "$OTHER_NS" get serviceaccount wi-probe
+  as_sa "$TS_CFG" forbidden "token server is refused listing Pods" -n "$OTHER_NS" get pods
 
   as_sa "$CTRL_CFG" ok "controller creates a credential Secret in another namespace" \
     -n "$OTHER_NS" create secret generic probe-credentials --type=m2m.dev/client-credentials \
@@ -562,7 +592,7 @@ if ((tokens)) && [[ -x "$BIN" ]]; then
   "$KUBECTL" create namespace "$APP_NS" >/dev/null
   # The RBAC fixtures above are not real keys: let the controller make its own.
   "$KUBECTL" -n "$NS" delete secret m2m-operator-keys --ignore-not-found >/dev/null
-  "$KUBECTL" -n "$NS" delete configmap m2m-revoked-tokens --ignore-not-found >/dev/null
+  "$KUBECTL" -n "$NS" delete configmap -l m2m.dev/revocation-list=v2 --ignore-not-found >/dev/null
   free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
   TS_PORT="$(free_port)"; TS_ADMIN="$(free_port)"; CTRL_ADMIN="$(free_port)"
   ISSUER_URL="http://127.0.0.1:$TS_PORT"
@@ -599,8 +629,8 @@ YAML
     check "introspection says active" bash -c '[[ "$(curl -fsS -u "$1:$2" --data-urlencode "token=$3" "$4/oauth/introspect")" == *"\"active\":true"* ]]' _ "$cid" "$csec" "$at" "$ISSUER_URL"
     check "revocation succeeds (token server writes the revocation ConfigMap)" \
       curl -fsS -u "$cid:$csec" --data-urlencode "token=$at" "$ISSUER_URL/oauth/revoke"
-    check "the revoked token is recorded in m2m-revoked-tokens" \
-      wait_for bash -c '"$1" -n "$2" get configmap m2m-revoked-tokens -o json | grep -q "$3"' _ "$KUBECTL" "$NS" \
+    check "the revoked token is recorded in its client's revocation ConfigMap" \
+      wait_for bash -c '"$1" -n "$2" get configmap -l m2m.dev/revocation-list=v2 -o json | grep -q "$3"' _ "$KUBECTL" "$NS" \
       "$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p+"="*(-len(p)%4)))["jti"])' "$at")"
   fi
   stop_binaries
@@ -628,6 +658,9 @@ if [[ -f "$example_ns_file" ]]; then
     "$KUBECTL" get serviceaccount default -n "$EX_NS" >/dev/null 2>&1 && break
     sleep 1
   done
+  # A Pod's ServiceAccount must exist before admission, and a dry run of the
+  # same file does not create it (05-workload-identity.yaml).
+  "$KUBECTL" -n "$EX_NS" create serviceaccount report-publisher >/dev/null 2>&1 || true
   for f in "${example_files[@]}"; do
     rel="${f#"$ROOT"/}"
     case "$rel" in

@@ -87,7 +87,6 @@ uses these names; they are not configurable, which is why one release per
 namespace is supported.
 */}}
 {{- define "m2m-operator.keysSecretName" -}}m2m-operator-keys{{- end -}}
-{{- define "m2m-operator.revocationConfigMapName" -}}m2m-revoked-tokens{{- end -}}
 
 {{/*
 The token-server Service is named <fullname> (not <fullname>-token-server): it

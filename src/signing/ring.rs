@@ -10,20 +10,15 @@
 //! re-parses the private key on every call: ~11 µs for ES256, ~470 µs for
 //! RS256). The header is encoded once per key.
 
-use super::keyset::{KeySet, KeySetError, SigningKeyRecord};
-use crate::cli::SigningAlg;
+use super::algorithm::SigningAlg;
+use super::crypto::{CryptoError, PrivateKey, PublicKey, parse_private, public_jwk, to_low_s};
+use super::keyset::{KeySet, SigningKeyRecord};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    self as sig, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair,
-};
+use aws_lc_rs::signature as sig;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
-    EllipticCurveKeyType, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType,
-    PublicKeyUse, RSAKeyParameters, RSAKeyType, ThumbprintHash,
-};
+use jsonwebtoken::jwk::JwkSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,110 +30,13 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub enum KeyRingError {
     /// A stored key is unusable.
     #[error(transparent)]
-    Key(#[from] KeySetError),
+    Key(#[from] CryptoError),
     /// The crypto library refused to sign.
     #[error("signing with key {0:?} failed")]
     Sign(String),
     /// Rendering the JWKS failed.
     #[error("rendering the JWKS failed")]
     Jwks(#[source] serde_json::Error),
-}
-
-enum PrivateKey {
-    Es256(EcdsaKeyPair),
-    EdDsa(Ed25519KeyPair),
-    Rs256(RsaKeyPair),
-}
-
-fn parse_private(alg: SigningAlg, kid: &str, pkcs8: &[u8]) -> Result<PrivateKey, KeySetError> {
-    let invalid = || KeySetError::InvalidKey {
-        kid: kid.to_owned(),
-        alg: alg.as_str(),
-    };
-    Ok(match alg {
-        SigningAlg::Es256 => PrivateKey::Es256(
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
-                .map_err(|_| invalid())?,
-        ),
-        SigningAlg::EdDsa => {
-            PrivateKey::EdDsa(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|_| invalid())?)
-        }
-        SigningAlg::Rs256 => {
-            let key = RsaKeyPair::from_pkcs8(pkcs8).map_err(|_| invalid())?;
-            if key.public_modulus_len() < 256 {
-                return Err(invalid());
-            }
-            PrivateKey::Rs256(key)
-        }
-    })
-}
-
-impl PrivateKey {
-    fn public_bytes(&self) -> &[u8] {
-        match self {
-            Self::Es256(k) => k.public_key().as_ref(),
-            Self::EdDsa(k) => k.public_key().as_ref(),
-            Self::Rs256(k) => k.public_key().as_ref(),
-        }
-    }
-
-    fn jwk_parameters(&self) -> Option<AlgorithmParameters> {
-        Some(match self {
-            Self::Es256(k) => {
-                // Uncompressed SEC1 point: 0x04 || x || y.
-                let point = k.public_key().as_ref();
-                if point.len() != 65 || point[0] != 4 {
-                    return None;
-                }
-                AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
-                    key_type: EllipticCurveKeyType::EC,
-                    curve: EllipticCurve::P256,
-                    x: URL_SAFE_NO_PAD.encode(&point[1..33]),
-                    y: URL_SAFE_NO_PAD.encode(&point[33..]),
-                })
-            }
-            Self::EdDsa(k) => AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: URL_SAFE_NO_PAD.encode(k.public_key().as_ref()),
-            }),
-            Self::Rs256(k) => {
-                let c = sig::RsaPublicKeyComponents::<Vec<u8>>::from(k.public_key());
-                AlgorithmParameters::RSA(RSAKeyParameters {
-                    key_type: RSAKeyType::RSA,
-                    n: URL_SAFE_NO_PAD.encode(&c.n),
-                    e: URL_SAFE_NO_PAD.encode(&c.e),
-                })
-            }
-        })
-    }
-}
-
-fn public_jwk(alg: SigningAlg, key: &PrivateKey, kid: Option<String>) -> Result<Jwk, KeySetError> {
-    let algorithm = key
-        .jwk_parameters()
-        .ok_or(KeySetError::Generate(alg.as_str()))?;
-    Ok(Jwk {
-        common: CommonParameters {
-            public_key_use: Some(PublicKeyUse::Signature),
-            key_algorithm: Some(match alg {
-                SigningAlg::Es256 => KeyAlgorithm::ES256,
-                SigningAlg::EdDsa => KeyAlgorithm::EdDSA,
-                SigningAlg::Rs256 => KeyAlgorithm::RS256,
-            }),
-            key_id: kid,
-            ..Default::default()
-        },
-        algorithm,
-    })
-}
-
-/// The RFC 7638 SHA-256 thumbprint of the public half of a PKCS#8 key: its `kid`.
-pub fn thumbprint(alg: SigningAlg, pkcs8: &[u8]) -> Result<String, KeySetError> {
-    let key = parse_private(alg, "new", pkcs8)?;
-    public_jwk(alg, &key, None)?
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(KeySetError::Thumbprint)
 }
 
 /// A parsed private key that signs access tokens. Thread-safe; shared by
@@ -162,7 +60,7 @@ impl std::fmt::Debug for TokenSigner {
 
 impl TokenSigner {
     /// Parse a stored key.
-    pub fn new(record: &SigningKeyRecord) -> Result<Self, KeySetError> {
+    pub fn new(record: &SigningKeyRecord) -> Result<Self, CryptoError> {
         let key = parse_private(record.alg, &record.kid, &record.private_key_pkcs8)?;
         let header = serde_json::json!({
             "alg": record.alg.as_str(),
@@ -201,8 +99,10 @@ impl TokenSigner {
                 let s = k
                     .sign(&SystemRandom::new(), message)
                     .map_err(|_| failed())?;
+                let mut fixed: [u8; 64] = s.as_ref().try_into().map_err(|_| failed())?;
+                to_low_s(&mut fixed);
                 out.push('.');
-                URL_SAFE_NO_PAD.encode_string(s.as_ref(), &mut out);
+                URL_SAFE_NO_PAD.encode_string(fixed, &mut out);
             }
             PrivateKey::EdDsa(k) => {
                 let s = k.sign(message);
@@ -223,22 +123,6 @@ impl TokenSigner {
             }
         }
         Ok(out)
-    }
-}
-
-struct PublicKey {
-    alg: SigningAlg,
-    bytes: Vec<u8>,
-}
-
-impl PublicKey {
-    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        let params: &dyn sig::VerificationAlgorithm = match self.alg {
-            SigningAlg::Es256 => &sig::ECDSA_P256_SHA256_FIXED,
-            SigningAlg::EdDsa => &sig::ED25519,
-            SigningAlg::Rs256 => &sig::RSA_PKCS1_2048_8192_SHA256,
-        };
-        params.verify_sig(&self.bytes, message, signature).is_ok()
     }
 }
 
@@ -365,6 +249,7 @@ impl KeyRing {
 mod tests {
     use super::*;
     use crate::signing::keyset::generate_key;
+    use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 
     const ALGS: [SigningAlg; 3] = [SigningAlg::Es256, SigningAlg::EdDsa, SigningAlg::Rs256];
 
@@ -404,6 +289,33 @@ mod tests {
             assert!(ring.verify(&tampered).is_none(), "{alg:?}");
             assert!(ring.verify("a.b.c").is_none());
             assert!(ring.verify("").is_none());
+        }
+    }
+
+    /// (r, n − s) verifies as ECDSA too; only the low-S form is accepted,
+    /// and every token we sign is in that form.
+    #[test]
+    fn high_s_ecdsa_signatures_are_refused() {
+        use crate::signing::crypto::{P256_N, is_low_s};
+        let (_, ring) = ring(SigningAlg::Es256);
+        let signer = ring.active().unwrap();
+        for i in 0..32 {
+            let token = signer.sign(format!(r#"{{"n":{i}}}"#).as_bytes()).unwrap();
+            let (message, sig_b64) = token.rsplit_once('.').unwrap();
+            let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig_b64).unwrap().try_into().unwrap();
+            assert!(is_low_s(&sig), "signed with high S");
+            assert!(ring.verify(&token).is_some());
+            // The twin (r, n − s).
+            let mut twin = sig;
+            let mut borrow = 0i16;
+            for j in (0..32).rev() {
+                let d = i16::from(P256_N[j]) - i16::from(sig[32 + j]) - borrow;
+                borrow = i16::from(d < 0);
+                twin[32 + j] = (d + (borrow << 8)) as u8;
+            }
+            assert_ne!(twin, sig);
+            let twin_token = format!("{message}.{}", URL_SAFE_NO_PAD.encode(twin));
+            assert!(ring.verify(&twin_token).is_none(), "high-S twin accepted");
         }
     }
 

@@ -1,0 +1,251 @@
+//! Workload identity (SPEC §6): which Kubernetes service-account tokens a
+//! credential accepts, and the small pure decisions around them — the mode
+//! of a credential, the binding it declares, how long a verified assertion
+//! may be remembered, and what an unverified assertion claims to be (only
+//! used to find the credential whose audience to verify it against; the
+//! apiserver's TokenReview is the authority).
+//!
+//! Nothing here talks to a cluster: the controller writes the binding into
+//! status, the token server builds its index from the same function, so
+//! both always agree.
+
+use crate::crd::{CredentialMode, M2MCredentialSpec, WorkloadIdentity};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// `client_assertion_type` of RFC 7523 §2.2 client authentication.
+pub const JWT_BEARER_ASSERTION_TYPE: &str =
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The `m2m_sv` claim of tokens obtained with a service-account token: no
+/// secret version authenticated them. Stable; introspection accepts it only
+/// while the credential is in workload-identity mode.
+pub const WORKLOAD_IDENTITY_VERSION: i64 = 0;
+
+/// Default bound of a cached TokenReview result.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Default maximum number of cached TokenReview results.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+/// A refused assertion is remembered at most this long (protects the
+/// apiserver from a client retrying a bad token in a loop).
+pub const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+
+/// The mode a credential spec asks for.
+pub fn mode(spec: &M2MCredentialSpec) -> CredentialMode {
+    if spec.workload_identity.is_some() {
+        CredentialMode::WorkloadIdentity
+    } else {
+        CredentialMode::ClientSecret
+    }
+}
+
+/// A valid workload-identity binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadBinding {
+    /// Namespace of the credential and the ServiceAccount.
+    pub namespace: String,
+    /// The core ServiceAccount's name.
+    pub service_account: String,
+    /// The audience accepted tokens must carry; `None`: the issuer URL.
+    pub audience: Option<String>,
+}
+
+impl WorkloadBinding {
+    /// The username Kubernetes gives the ServiceAccount's tokens.
+    pub fn subject(&self) -> String {
+        service_account_subject(&self.namespace, &self.service_account)
+    }
+
+    /// The audience, defaulting to `issuer`.
+    pub fn audience_or<'a>(&'a self, issuer: &'a str) -> &'a str {
+        self.audience.as_deref().unwrap_or(issuer)
+    }
+}
+
+/// `system:serviceaccount:<namespace>:<name>`.
+pub fn service_account_subject(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// Why a workload-identity binding is refused; each maps to a condition reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkloadError {
+    /// The namespace's `default` ServiceAccount without the explicit opt-in.
+    #[error(
+        "binding the namespace's default ServiceAccount lets every pod without its own ServiceAccount use this credential; set spec.workloadIdentity.allowDefaultServiceAccount: true if that is intended"
+    )]
+    DefaultServiceAccountNotAllowed,
+}
+
+impl WorkloadError {
+    /// The machine-readable condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::DefaultServiceAccountNotAllowed => "DefaultServiceAccountNotAllowed",
+        }
+    }
+}
+
+/// The binding `wi` declares in `namespace`, or why it is refused.
+pub fn resolve_binding(
+    namespace: &str,
+    wi: &WorkloadIdentity,
+) -> Result<WorkloadBinding, WorkloadError> {
+    if wi.kubernetes_service_account == "default" && !wi.allow_default_service_account {
+        return Err(WorkloadError::DefaultServiceAccountNotAllowed);
+    }
+    Ok(WorkloadBinding {
+        namespace: namespace.to_owned(),
+        service_account: wi.kubernetes_service_account.clone(),
+        audience: wi.audience.clone(),
+    })
+}
+
+/// The cache key of an assertion verified for `audience`: SHA-256 over
+/// both, so the cache never holds a token and a review for one audience is
+/// never reused for another.
+pub fn assertion_key(audience: &str, token: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(audience.as_bytes());
+    h.update([0u8]);
+    h.update(token.as_bytes());
+    h.finalize().into()
+}
+
+/// How long a verified assertion may be served from the cache: until the
+/// token's `exp`, at most `bound` after it was verified.
+pub fn cache_until(
+    verified_at: DateTime<Utc>,
+    exp: Option<DateTime<Utc>>,
+    bound: Duration,
+) -> DateTime<Utc> {
+    let bound = verified_at + chrono::Duration::from_std(bound).unwrap_or_default();
+    match exp {
+        Some(exp) => exp.min(bound),
+        // Kubernetes tokens always carry exp; without it, trust only the bound.
+        None => bound,
+    }
+}
+
+/// What an assertion claims before anyone verified it: enough to find the
+/// credential(s) it may be for. Never trusted for a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedIdentity {
+    /// `sub`.
+    pub subject: String,
+    /// `exp`, if present.
+    pub exp: Option<DateTime<Utc>>,
+}
+
+/// Read `sub` and `exp` from a JWT's payload without checking anything.
+/// `None` for anything that is not a three-part JWT with a JSON payload.
+pub fn claimed_identity(token: &str) -> Option<ClaimedIdentity> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        sub: String,
+        #[serde(default)]
+        exp: Option<i64>,
+    }
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || payload.len() > 8192 {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: Claims = serde_json::from_slice(&bytes).ok()?;
+    Some(ClaimedIdentity {
+        subject: claims.sub,
+        exp: claims
+            .exp
+            .and_then(|e| DateTime::<Utc>::from_timestamp(e, 0)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn wi(sa: &str, allow_default: bool) -> WorkloadIdentity {
+        WorkloadIdentity {
+            kubernetes_service_account: sa.into(),
+            audience: None,
+            allow_default_service_account: allow_default,
+        }
+    }
+
+    #[test]
+    fn binding_table() {
+        let cases = [
+            (
+                "uploader",
+                false,
+                Ok("system:serviceaccount:team-a:uploader"),
+            ),
+            ("default", false, Err("DefaultServiceAccountNotAllowed")),
+            ("default", true, Ok("system:serviceaccount:team-a:default")),
+            // Only the exact name is special.
+            (
+                "default-uploader",
+                false,
+                Ok("system:serviceaccount:team-a:default-uploader"),
+            ),
+        ];
+        for (sa, allow, want) in cases {
+            let got = resolve_binding("team-a", &wi(sa, allow))
+                .map(|b| b.subject())
+                .map_err(|e| e.reason());
+            assert_eq!(got.as_deref().map_err(|e| *e), want, "{sa} allow={allow}");
+        }
+    }
+
+    #[test]
+    fn mode_follows_the_spec() {
+        let mut spec = M2MCredentialSpec::default();
+        assert_eq!(mode(&spec), CredentialMode::ClientSecret);
+        spec.workload_identity = Some(wi("x", false));
+        assert_eq!(mode(&spec), CredentialMode::WorkloadIdentity);
+    }
+
+    #[test]
+    fn audience_defaults_to_the_issuer() {
+        let mut b = resolve_binding("ns", &wi("x", false)).unwrap();
+        assert_eq!(b.audience_or("https://iss"), "https://iss");
+        b.audience = Some("https://other".into());
+        assert_eq!(b.audience_or("https://iss"), "https://other");
+    }
+
+    #[test]
+    fn cache_never_outlives_the_token_nor_the_bound() {
+        let t = |s| Utc.timestamp_opt(s, 0).single().unwrap();
+        let bound = Duration::from_secs(30);
+        assert_eq!(cache_until(t(100), Some(t(1000)), bound), t(130));
+        assert_eq!(cache_until(t(100), Some(t(110)), bound), t(110));
+        assert_eq!(cache_until(t(100), None, bound), t(130));
+    }
+
+    #[test]
+    fn keys_bind_the_audience_and_hide_the_token() {
+        let a = assertion_key("aud1", "tok");
+        assert_ne!(a, assertion_key("aud2", "tok"));
+        assert_ne!(a, assertion_key("aud1", "tok2"));
+        // No ambiguity between audience and token boundaries.
+        assert_ne!(assertion_key("ab", "c"), assertion_key("a", "bc"));
+    }
+
+    #[test]
+    fn claimed_identity_reads_only_well_formed_jwts() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"system:serviceaccount:a:b","exp":100}"#);
+        let c = claimed_identity(&format!("h.{payload}.s")).unwrap();
+        assert_eq!(c.subject, "system:serviceaccount:a:b");
+        assert_eq!(c.exp.map(|e| e.timestamp()), Some(100));
+        for bad in ["", "a.b", "a.b.c.d", &format!("h.{payload}"), "h.!!!.s"] {
+            assert!(claimed_identity(bad).is_none(), "{bad}");
+        }
+        let no_sub = URL_SAFE_NO_PAD.encode(br#"{"exp":1}"#);
+        assert!(claimed_identity(&format!("h.{no_sub}.s")).is_none());
+    }
+}

@@ -1,0 +1,317 @@
+//! `kubectl m2m token NAME`: an access token from a credential's Secret,
+//! read with the caller's own kubeconfig (so it works exactly when the
+//! caller may read that Secret), requested by `client_credentials` with
+//! `client_secret_basic` at `--token-url` or the Secret's `token_url`.
+//!
+//! The Secret's `token_url` is the in-cluster address; from a laptop it
+//! usually does not resolve, and the error says how to port-forward.
+
+use super::cli::{GlobalArgs, TokenArgs};
+use super::cluster::{Cluster, Target};
+use super::status::{CredentialType, describe_get, summarize};
+use super::{PluginError, error_chain, http_client, write_out};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use reqwest::Url;
+use serde::Deserialize;
+use std::io::Write;
+
+/// Path of the token endpoint (SPEC §4).
+pub const TOKEN_PATH: &str = "/oauth/token";
+
+/// `--token-url` as given, with `/oauth/token` added to a bare base URL.
+pub fn normalize_token_url(input: &str) -> Result<Url, String> {
+    let mut url = Url::parse(input).map_err(|e| format!("{input:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{input:?} is not an http(s) URL"));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path(TOKEN_PATH);
+    }
+    Ok(url)
+}
+
+/// The JWKS served next to a token endpoint: `<base>/.well-known/jwks.json`.
+pub fn jwks_url_for(token_url: &Url) -> String {
+    let mut base = token_url.clone();
+    let path = base
+        .path()
+        .strip_suffix(TOKEN_PATH)
+        .unwrap_or("")
+        .to_owned();
+    base.set_path(&format!("{path}/.well-known/jwks.json"));
+    base.set_query(None);
+    base.to_string()
+}
+
+/// How to reach an in-cluster URL (`http://<svc>.<ns>.svc[.cluster.local][:port]/…`)
+/// from outside: a `kubectl port-forward` command and the `--token-url` to pass.
+pub fn port_forward_hint(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    let labels: Vec<&str> = host.split('.').collect();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let scheme = url.scheme();
+    match labels.as_slice() {
+        [svc, ns, "svc", ..] => format!(
+            "use --token-url, e.g. after kubectl port-forward -n {ns} svc/{svc} 8080:{port} pass --token-url {scheme}://127.0.0.1:8080{TOKEN_PATH}"
+        ),
+        _ => format!(
+            "use --token-url with an address of the token server you can reach, e.g. after kubectl port-forward -n <operator namespace> svc/<token-server service> 8080:{port} pass --token-url {scheme}://127.0.0.1:8080{TOKEN_PATH}"
+        ),
+    }
+}
+
+/// Form-urlencode one part of HTTP Basic client authentication (RFC 6749 §2.3.1).
+fn basic_part(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The parameters of the token request.
+pub fn request_form(args: &TokenArgs) -> Vec<(&'static str, String)> {
+    let mut form = vec![("grant_type", "client_credentials".to_owned())];
+    let scopes: Vec<&str> = args
+        .scope
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .collect();
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(" ")));
+    }
+    if let Some(aud) = &args.audience {
+        form.push(("audience", aud.clone()));
+    }
+    form
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorResponse {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+fn secret_key(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// `kubectl m2m token`.
+pub async fn run(
+    cluster: &Cluster,
+    g: &GlobalArgs,
+    args: &TokenArgs,
+    out: &mut dyn Write,
+) -> Result<(), PluginError> {
+    let name = args.name.as_str();
+    let ns = cluster.namespace.as_str();
+    let obj = cluster
+        .credentials_dynamic(Some(ns))
+        .get(name)
+        .await
+        .map_err(|e| cluster.error(e, Target::Credential(name), &describe_get(name, ns)))?;
+    let obj = serde_json::to_value(obj).map_err(|e| PluginError::Output(e.to_string()))?;
+    let summary = summarize(&obj, chrono::Utc::now());
+    match summary.type_ {
+        CredentialType::ClientSecret => {}
+        CredentialType::WorkloadIdentity => {
+            return Err(PluginError::Credential(format!(
+                "m2mcredential {name:?} in namespace {ns:?} uses workload identity ({}): it has no client secret; a pod running as that ServiceAccount gets a token with its projected ServiceAccount token (client_assertion), see docs/workload-identity.md",
+                summary.identity.short()
+            )));
+        }
+        CredentialType::ApiToken => {
+            return Err(PluginError::Credential(format!(
+                "m2mcredential {name:?} in namespace {ns:?} is an APIToken: the `token` key of its Secret is itself the bearer token (resource servers introspect it); there is no client secret to exchange"
+            )));
+        }
+    }
+    let Some(secret_name) = summary.secret_name.clone() else {
+        return Err(PluginError::Credential(format!(
+            "m2mcredential {name:?} in namespace {ns:?} has no Secret yet (Ready={}{}); see kubectl m2m status -n {ns} {name}",
+            summary.ready,
+            summary
+                .ready_reason
+                .as_deref()
+                .map(|r| format!(", reason {r}"))
+                .unwrap_or_default()
+        )));
+    };
+    let secret = Api::<Secret>::namespaced(cluster.client.clone(), ns)
+        .get(&secret_name)
+        .await
+        .map_err(|e| {
+            cluster.error(
+                e,
+                Target::Secret {
+                    secret: &secret_name,
+                    credential: name,
+                },
+                &format!("reading Secret {secret_name:?} in namespace {ns:?}"),
+            )
+        })?;
+    let missing = |key: &str| {
+        PluginError::Credential(format!(
+            "Secret {secret_name:?} in namespace {ns:?} (of m2mcredential {name:?}) has no {key} key; the operator repairs it on its next reconcile"
+        ))
+    };
+    let client_id = secret_key(&secret, "client_id").ok_or_else(|| missing("client_id"))?;
+    let client_secret =
+        secret_key(&secret, "client_secret").ok_or_else(|| missing("client_secret"))?;
+    let (url, from_flag) = match &args.token_url {
+        Some(u) => (
+            normalize_token_url(u).map_err(|e| PluginError::Usage(format!("--token-url: {e}")))?,
+            true,
+        ),
+        None => {
+            let u = secret_key(&secret, "token_url").ok_or_else(|| missing("token_url"))?;
+            let url = normalize_token_url(&u).map_err(|e| {
+                PluginError::Credential(format!(
+                    "the token_url of Secret {secret_name:?} in namespace {ns:?}: {e}; pass --token-url"
+                ))
+            })?;
+            (url, false)
+        }
+    };
+
+    let http = http_client()?;
+    let response = http
+        .post(url.clone())
+        .basic_auth(basic_part(&client_id), Some(basic_part(&client_secret)))
+        .header(reqwest::header::ACCEPT, "application/json")
+        .form(&request_form(args))
+        .send()
+        .await
+        .map_err(|e| {
+            let reason = error_chain(&e);
+            if from_flag {
+                PluginError::TokenEndpoint(format!(
+                    "cannot reach the token endpoint {url} (--token-url): {reason}; is the port-forward running?"
+                ))
+            } else {
+                PluginError::TokenEndpoint(format!(
+                    "cannot reach the token endpoint {url} (the in-cluster token_url of Secret {secret_name:?}) from here: {reason}; {}",
+                    port_forward_hint(&url)
+                ))
+            }
+        })?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| {
+        PluginError::TokenEndpoint(format!(
+            "reading the answer of {url} failed: {}",
+            error_chain(&e)
+        ))
+    })?;
+    if !status.is_success() {
+        let err: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
+        let hint = match err.error.as_str() {
+            "invalid_client" => format!(
+                "; the Secret may hold a secret that was just rotated or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
+            ),
+            "invalid_scope" => " ; ask only for scopes in the credential's spec.scopes".to_owned(),
+            "unauthorized_client" => format!(
+                "; its ServiceAccount may be disabled or invalid: check kubectl get m2msa -n {ns} {}",
+                summary.service_account_name
+            ),
+            _ => String::new(),
+        };
+        return Err(PluginError::TokenEndpoint(format!(
+            "the token endpoint {url} refused m2mcredential {name:?} (HTTP {}{}{}){hint}",
+            status.as_u16(),
+            if err.error.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", err.error)
+            },
+            err.error_description
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default(),
+        )));
+    }
+    let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+        PluginError::TokenEndpoint(format!("{url} answered without an access_token: {e}"))
+    })?;
+    if args.decode {
+        let jwks = args.jwks_url.clone().unwrap_or_else(|| jwks_url_for(&url));
+        super::jwt::decode_and_print(&token.access_token, Some(&jwks), g.output, out).await
+    } else {
+        write_out(out, &format!("{}\n", token.access_token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_urls_get_the_token_path_when_bare() {
+        assert_eq!(
+            normalize_token_url("http://127.0.0.1:8080")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:8080/oauth/token"
+        );
+        assert_eq!(
+            normalize_token_url("https://m2m.example/prefix/oauth/token")
+                .unwrap()
+                .as_str(),
+            "https://m2m.example/prefix/oauth/token"
+        );
+        assert!(normalize_token_url("127.0.0.1:8080").is_err());
+        assert!(normalize_token_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn the_jwks_sits_next_to_the_token_endpoint() {
+        let u = normalize_token_url("http://127.0.0.1:8080/oauth/token").unwrap();
+        assert_eq!(
+            jwks_url_for(&u),
+            "http://127.0.0.1:8080/.well-known/jwks.json"
+        );
+        let u = normalize_token_url("https://x.example/m2m/oauth/token").unwrap();
+        assert_eq!(
+            jwks_url_for(&u),
+            "https://x.example/m2m/.well-known/jwks.json"
+        );
+    }
+
+    #[test]
+    fn in_cluster_urls_get_a_port_forward_hint() {
+        let u =
+            Url::parse("http://m2m-operator-token-server.m2m-system.svc:8080/oauth/token").unwrap();
+        assert_eq!(
+            port_forward_hint(&u),
+            "use --token-url, e.g. after kubectl port-forward -n m2m-system svc/m2m-operator-token-server 8080:8080 pass --token-url http://127.0.0.1:8080/oauth/token"
+        );
+        let u = Url::parse("https://tokens.internal/oauth/token").unwrap();
+        assert!(port_forward_hint(&u).contains("8080:443"));
+    }
+
+    #[test]
+    fn scopes_are_joined_and_audience_passed() {
+        let args = TokenArgs {
+            name: "x".into(),
+            scope: vec!["a:r b:w".into(), "c".into()],
+            audience: Some("api".into()),
+            token_url: None,
+            decode: false,
+            jwks_url: None,
+        };
+        assert_eq!(
+            request_form(&args),
+            [
+                ("grant_type", "client_credentials".to_owned()),
+                ("scope", "a:r b:w c".to_owned()),
+                ("audience", "api".to_owned())
+            ]
+        );
+        assert_eq!(basic_part("a b:c"), "a+b%3Ac");
+    }
+}
