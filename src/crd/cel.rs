@@ -55,6 +55,16 @@ pub fn grace_shorter_than_every() -> Rule {
     .field_path(".gracePeriod")
 }
 
+/// A workload-identity credential has no client secret, so no rotation
+/// schedule or grace period: the two are mutually exclusive.
+pub fn workload_identity_has_no_rotation() -> Rule {
+    Rule::new("!has(self.workloadIdentity) || !has(self.rotation)")
+        .message(Message::Expression(
+            "'rotation does not apply to a workloadIdentity credential (it has no secret to rotate): remove spec.rotation or spec.workloadIdentity'".into(),
+        ))
+        .field_path(".rotation")
+}
+
 /// The field keeps the value it was created with.
 pub fn immutable(field: &str, hint: &str) -> Rule {
     Rule::new("self == oldSelf").message(format!("{field} is immutable: {hint}").as_str())

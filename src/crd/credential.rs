@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::crd::cel::workload_identity_has_no_rotation())]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
     /// credential authenticates as. Immutable: to bind another identity,
@@ -95,8 +96,8 @@ pub struct M2MCredentialSpec {
     /// Authenticate with the pod's own Kubernetes service-account token
     /// instead of a generated client secret (RFC 7523 client assertion).
     /// When set, no secret is generated and no Secret is written;
-    /// `secretName`, `rotation` and `secretTemplate` are ignored, and a
-    /// Secret written before is deleted.
+    /// `secretName` and `secretTemplate` are ignored, `rotation` is refused
+    /// (there is no secret to rotate), and a Secret written before is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentity>,
 }
