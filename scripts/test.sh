@@ -3,11 +3,18 @@
 # (building it on first use), then runs every test against it — unit tests,
 # integration tests with the real kube-apiserver, and the Helm chart tests.
 # Nothing is skipped: a missing control plane is an error, not a pass.
+#
+# With M2M_TEST_MIN_K8S=1 (CI sets it) the schema and convention tests
+# (tests/crds.rs, tests/examples.rs, tests/api_conventions.rs) and the chart
+# tests then run once more against the oldest supported Kubernetes (M2M_K8S_MIN_VERSION in
+# tests/cluster/lib.sh), on a second control plane with ports of its own
+# (M2M_MIN_APISERVER_PORT etc.), stopped again afterwards.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 tests/cluster/up.sh >/dev/null
 eval "$(tests/cluster/env.sh)"
+kubectl version
 
 # Integration tests spawn the operator binary; build everything first so
 # compile time does not count against their timeouts. `test-hooks` compiles
@@ -17,4 +24,24 @@ cargo test --all-targets --locked --features test-hooks -- "$@"
 
 if [[ -x tests/chart/test.sh ]]; then
   tests/chart/test.sh
+fi
+
+if [[ "${M2M_TEST_MIN_K8S:-0}" == 1 ]]; then
+  min_version="$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_K8S_MIN_VERSION"')"
+  printf '\n== the same schema tests against the minimum supported Kubernetes, v%s\n' "$min_version"
+  (
+    export M2M_K8S_VERSION="$min_version"
+    export M2M_CLUSTER_DIR="$M2M_CACHE_DIR/cluster-min"
+    export M2M_APISERVER_PORT="${M2M_MIN_APISERVER_PORT:-16543}"
+    export M2M_ETCD_CLIENT_PORT="${M2M_MIN_ETCD_CLIENT_PORT:-23891}"
+    export M2M_ETCD_PEER_PORT="${M2M_MIN_ETCD_PEER_PORT:-23901}"
+    export M2M_CONTROLLER_MANAGER_PORT="${M2M_MIN_CONTROLLER_MANAGER_PORT:-16557}"
+    tests/cluster/install.sh
+    tests/cluster/up.sh >/dev/null
+    trap 'tests/cluster/down.sh --purge' EXIT
+    eval "$(tests/cluster/env.sh)"
+    kubectl version
+    cargo test --locked --test crds --test examples --test api_conventions -- "$@"
+    tests/chart/test.sh
+  )
 fi

@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::Path;
-use support::{TestNamespace, kubectl};
+use support::{TestNamespace, kubectl, kubectl_stdin};
 
 /// `crds/` holds exactly what the code generates: a drift fails here.
 #[test]
@@ -112,38 +112,120 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Each `examples/invalid/*.yaml` names the field it breaks in its first
-/// line (`# expect: <text>`); the apiserver must refuse it with that text.
+/// Each `examples/invalid/*.yaml` says what the refusal must mention in its
+/// `# expect: <text>` lines (the field path, and for a CEL rule its
+/// message); the apiserver must refuse it saying all of them. A file of
+/// several documents is a change: every document but the last is applied
+/// for real first, then the last must be refused (transition rules such
+/// as immutability).
 #[tokio::test]
 async fn invalid_manifests_are_rejected_naming_the_field() {
     let ns = TestNamespace::new("invalid").await;
     let files = yaml_files("examples/invalid");
     assert!(
-        files.len() >= 8,
+        files.len() >= 14,
         "expected a set of invalid examples, found {}",
         files.len()
     );
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read example");
-        let expect = text
+        let expect: Vec<&str> = text
             .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{} lacks an '# expect:' line", file.display()))
-            .to_owned();
-        let out = kubectl(&[
-            "apply",
-            "--dry-run=server",
-            "-n",
-            &ns.name,
-            "-f",
-            file.to_str().expect("utf8 path"),
-        ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{} was accepted", file.display());
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
         assert!(
-            stderr.contains(&expect),
-            "{}: error does not mention {expect:?}: {stderr}",
+            !expect.is_empty(),
+            "{} lacks an '# expect:' line",
             file.display()
         );
+        let docs: Vec<&str> = text
+            .split("\n---\n")
+            .filter(|d| {
+                d.lines()
+                    .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            })
+            .collect();
+        let (last, setup) = docs.split_last().expect("a manifest");
+        for doc in setup {
+            let out = ns.apply_yaml(doc);
+            assert!(
+                out.status.success(),
+                "{}: setup document refused: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = kubectl_stdin(
+            &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+            last,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{} was accepted", file.display());
+        for want in expect {
+            assert!(
+                stderr.contains(want),
+                "{}: error does not mention {want:?}: {stderr}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The CRDs carry CEL rules (`x-kubernetes-validations`), and each rule has
+/// a refused example that quotes its message.
+#[test]
+fn every_cel_rule_has_a_refused_example() {
+    let crds = m2m_operator::crd::crds_yaml().expect("render CRDs");
+    let examples: String = yaml_files("examples/invalid")
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read example"))
+        .collect();
+    let mut rules = 0;
+    for crd in m2m_operator::crd::crds() {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema json");
+        let mut found = vec![];
+        collect_rules(&schema, &mut found);
+        for rule in found {
+            rules += 1;
+            // The fixed start of the message (before the first quoted value).
+            let msg = rule["message"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| {
+                    rule["messageExpression"].as_str().map(|e| {
+                        e.trim_start_matches('\'')
+                            .split('\'')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                })
+                .unwrap_or_else(|| panic!("rule without a message: {rule}"));
+            let start: String = msg.chars().take(20).collect();
+            assert!(
+                examples.contains(&format!("# expect: {start}")),
+                "no examples/invalid manifest expects the message of {rule}"
+            );
+        }
+    }
+    assert!(
+        rules >= 6,
+        "expected CEL rules in the CRDs, found {rules}: {crds}"
+    );
+}
+
+fn collect_rules(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                if k == "x-kubernetes-validations" {
+                    out.extend(child.as_array().into_iter().flatten().cloned());
+                } else {
+                    collect_rules(child, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_rules(i, out)),
+        _ => {}
     }
 }

@@ -3,7 +3,7 @@
 
 use super::conditions::{Condition, conditions_schema};
 use chrono::{DateTime, Utc};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 /// An OAuth 2.0 client-credentials credential. The operator writes its
 /// `client_id` and `client_secret` into a Secret and rotates the secret on
 /// request (`m2m.dev/rotate` annotation) or on a schedule.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
     group = "m2m.dev",
     version = "v1alpha1",
@@ -35,8 +35,10 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
-    /// credential authenticates as.
+    /// credential authenticates as. Immutable: to bind another identity,
+    /// create another credential.
     #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    #[x_kube(validation = crate::crd::cel::immutable("serviceAccountName", "create another M2MCredential to bind another ServiceAccount"))]
     pub service_account_name: String,
 
     /// What this credential is used for, shown to humans only.
@@ -61,10 +63,11 @@ pub struct M2MCredentialSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub audiences: Vec<String>,
 
-    /// Access-token lifetime, a duration such as `15m`; at most the
-    /// ServiceAccount's `tokenTTL`, which is also the default.
+    /// Access-token lifetime, a duration such as `15m`; at least `1m` and at
+    /// most the ServiceAccount's `tokenTTL`, which is also the default.
     #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::token_ttl_bounds())]
     pub token_ttl: Option<String>,
 
     /// Name of the generated Secret in this namespace (default
@@ -144,20 +147,24 @@ pub struct WorkloadIdentityStatus {
 
 /// When the client secret is replaced, and for how long the previous one
 /// keeps working.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = crate::crd::cel::grace_shorter_than_every())]
 pub struct CredentialRotation {
-    /// Rotate automatically this long after the last rotation, e.g. `720h`.
-    /// Unset: rotate only when the `m2m.dev/rotate` annotation changes.
+    /// Rotate automatically this long after the last rotation, e.g. `720h`;
+    /// longer than `0s`. Unset: rotate only when the `m2m.dev/rotate`
+    /// annotation changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::rotation_every_positive())]
     pub every: Option<String>,
 
     /// How long the previous secret (and tokens issued with it) stays valid
-    /// after a rotation, e.g. `10m`. Default `0s`: the old secret and its
-    /// tokens stop working at once.
+    /// after a rotation, e.g. `10m`; at most `168h` and shorter than `every`.
+    /// Default `0s`: the old secret and its tokens stop working at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::grace_period_bounds())]
     pub grace_period: Option<String>,
 }
 

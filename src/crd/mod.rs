@@ -2,6 +2,7 @@
 //! and what `kubectl explain` documents. Nothing here talks to a cluster;
 //! the `///` comments become the schema descriptions of the generated CRDs.
 
+pub mod cel;
 mod conditions;
 mod credential;
 mod service_account;

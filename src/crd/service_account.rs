@@ -3,13 +3,13 @@
 //! confused with the core `v1/ServiceAccount`; address it as `m2msa`.
 
 use super::conditions::{Condition, conditions_schema};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A machine-to-machine identity. Its `M2MCredential`s exchange client
 /// credentials for access tokens whose subject is `m2m:<namespace>:<name>`.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
     group = "m2m.dev",
     version = "v1alpha1",
@@ -52,9 +52,11 @@ pub struct ServiceAccountSpec {
     pub disabled: bool,
 
     /// Default and maximum access-token lifetime of this identity's
-    /// credentials, as a duration such as `15m` or `1h` (default `1h`, at most `24h`).
+    /// credentials, as a duration such as `15m` or `1h` (default `1h`; at
+    /// least `1m`, at most `24h`).
     #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::token_ttl_bounds())]
     pub token_ttl: Option<String>,
 }
 

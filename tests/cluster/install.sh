@@ -138,12 +138,16 @@ k8s_ldflags() {
 
 build_kubernetes() {
   local out="$M2M_K8S_BUILD_OUT" version="$M2M_K8S_VERSION"
-  local cmds=(kube-apiserver kube-controller-manager kubectl) c cached=1
+  # kubectl only for the default release: the bin dir's kubectl serves all.
+  local cmds=(kube-apiserver kube-controller-manager) c cached=1
+  if [[ "$version" == "$M2M_K8S_DEFAULT_VERSION" ]]; then
+    cmds+=(kubectl)
+  fi
   for c in "${cmds[@]}"; do
     [[ -x "$out/$c" ]] || cached=0
   done
   if ((cached)); then
-    m2m_log "kube-apiserver/kube-controller-manager/kubectl v$version: cached in $out"
+    m2m_log "${cmds[*]} v$version: cached in $out"
     return 0
   fi
   find_go
@@ -292,6 +296,8 @@ main() {
   if ((update_module)); then
     find_go
     generate_k8s_module "$M2M_CLUSTER_SCRIPTS_DIR/k8s/v$M2M_K8S_VERSION" "$M2M_K8S_VERSION"
+    # The module may have changed: build again.
+    rm -rf "$M2M_K8S_BUILD_OUT"
   fi
   if m2m_use_assets; then
     m2m_log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has kube-apiserver and etcd: not building them"

@@ -62,7 +62,7 @@ M2M_SERVICE_CLUSTER_IP_RANGE="${M2M_SERVICE_CLUSTER_IP_RANGE:-10.96.0.0/12}"
 M2M_SERVICE_ACCOUNT_ISSUER="${M2M_SERVICE_ACCOUNT_ISSUER:-https://kubernetes.default.svc}"
 M2M_API_AUDIENCES="${M2M_API_AUDIENCES:-$M2M_SERVICE_ACCOUNT_ISSUER}"
 M2M_AUTHORIZATION_MODE="${M2M_AUTHORIZATION_MODE:-RBAC}"
-M2M_CONTROLLERS="${M2M_CONTROLLERS:-garbagecollector,namespace,serviceaccount-token,serviceaccount}"
+M2M_CONTROLLERS="${M2M_CONTROLLERS:-garbagecollector,namespace,serviceaccount-token,serviceaccount,clusterrole-aggregation}"
 M2M_NAMESPACE="${M2M_NAMESPACE:-m2m-system}"
 M2M_READY_TIMEOUT="${M2M_READY_TIMEOUT:-90}"
 # Extra arguments, split on whitespace (no quoting inside).

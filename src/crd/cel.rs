@@ -1,0 +1,61 @@
+//! The CEL rules (`x-kubernetes-validations`) the CRDs carry: what the API
+//! server refuses at `kubectl apply`, with a message naming the field. The
+//! controller keeps its own checks (it also serves clusters where a rule was
+//! relaxed, and rules across objects are beyond CEL). Each rule has a
+//! refused manifest in `examples/invalid/` that `tests/crds.rs` applies.
+//!
+//! Not expressible here: "`expiresAt` is in the future when created" — CRD
+//! validation rules have no clock (no `now()`), so the controller reports
+//! an expired credential with `Ready=False` instead.
+
+use kube::core::{Message, Rule};
+
+/// Shortest access-token lifetime a schema accepts.
+pub const MIN_TOKEN_TTL: &str = "1m";
+/// Longest access-token lifetime (the controller's `MAX_TOKEN_TTL`).
+pub const MAX_TOKEN_TTL: &str = "24h";
+/// Longest grace period a replaced secret may keep working.
+pub const MAX_GRACE_PERIOD: &str = "168h";
+
+/// `tokenTTL` (of both kinds) lies within [`MIN_TOKEN_TTL`, `MAX_TOKEN_TTL`].
+pub fn token_ttl_bounds() -> Rule {
+    Rule::new(format!(
+        "duration(self) >= duration('{MIN_TOKEN_TTL}') && duration(self) <= duration('{MAX_TOKEN_TTL}')"
+    ))
+    .message(Message::Expression(format!(
+        "'tokenTTL must be at least {MIN_TOKEN_TTL} and at most {MAX_TOKEN_TTL}, not ' + self"
+    )))
+}
+
+/// `rotation.every` is a positive duration.
+pub fn rotation_every_positive() -> Rule {
+    Rule::new("duration(self) > duration('0s')").message(Message::Expression(
+        "'rotation.every must be longer than 0s (leave it unset to rotate only when the m2m.dev/rotate annotation changes), not ' + self".into(),
+    ))
+}
+
+/// `rotation.gracePeriod` is at most [`MAX_GRACE_PERIOD`].
+pub fn grace_period_bounds() -> Rule {
+    Rule::new(format!("duration(self) <= duration('{MAX_GRACE_PERIOD}')")).message(
+        Message::Expression(format!(
+            "'rotation.gracePeriod must be at most {MAX_GRACE_PERIOD}, not ' + self"
+        )),
+    )
+}
+
+/// With both set, a replaced secret stops working before the next rotation,
+/// so at most two secret versions are ever valid.
+pub fn grace_shorter_than_every() -> Rule {
+    Rule::new(
+        "!has(self.every) || !has(self.gracePeriod) || duration(self.gracePeriod) < duration(self.every)",
+    )
+    .message(Message::Expression(
+        "'rotation.gracePeriod (' + self.gracePeriod + ') must be shorter than rotation.every (' + self.every + ')'".into(),
+    ))
+    .field_path(".gracePeriod")
+}
+
+/// The field keeps the value it was created with.
+pub fn immutable(field: &str, hint: &str) -> Rule {
+    Rule::new("self == oldSelf").message(format!("{field} is immutable: {hint}").as_str())
+}
