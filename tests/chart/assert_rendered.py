@@ -13,7 +13,6 @@ import sys
 import yaml
 
 KEYS_SECRET = "m2m-operator-keys"
-REVOCATION_CONFIGMAP = "m2m-revoked-tokens"
 
 results = []
 
@@ -149,9 +148,14 @@ def main():
         not rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials/status", "patch"),
     )
     cm_patch = rules_granting(docs, "Role", ts_sa, "configmaps", "patch")
+    # Per-client revocation lists (`m2m-revoked-tokens-<hash>`) cannot be
+    # named in resourceNames: ConfigMaps in the operator namespace only, never
+    # cluster-wide.
     check(
-        f"token-server: patches only `{REVOCATION_CONFIGMAP}`",
-        cm_patch and all(r.get("resourceNames") == [REVOCATION_CONFIGMAP] for r in cm_patch),
+        "token-server: patches ConfigMaps (revocation lists) in its own namespace only",
+        cm_patch
+        and not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", "patch")
+        and not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", "get"),
     )
     # Workload identity: create TokenReviews, and nothing else around tokens.
     check(
