@@ -500,18 +500,13 @@ impl CredentialIndexer {
         now: DateTime<Utc>,
     ) -> bool {
         let sources: Vec<_> = sources.into_iter().collect();
-        let listed: HashSet<(&str, &str)> = sources
-            .iter()
-            .filter(|s| !s.deleting)
-            .map(|s| (s.namespace.as_str(), s.name.as_str()))
-            .collect();
-        let gone: Vec<ObjectKey> = self
-            .credentials
-            .keys()
-            .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
-            .cloned()
-            .collect();
-        drop(listed);
+        let gone = unlisted(
+            &self.credentials,
+            sources
+                .iter()
+                .filter(|s| !s.deleting)
+                .map(|s| (s.namespace.as_str(), s.name.as_str())),
+        );
         let mut changed = false;
         for (ns, name) in gone {
             changed |= self.delete_credential(&ns, &name);
@@ -551,18 +546,13 @@ impl CredentialIndexer {
         now: DateTime<Utc>,
     ) -> bool {
         let sources: Vec<_> = sources.into_iter().collect();
-        let listed: HashSet<(&str, &str)> = sources
-            .iter()
-            .filter(|s| !s.deleting)
-            .map(|s| (s.namespace.as_str(), s.name.as_str()))
-            .collect();
-        let gone: Vec<ObjectKey> = self
-            .accounts
-            .keys()
-            .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
-            .cloned()
-            .collect();
-        drop(listed);
+        let gone = unlisted(
+            &self.accounts,
+            sources
+                .iter()
+                .filter(|s| !s.deleting)
+                .map(|s| (s.namespace.as_str(), s.name.as_str())),
+        );
         let mut changed = false;
         for (ns, name) in gone {
             changed |= self.delete_account(&ns, &name, now);
@@ -659,6 +649,19 @@ impl CredentialIndexer {
         }
         changed
     }
+}
+
+/// The keys of `known` that a relist no longer shows (`listed`).
+fn unlisted<'a, V>(
+    known: &HashMap<ObjectKey, V>,
+    listed: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Vec<ObjectKey> {
+    let listed: HashSet<(&str, &str)> = listed.collect();
+    known
+        .keys()
+        .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
+        .cloned()
+        .collect()
 }
 
 /// The space-separated default scopes: all of the grant's.
