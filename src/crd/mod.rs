@@ -5,6 +5,7 @@
 pub mod cel;
 mod conditions;
 mod credential;
+mod role;
 mod service_account;
 
 pub use conditions::{Condition, ConditionStatus, set_condition};
@@ -12,6 +13,7 @@ pub use credential::{
     CredentialMode, CredentialRotation, M2MCredential, M2MCredentialSpec, M2MCredentialStatus,
     SecretTemplate, SecretVerifier, WorkloadIdentity, WorkloadIdentityStatus,
 };
+pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
 
 use kube::CustomResourceExt;
@@ -34,11 +36,16 @@ pub const DNS1123_SUBDOMAIN_PATTERN: &str =
 /// for namespace scope patterns so that a scope can never be read as a wildcard.
 pub const SCOPE_PATTERN: &str = r"^[\x21\x23-\x29\x2B-\x5B\x5D-\x7E]+$";
 
-/// Both CRDs, in the order `m2m-operator crds` prints them.
+/// Every CRD, in the order `m2m-operator crds` prints them.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![ServiceAccount::crd(), M2MCredential::crd()]
+    vec![
+        ServiceAccount::crd(),
+        M2MCredential::crd(),
+        M2MRole::crd(),
+        ClusterM2MRole::crd(),
+    ]
 }
 
 /// The multi-document YAML that `m2m-operator crds` prints and `crds/` holds.
