@@ -9,7 +9,7 @@ mod service_account;
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use credential::{
     CredentialMode, CredentialRotation, M2MCredential, M2MCredentialSpec, M2MCredentialStatus,
-    SecretTemplate, SecretVerifier, WorkloadIdentity, WorkloadIdentityStatus,
+    SecretTemplate, SecretVerifier, VersionUsage, WorkloadIdentity, WorkloadIdentityStatus,
 };
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
 
