@@ -745,7 +745,7 @@ pub(super) async fn patch_status(
     let patch = serde_json::json!({
         "apiVersion": M2MCredential::api_version(&()),
         "kind": M2MCredential::kind(&()),
-        "status": status,
+        "status": controller_fields(status),
     });
     match api
         .patch_status(
@@ -759,6 +759,17 @@ pub(super) async fn patch_status(
         // Deleted meanwhile: nothing left to report on.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(kube_err(Step::PatchCredentialStatus)(e)),
+    }
+}
+
+/// The status fields the controller owns: usage (`lastUsedTime`,
+/// `versionUsage`) belongs to the token server's field manager and is
+/// never sent, so a controller apply can neither clobber nor claim it.
+fn controller_fields(status: &M2MCredentialStatus) -> M2MCredentialStatus {
+    M2MCredentialStatus {
+        last_used_time: None,
+        version_usage: Vec::new(),
+        ..status.clone()
     }
 }
 
@@ -956,6 +967,20 @@ mod tests {
         let mut s = status(1, None);
         adopt(&mut s, &no_grace);
         assert_eq!(s.verifiers.len(), 1);
+    }
+
+    #[test]
+    fn the_controller_never_sends_usage_fields() {
+        let mut s = status(2, None);
+        s.last_used_time = Some(at(5));
+        s.version_usage = vec![crate::crd::VersionUsage {
+            version: 2,
+            last_used_time: at(5),
+        }];
+        let sent = serde_json::to_value(controller_fields(&s)).expect("serialize");
+        assert!(sent.get("lastUsedTime").is_none(), "{sent}");
+        assert!(sent.get("versionUsage").is_none(), "{sent}");
+        assert_eq!(sent["secretVersion"], 2);
     }
 
     #[test]

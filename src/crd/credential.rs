@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Scopes","type":"string","jsonPath":".spec.scopes"}"#,
     printcolumn = r#"{"name":"Version","type":"integer","jsonPath":".status.secretVersion","priority":1}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotationTime"}"#,
+    printcolumn = r#"{"name":"Last Used","type":"date","jsonPath":".status.lastUsedTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -217,6 +218,16 @@ pub struct SecretVerifier {
     pub seal: Option<String>,
 }
 
+/// When one secret version last authenticated successfully.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionUsage {
+    /// The secret version (`0` for workload identity).
+    pub version: i64,
+    /// Its last successful authentication.
+    pub last_used_time: DateTime<Utc>,
+}
+
 /// What the operator observed and did for an `M2MCredential`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -270,6 +281,19 @@ pub struct M2MCredentialStatus {
     /// The bound Kubernetes ServiceAccount, in workload-identity mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentityStatus>,
+
+    /// Last successful authentication with any secret version (or workload
+    /// identity), to the token server's usage resolution. Written only by
+    /// the token server (field manager `m2m-token-server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_time: Option<DateTime<Utc>>,
+
+    /// Last successful authentication per live secret version that was
+    /// used. Written only by the token server (field manager
+    /// `m2m-token-server`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["version"]))]
+    pub version_usage: Vec<VersionUsage>,
 
     /// `Ready` plus specific conditions (`ServiceAccountValid`, `SecretReady`).
     #[serde(default)]
