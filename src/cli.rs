@@ -112,6 +112,12 @@ pub struct CommonArgs {
     #[arg(long, env = "M2M_DEFAULT_ALLOWED_SCOPES", default_value = "*")]
     pub default_allowed_scopes: String,
 
+    /// A `ClusterM2MRole` granted to every ServiceAccount (m2m.dev). While
+    /// it does not exist every ServiceAccount is `Ready=False`
+    /// (`RoleNotFound`) and gets no token [default: none].
+    #[arg(long, env = "M2M_DEFAULT_ROLE")]
+    pub default_role: Option<String>,
+
     /// Log format.
     #[arg(long, env = "M2M_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

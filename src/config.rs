@@ -65,6 +65,8 @@ pub struct Config {
     pub issuer: String,
     /// Scope policy of namespaces without the `m2m.dev/allowed-scopes` annotation.
     pub default_policy: ScopePolicy,
+    /// The `ClusterM2MRole` granted to every ServiceAccount, if any.
+    pub default_role: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// This replica's name (Events, Lease identity).
@@ -92,6 +94,7 @@ impl Config {
             operator_namespace,
             watch_namespace: common.watch_namespace.clone(),
             admin_listen: common.admin_listen,
+            default_role: common.default_role.clone().filter(|r| !r.is_empty()),
             issuer,
             log_format: common.log_format,
             instance: env.instance.clone(),
@@ -110,6 +113,7 @@ impl Config {
             issuer: self.issuer.clone(),
             default_policy: self.default_policy.clone(),
             instance: self.instance.clone(),
+            default_role: self.default_role.clone(),
         }
     }
 
@@ -131,6 +135,7 @@ impl Config {
                 .unwrap_or_else(|| self.issuer.clone()),
             issuer: self.issuer.clone(),
             default_policy: self.default_policy.clone(),
+            default_role: self.default_role.clone(),
             operator_namespace: self.operator_namespace.clone(),
             limits: opts.limits(),
         }

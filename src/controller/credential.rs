@@ -11,6 +11,7 @@ use super::{Context, Error, Step, failpoint, kube_err};
 use crate::core::client_secret::{ClientSecret, RandomnessError, client_id_for_uid};
 use crate::core::duration::{DurationError, parse_duration};
 use crate::core::grant::{Grant, ScopePolicy, ScopePolicyError, resolve_grant};
+use crate::core::roles::{RoleGrant, RoleResolution};
 use crate::core::rotation::{
     RotationInputs, next_scheduled, prune_verifiers, rotate_verifiers, rotation_due,
 };
@@ -116,6 +117,8 @@ pub(crate) struct Observed<'a> {
     pub cred: &'a M2MCredential,
     /// Its ServiceAccount's spec, if the account exists.
     pub account: Option<&'a ServiceAccountSpec>,
+    /// The roles of its ServiceAccount.
+    pub roles: &'a RoleResolution,
     /// The scope policy of its namespace.
     pub policy: Result<&'a ScopePolicy, &'a ScopePolicyError>,
     /// The Secret at its `secretName`, if any.
@@ -171,6 +174,10 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         .accounts
         .get(&ObjectRef::new(&cred.spec.service_account_name).within(&ns));
     let policy = ctx.policy_for(&ns);
+    let roles = match &account {
+        Some(a) => ctx.roles_for(&ns, &a.spec),
+        None => Ok(RoleGrant::none()),
+    };
     let now = Utc::now();
 
     // Workload identity hook: no secret, no Secret (see super::workload).
@@ -178,6 +185,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         let grant = resolve_grant(
             &cred.spec,
             account.as_ref().map(|a| &a.spec),
+            &roles,
             policy.as_ref(),
             now,
         );
@@ -200,6 +208,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
     let observed = Observed {
         cred: &cred,
         account: account.as_ref().map(|a| &a.spec),
+        roles: &roles,
         policy: policy.as_ref(),
         existing: existing.as_ref(),
         key: &key,
@@ -312,7 +321,7 @@ fn validate(
         set_condition(&mut status.conditions, c);
         return Err(("SecretNameConflict", msg));
     }
-    let grant = resolve_grant(&o.cred.spec, o.account, o.policy, o.now)
+    let grant = resolve_grant(&o.cred.spec, o.account, o.roles, o.policy, o.now)
         .map_err(|e| (e.reason(), e.to_string()))?;
     let settings = rotation.clone()?;
     Ok((grant, observed, settings))
@@ -1055,6 +1064,7 @@ mod plan_tests {
             let o = Observed {
                 cred: &self.cred,
                 account: self.account.as_ref(),
+                roles: &Ok(RoleGrant::none()),
                 policy: self.policy.as_ref(),
                 existing: self.secret.as_ref(),
                 key: &self.key,

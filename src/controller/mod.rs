@@ -12,8 +12,11 @@ pub mod workload;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
 use crate::core::policy::namespace_policy;
+use crate::core::roles::{RoleResolution, resolve_roles};
 use crate::core::verifier::VerifierKey;
-use crate::crd::{M2MCredential, ServiceAccount};
+use crate::crd::{
+    ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount, ServiceAccountSpec,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -136,6 +139,8 @@ pub struct ControllerConfig {
     pub default_policy: ScopePolicy,
     /// This replica's name (Events, Lease identity).
     pub instance: Option<String>,
+    /// The `ClusterM2MRole` granted to every ServiceAccount (`--default-role`).
+    pub default_role: Option<String>,
 }
 
 /// Shared state of the reconcilers.
@@ -152,6 +157,10 @@ pub struct Context {
     pub credentials: Store<M2MCredential>,
     /// Namespaces (for the scope policy annotation).
     pub namespaces: Store<Namespace>,
+    /// M2MRoles, kept current by a reflector.
+    pub roles: Store<M2MRole>,
+    /// ClusterM2MRoles, kept current by a reflector.
+    pub cluster_roles: Store<ClusterM2MRole>,
     /// The HMAC key of the verification state.
     pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
     /// Reconcile and credential metrics.
@@ -166,6 +175,23 @@ impl Context {
             ns.as_ref().map(|n| &n.metadata),
             &self.config.default_policy,
         )
+    }
+
+    /// The roles of `account` in `namespace`: its `roleRefs` and the
+    /// default role, from the reflector stores.
+    pub fn roles_for(&self, namespace: &str, account: &ServiceAccountSpec) -> RoleResolution {
+        resolve_roles(account, self.config.default_role.as_deref(), |r| {
+            match r.kind {
+                RoleKind::M2MRole => self
+                    .roles
+                    .get(&ObjectRef::new(&r.name).within(namespace))
+                    .map(|role| role.spec.scopes.iter().cloned().collect()),
+                RoleKind::ClusterM2MRole => self
+                    .cluster_roles
+                    .get(&ObjectRef::new(&r.name))
+                    .map(|role| role.spec.scopes.iter().cloned().collect()),
+            }
+        })
     }
 
     /// Publish an event about `obj`; failures are logged, never fatal.

@@ -7,7 +7,7 @@
 use super::keys::reconcile_keys;
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
-use crate::crd::{M2MCredential, ServiceAccount};
+use crate::crd::{ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount};
 use crate::labels::MANAGED_BY;
 use crate::signing::store::KeySecretConfig;
 use crate::telemetry::Metrics;
@@ -106,6 +106,53 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     })
 }
 
+/// The role stores, and their event streams for the ServiceAccount controller.
+struct RoleReflectors {
+    roles: Store<M2MRole>,
+    cluster_roles: Store<ClusterM2MRole>,
+    role_for_accounts: ReflectHandle<M2MRole>,
+    cluster_role_for_accounts: ReflectHandle<ClusterM2MRole>,
+    task: tokio::task::JoinHandle<((), ())>,
+}
+
+/// Start the reflectors of M2MRoles (in the watched namespace) and
+/// ClusterM2MRoles (cluster-scoped: always all of them).
+fn start_role_reflectors(
+    client: &Client,
+    watch_ns: Option<&str>,
+) -> anyhow::Result<RoleReflectors> {
+    let (roles, role_writer) = reflector::store_shared::<M2MRole>(SHARED_BUFFER);
+    let (cluster_roles, cluster_writer) = reflector::store_shared::<ClusterM2MRole>(SHARED_BUFFER);
+    let subscribe_err = || anyhow::anyhow!("shared reflector without dispatcher");
+    let role_for_accounts = role_writer.subscribe().ok_or_else(subscribe_err)?;
+    let cluster_role_for_accounts = cluster_writer.subscribe().ok_or_else(subscribe_err)?;
+    let reflectors = future::join(
+        watcher(
+            api_for::<M2MRole>(client, watch_ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect_shared(role_writer)
+        .for_each(|_| future::ready(())),
+        watcher(
+            Api::<ClusterM2MRole>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect_shared(cluster_writer)
+        .for_each(|_| future::ready(())),
+    );
+    Ok(RoleReflectors {
+        roles,
+        cluster_roles,
+        role_for_accounts,
+        cluster_role_for_accounts,
+        task: tokio::spawn(reflectors),
+    })
+}
+
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
 pub async fn run_controllers(
     client: Client,
@@ -121,6 +168,7 @@ pub async fn run_controllers(
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
     let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
+    let roles = start_role_reflectors(&client, config.watch_namespace.as_deref())?;
     // Reconciles start only once every store has listed, so no reconcile
     // mistakes an unsynced cache for absence (and writes a wrong status on
     // every restart).
@@ -129,8 +177,12 @@ pub async fn run_controllers(
         r.accounts.wait_until_ready(),
         r.namespaces.wait_until_ready(),
     );
+    let roles_ready = future::try_join(
+        roles.roles.wait_until_ready(),
+        roles.cluster_roles.wait_until_ready(),
+    );
     tokio::select! {
-        r = ready => { r?; }
+        r = future::try_join(ready, roles_ready) => { r?; }
         _ = stop_early(&mut stop_rx) => return Ok(()),
     }
 
@@ -142,6 +194,8 @@ pub async fn run_controllers(
         accounts: r.accounts.clone(),
         credentials: r.credentials.clone(),
         namespaces: r.namespaces.clone(),
+        roles: roles.roles.clone(),
+        cluster_roles: roles.cluster_roles.clone(),
         verifier_key: arc_swap::ArcSwapOption::from_pointee(first.verifier_key.clone()),
         metrics: metrics.clone(),
     });
@@ -153,9 +207,10 @@ pub async fn run_controllers(
     ));
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
     let reflector_task = r.task.abort_handle();
+    let role_task = roles.task.abort_handle();
     let controllers = future::join(
         credential_controller(&ctx, &client, &r, stop.clone()),
-        account_controller(&ctx, r, stop.clone()),
+        account_controller(&ctx, r, roles, stop.clone()),
     );
     tracing::info!("controllers started");
     tokio::select! {
@@ -163,6 +218,7 @@ pub async fn run_controllers(
         _ = stop => {}
     }
     reflector_task.abort();
+    role_task.abort();
     key_loop.abort();
     gauge_loop.abort();
     tracing::info!("controllers stopped");
@@ -224,13 +280,18 @@ where
 }
 
 /// The ServiceAccount controller: an account reconciles when it, one of
-/// its credentials or its Namespace changes.
+/// its credentials, its Namespace or one of its roles changes (the
+/// default role: every account).
 fn account_controller(
     ctx: &Arc<Context>,
     r: Reflectors,
+    roles: RoleReflectors,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let accounts = r.accounts.clone();
+    let role_accounts = r.accounts.clone();
+    let cluster_role_accounts = r.accounts.clone();
+    let default_role = ctx.config.default_role.clone();
     Controller::for_shared_stream(r.account_for_accounts, r.accounts)
         .watches_shared_stream(r.cred_for_accounts, |cred: Arc<M2MCredential>| {
             let ns = cred.namespace().unwrap_or_default();
@@ -244,6 +305,39 @@ fn account_controller(
                 .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
                 .map(|a| ObjectRef::from_obj(&*a))
         })
+        .watches_shared_stream(roles.role_for_accounts, move |role: Arc<M2MRole>| {
+            let ns = role.namespace();
+            let name = role.name_any();
+            role_accounts
+                .state()
+                .into_iter()
+                .filter(move |a| {
+                    a.namespace() == ns
+                        && a.spec
+                            .role_refs
+                            .iter()
+                            .any(|r| r.kind == RoleKind::M2MRole && r.name == name)
+                })
+                .map(|a| ObjectRef::from_obj(&*a))
+        })
+        .watches_shared_stream(
+            roles.cluster_role_for_accounts,
+            move |role: Arc<ClusterM2MRole>| {
+                let name = role.name_any();
+                let is_default = default_role.as_deref() == Some(name.as_str());
+                cluster_role_accounts
+                    .state()
+                    .into_iter()
+                    .filter(move |a| {
+                        is_default
+                            || a.spec
+                                .role_refs
+                                .iter()
+                                .any(|r| r.kind == RoleKind::ClusterM2MRole && r.name == name)
+                    })
+                    .map(|a| ObjectRef::from_obj(&*a))
+            },
+        )
         .graceful_shutdown_on(stop)
         .run(
             |account, ctx: Arc<Context>| async move {

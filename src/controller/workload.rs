@@ -174,6 +174,7 @@ mod tests {
             audiences: vec![],
             token_ttl: Duration::from_secs(60),
             expires_at: None,
+            roles: Default::default(),
         }
     }
 

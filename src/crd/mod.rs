@@ -14,7 +14,9 @@ pub use credential::{
     SecretTemplate, SecretVerifier, VersionUsage, WorkloadIdentity, WorkloadIdentityStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
-pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
+pub use service_account::{
+    RoleKind, RoleRef, ServiceAccount, ServiceAccountSpec, ServiceAccountStatus,
+};
 
 use kube::CustomResourceExt;
 

@@ -151,6 +151,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         issuer: "https://m2m.bench.example".into(),
         default_audience: "https://m2m.bench.example".into(),
         default_policy: policy,
+        default_role: None,
         operator_namespace: "bench".into(),
         limits: crate::http::HttpLimits::token_endpoint(),
     };

@@ -4,29 +4,31 @@
 //! revocation list. Requests read it through lock-free `ArcSwap` loads.
 //!
 //! The index is maintained by a [`CredentialIndexer`], one change at a time:
-//! an M2MCredential, ServiceAccount or Namespace applied, deleted, or all of
-//! one kind reset after a relist — the only code path, used by the watches
+//! an M2MCredential, ServiceAccount, Namespace, M2MRole or ClusterM2MRole
+//! applied, deleted, or all of one kind reset after a relist — the only code path, used by the watches
 //! and (through [`CredentialIndex::build`]) by tests alike. The work per
 //! change is proportional to the credentials it affects, not to the size of
 //! the cluster: the published index is a persistent map, so a new snapshot
 //! shares every entry that did not change. Only the fields a credential
 //! needs are kept ([`CredentialSource`], [`AccountSource`],
-//! [`NamespaceSource`]), never the watched objects.
+//! [`NamespaceSource`], [`RoleSource`]), never the watched objects.
 //!
 //! Nothing in a credential's status is trusted except the verifiers (keyed
 //! hashes that cannot be forged without the verifier key): the grant is
-//! recomputed from the credential spec, its ServiceAccount and the
-//! namespace's scope policy, and the client id is derived from the
+//! recomputed from the credential spec, its ServiceAccount, the account's
+//! roles and the namespace's scope policy, and the client id is derived from the
 //! credential's UID.
 
 use super::revocation::Revocations;
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::policy::annotated_policy;
+use crate::core::roles::{RoleGrant, RoleResolution, resolve_roles};
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
 use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{
-    M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
+    ClusterM2MRole, M2MCredential, M2MCredentialSpec, M2MRole, RoleKind, RoleRef, SecretVerifier,
+    ServiceAccount, ServiceAccountSpec,
 };
 use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
@@ -241,6 +243,62 @@ impl NamespaceSource {
     }
 }
 
+/// A role's kind, namespace (empty for a `ClusterM2MRole`) and name.
+type RoleKey = (RoleKind, String, String);
+
+/// The key of the role `r` referenced from `namespace`.
+fn role_key(namespace: &str, r: &RoleRef) -> RoleKey {
+    match r.kind {
+        RoleKind::M2MRole => (r.kind, namespace.to_owned(), r.name.clone()),
+        RoleKind::ClusterM2MRole => (r.kind, String::new(), r.name.clone()),
+    }
+}
+
+/// What the token server keeps of an `M2MRole` or a `ClusterM2MRole`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleSource {
+    /// Which kind.
+    pub kind: RoleKind,
+    /// Namespace of an `M2MRole`; empty for a `ClusterM2MRole`.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The scopes it grants.
+    pub scopes: BTreeSet<String>,
+    /// It has a `deletionTimestamp`: treated as absent.
+    pub deleting: bool,
+}
+
+impl RoleSource {
+    /// The parts of an `M2MRole` the index needs; `None` without namespace or name.
+    pub fn namespaced(role: &M2MRole) -> Option<Self> {
+        let meta = &role.metadata;
+        Some(Self {
+            kind: RoleKind::M2MRole,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            scopes: role.spec.scopes.iter().cloned().collect(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+
+    /// The parts of a `ClusterM2MRole` the index needs; `None` without a name.
+    pub fn cluster(role: &ClusterM2MRole) -> Option<Self> {
+        let meta = &role.metadata;
+        Some(Self {
+            kind: RoleKind::ClusterM2MRole,
+            namespace: String::new(),
+            name: meta.name.clone()?,
+            scopes: role.spec.scopes.iter().cloned().collect(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+
+    fn key(&self) -> RoleKey {
+        (self.kind, self.namespace.clone(), self.name.clone())
+    }
+}
+
 /// Every live credential by client id: the snapshot requests read.
 ///
 /// A persistent map, so that publishing a new snapshot after a change
@@ -265,7 +323,33 @@ impl CredentialIndex {
         default_policy: &ScopePolicy,
         now: DateTime<Utc>,
     ) -> Self {
-        let mut indexer = CredentialIndexer::new(default_policy.clone());
+        Self::build_with_roles(
+            credentials,
+            accounts,
+            namespaces,
+            [],
+            default_policy,
+            None,
+            now,
+        )
+    }
+
+    /// [`CredentialIndex::build`] with roles and the operator's default role.
+    pub fn build_with_roles<'a>(
+        credentials: impl IntoIterator<Item = &'a M2MCredential>,
+        accounts: impl IntoIterator<Item = &'a ServiceAccount>,
+        namespaces: impl IntoIterator<Item = &'a ObjectMeta>,
+        roles: impl IntoIterator<Item = RoleSource>,
+        default_policy: &ScopePolicy,
+        default_role: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut indexer = CredentialIndexer::new(default_policy.clone())
+            .with_default_role(default_role.map(str::to_owned));
+        let (namespaced, cluster): (Vec<_>, Vec<_>) =
+            roles.into_iter().partition(|r| r.kind == RoleKind::M2MRole);
+        indexer.reset_roles(RoleKind::M2MRole, namespaced, now);
+        indexer.reset_roles(RoleKind::ClusterM2MRole, cluster, now);
         indexer.reset_namespaces(namespaces.into_iter().filter_map(NamespaceSource::new), now);
         indexer.reset_accounts(accounts.into_iter().filter_map(AccountSource::new), now);
         indexer.reset_credentials(
@@ -309,8 +393,10 @@ struct CredentialRecord {
 /// at a time (apply, delete, or reset after a relist, as linkerd's policy
 /// index does) and updates only the credentials the change affects. A
 /// ServiceAccount change re-resolves the credentials bound to it, a
-/// Namespace policy change those of its namespace — found through the
-/// secondary maps, never by scanning every credential.
+/// Namespace policy change those of its namespace, a role change those of
+/// the accounts referencing it — found through the secondary maps, never by
+/// scanning every credential. Only a change of the operator's default role
+/// touches every credential, as it is every account's role.
 ///
 /// The watches and [`CredentialIndex::build`] (tests, the bench server)
 /// both go through these operations.
@@ -326,6 +412,12 @@ pub struct CredentialIndexer {
     by_account: HashMap<ObjectKey, BTreeSet<String>>,
     /// namespace → names of its credentials.
     by_namespace: HashMap<String, BTreeSet<String>>,
+    /// The `ClusterM2MRole` every account is granted (`--default-role`).
+    default_role: Option<String>,
+    /// Live roles of both kinds → their scopes.
+    roles: HashMap<RoleKey, BTreeSet<String>>,
+    /// role → the accounts whose `roleRefs` name it.
+    by_role: HashMap<RoleKey, BTreeSet<ObjectKey>>,
     index: CredentialIndex,
 }
 
@@ -339,8 +431,25 @@ impl CredentialIndexer {
             policies: HashMap::new(),
             by_account: HashMap::new(),
             by_namespace: HashMap::new(),
+            default_role: None,
+            roles: HashMap::new(),
+            by_role: HashMap::new(),
             index: CredentialIndex::default(),
         }
+    }
+
+    /// Grant `role` (a `ClusterM2MRole`) to every account; set before the
+    /// first change is applied.
+    pub fn with_default_role(mut self, role: Option<String>) -> Self {
+        self.default_role = role.filter(|r| !r.is_empty());
+        self
+    }
+
+    /// The roles of `account` in `namespace`.
+    fn account_roles(&self, namespace: &str, account: &ServiceAccountSpec) -> RoleResolution {
+        resolve_roles(account, self.default_role.as_deref(), |r| {
+            self.roles.get(&role_key(namespace, r)).cloned()
+        })
     }
 
     /// The current index, to publish (cheap: structure is shared).
@@ -372,7 +481,11 @@ impl CredentialIndexer {
             Some(Err(e)) => Err(e),
             None => Ok(&self.default_policy),
         };
-        resolve_grant(spec, account, policy, now)
+        let roles = match account {
+            Some(a) => self.account_roles(namespace, a),
+            None => Ok(RoleGrant::none()),
+        };
+        resolve_grant(spec, account, &roles, policy, now)
     }
 
     /// Add or replace a credential. Returns whether the index changed.
@@ -526,17 +639,135 @@ impl CredentialIndexer {
         if self.accounts.get(&key) == Some(&source.spec) {
             return false;
         }
-        self.accounts.insert(key.clone(), source.spec);
+        self.link_roles(&key, &source.spec.role_refs);
+        if let Some(previous) = self.accounts.insert(key.clone(), source.spec) {
+            self.unlink_roles(&key, &previous.role_refs);
+        }
         self.refresh(&key.0, self.by_account.get(&key).cloned(), now)
     }
 
     /// Remove a ServiceAccount; re-resolves its credentials only.
     pub fn delete_account(&mut self, namespace: &str, name: &str, now: DateTime<Utc>) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
-        if self.accounts.remove(&key).is_none() {
+        let Some(previous) = self.accounts.remove(&key) else {
+            return false;
+        };
+        self.unlink_roles(&key, &previous.role_refs);
+        self.refresh(namespace, self.by_account.get(&key).cloned(), now)
+    }
+
+    /// Record that `account` references `refs`.
+    fn link_roles(&mut self, account: &ObjectKey, refs: &[RoleRef]) {
+        for r in refs {
+            self.by_role
+                .entry(role_key(&account.0, r))
+                .or_default()
+                .insert(account.clone());
+        }
+    }
+
+    /// Forget `account`'s references `old`, except those its current spec
+    /// (if any) still has.
+    fn unlink_roles(&mut self, account: &ObjectKey, old: &[RoleRef]) {
+        let current = self.accounts.get(account).map(|a| a.role_refs.clone());
+        for r in old {
+            if current.as_ref().is_some_and(|c| c.contains(r)) {
+                continue;
+            }
+            let key = role_key(&account.0, r);
+            if let Some(accounts) = self.by_role.get_mut(&key) {
+                accounts.remove(account);
+                if accounts.is_empty() {
+                    self.by_role.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Add or replace a role; re-resolves the credentials of the accounts
+    /// granted it only.
+    pub fn apply_role(&mut self, source: RoleSource, now: DateTime<Utc>) -> bool {
+        if source.deleting {
+            return self.delete_role(source.kind, &source.namespace, &source.name, now);
+        }
+        let key = source.key();
+        if self.roles.get(&key) == Some(&source.scopes) {
             return false;
         }
-        self.refresh(namespace, self.by_account.get(&key).cloned(), now)
+        self.roles.insert(key.clone(), source.scopes);
+        self.refresh_role(&key, now)
+    }
+
+    /// Remove a role (`namespace` is ignored for a `ClusterM2MRole`);
+    /// re-resolves the credentials of the accounts granted it only.
+    pub fn delete_role(
+        &mut self,
+        kind: RoleKind,
+        namespace: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let key = role_key(
+            namespace,
+            &RoleRef {
+                kind,
+                name: name.to_owned(),
+            },
+        );
+        if self.roles.remove(&key).is_none() {
+            return false;
+        }
+        self.refresh_role(&key, now)
+    }
+
+    /// Replace every role of `kind` with `sources` (after a relist).
+    pub fn reset_roles(
+        &mut self,
+        kind: RoleKind,
+        sources: impl IntoIterator<Item = RoleSource>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let sources: Vec<_> = sources.into_iter().filter(|s| s.kind == kind).collect();
+        let listed: HashSet<RoleKey> = sources
+            .iter()
+            .filter(|s| !s.deleting)
+            .map(RoleSource::key)
+            .collect();
+        let gone: Vec<RoleKey> = self
+            .roles
+            .keys()
+            .filter(|k| k.0 == kind && !listed.contains(*k))
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for (kind, ns, name) in gone {
+            changed |= self.delete_role(kind, &ns, &name, now);
+        }
+        for source in sources {
+            changed |= self.apply_role(source, now);
+        }
+        changed
+    }
+
+    /// Re-resolve the credentials of the accounts granted the role `key`:
+    /// those referencing it, or every account for the default role.
+    fn refresh_role(&mut self, key: &RoleKey, now: DateTime<Utc>) -> bool {
+        let is_default = key.0 == RoleKind::ClusterM2MRole
+            && self.default_role.as_deref() == Some(key.2.as_str());
+        let accounts: Vec<ObjectKey> = if is_default {
+            self.accounts.keys().cloned().collect()
+        } else {
+            self.by_role
+                .get(key)
+                .map(|a| a.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut changed = false;
+        for account in accounts {
+            let names = self.by_account.get(&account).cloned();
+            changed |= self.refresh(&account.0, names, now);
+        }
+        changed
     }
 
     /// Replace every ServiceAccount with `sources` (after a relist).
@@ -764,6 +995,7 @@ mod tests {
     const ACCOUNTS: [&str; 3] = ["bot", "ci", "web"];
     const CREDENTIALS: [&str; 4] = ["one", "two", "three", "four"];
     const SCOPES: [&str; 4] = ["read", "write", "admin", "repo:read"];
+    const ROLES: [&str; 3] = ["base", "ops", "audit"];
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap()
@@ -800,6 +1032,8 @@ mod tests {
         credentials: BTreeMap<ObjectKey, M2MCredential>,
         accounts: BTreeMap<ObjectKey, ServiceAccount>,
         namespaces: BTreeMap<String, ObjectMeta>,
+        roles: BTreeMap<RoleKey, RoleSource>,
+        default_role: Option<String>,
         incarnation: u64,
     }
 
@@ -848,6 +1082,11 @@ mod tests {
                     scopes: scopes(rng),
                     disabled: rng.random_bool(0.1),
                     token_ttl: rng.random_bool(0.2).then(|| "15m".into()),
+                    role_refs: (0..rng.random_range(0..3))
+                        .map(|_| role_ref(rng))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                     ..Default::default()
                 },
                 status: None,
@@ -867,14 +1106,41 @@ mod tests {
             m
         }
 
+        fn role(&self, rng: &mut StdRng) -> RoleSource {
+            let r = role_ref(rng);
+            RoleSource {
+                kind: r.kind,
+                namespace: match r.kind {
+                    RoleKind::M2MRole => pick(rng, &NAMESPACES).into(),
+                    RoleKind::ClusterM2MRole => String::new(),
+                },
+                name: r.name,
+                scopes: scopes(rng).into_iter().collect(),
+                deleting: rng.random_bool(0.1),
+            }
+        }
+
         fn build(&self, default_policy: &ScopePolicy) -> CredentialIndex {
-            CredentialIndex::build(
+            CredentialIndex::build_with_roles(
                 self.credentials.values(),
                 self.accounts.values(),
                 self.namespaces.values(),
+                self.roles.values().filter(|r| !r.deleting).cloned(),
                 default_policy,
+                self.default_role.as_deref(),
                 now(),
             )
+        }
+    }
+
+    fn role_ref(rng: &mut StdRng) -> RoleRef {
+        RoleRef {
+            kind: if rng.random_bool(0.5) {
+                RoleKind::M2MRole
+            } else {
+                RoleKind::ClusterM2MRole
+            },
+            name: pick(rng, &ROLES).into(),
         }
     }
 
@@ -892,10 +1158,35 @@ mod tests {
         let default_policy = ScopePolicy::parse("read, write, repo:*").unwrap();
         for seed in 0..200 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let mut world = World::default();
-            let mut indexer = CredentialIndexer::new(default_policy.clone());
+            let mut world = World {
+                default_role: (seed % 2 == 0).then(|| "base".to_owned()),
+                ..Default::default()
+            };
+            let mut indexer = CredentialIndexer::new(default_policy.clone())
+                .with_default_role(world.default_role.clone());
             for step in 0..60 {
-                match rng.random_range(0..9) {
+                match rng.random_range(0..12) {
+                    9 => {
+                        let r = world.role(&mut rng);
+                        indexer.apply_role(r.clone(), now());
+                        world.roles.insert(r.key(), r);
+                    }
+                    10 => {
+                        let r = world.role(&mut rng);
+                        indexer.delete_role(r.kind, &r.namespace, &r.name, now());
+                        world.roles.remove(&r.key());
+                    }
+                    11 => {
+                        let kind = role_ref(&mut rng).kind;
+                        world
+                            .roles
+                            .retain(|k, _| k.0 != kind || rng.random_bool(0.6));
+                        let r = world.role(&mut rng);
+                        if r.kind == kind {
+                            world.roles.insert(r.key(), r);
+                        }
+                        indexer.reset_roles(kind, world.roles.values().cloned(), now());
+                    }
                     0 | 1 => {
                         let c = world.credential(&mut rng);
                         indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
@@ -996,6 +1287,116 @@ mod tests {
                 ..Default::default()
             },
             deleting: false,
+        }
+    }
+
+    /// A role change replaces the entries of the credentials of the accounts
+    /// granted that role (every account for the default role) and shares
+    /// every other one; a deleted role refuses their grant.
+    #[test]
+    fn a_role_change_touches_only_the_credentials_granted_it() {
+        let mut indexer = CredentialIndexer::new(ScopePolicy::parse("read, write, ping").unwrap())
+            .with_default_role(Some("base".into()));
+        let role = |kind, ns: &str, name: &str, scopes: &[&str]| RoleSource {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            deleting: false,
+        };
+        indexer.apply_role(role(RoleKind::ClusterM2MRole, "", "base", &[]), now());
+        indexer.apply_role(role(RoleKind::M2MRole, "a", "writer", &["write"]), now());
+        for ns in ["a", "b"] {
+            for acct in ["x", "y"] {
+                let mut source = account(ns, acct, &["read"]);
+                if acct == "x" {
+                    source.spec.role_refs = vec![RoleRef {
+                        kind: RoleKind::M2MRole,
+                        name: "writer".into(),
+                    }];
+                }
+                indexer.apply_account(source, now());
+                let c = credential(ns, &format!("{acct}0"), acct);
+                indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
+            }
+        }
+        let entry = |ix: &CredentialIndexer, ns: &str, name: &str| {
+            ix.snapshot()
+                .get(&client_id_for_uid(&format!("uid-{ns}-{name}")))
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(entry(&indexer, "a", "x0").default_scope, "read write");
+        assert_eq!(
+            entry(&indexer, "a", "x0")
+                .grant
+                .as_ref()
+                .unwrap()
+                .roles
+                .names(),
+            ["base", "writer"]
+        );
+        // b/x references a role its namespace does not have.
+        assert_eq!(
+            entry(&indexer, "b", "x0")
+                .grant
+                .as_ref()
+                .unwrap_err()
+                .to_string(),
+            "roles not found: M2MRole/writer"
+        );
+        let changed = |before: &CredentialIndex, after: &CredentialIndex| {
+            let mut ids: Vec<String> = after
+                .by_client_id
+                .iter()
+                .filter(|(id, e)| !before.get(id).is_some_and(|b| Arc::ptr_eq(b, e)))
+                .map(|(_, e)| format!("{}/{}", e.namespace, e.name))
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        let before = indexer.snapshot();
+        let same = role(RoleKind::M2MRole, "a", "writer", &["write"]);
+        assert!(
+            !indexer.apply_role(same, now()),
+            "an unchanged role changes nothing"
+        );
+        let edited = role(RoleKind::M2MRole, "a", "writer", &["ping"]);
+        assert!(indexer.apply_role(edited, now()));
+        assert_eq!(changed(&before, &indexer.snapshot()), ["a/x0"]);
+        assert_eq!(entry(&indexer, "a", "x0").default_scope, "ping read");
+
+        // The default role reaches every account.
+        let before = indexer.snapshot();
+        assert!(indexer.apply_role(role(RoleKind::ClusterM2MRole, "", "base", &["ping"]), now()));
+        assert_eq!(
+            changed(&before, &indexer.snapshot()),
+            ["a/x0", "a/y0", "b/y0"],
+            "b/x0 stays refused"
+        );
+        // Deleting a role refuses the grants of its accounts only.
+        let before = indexer.snapshot();
+        assert!(indexer.delete_role(RoleKind::M2MRole, "a", "writer", now()));
+        assert_eq!(changed(&before, &indexer.snapshot()), ["a/x0"]);
+        assert_eq!(
+            entry(&indexer, "a", "x0")
+                .grant_at(now())
+                .unwrap_err()
+                .reason(),
+            "RoleNotFound"
+        );
+        // A deleted default role refuses everyone, never a narrower grant.
+        assert!(indexer.delete_role(RoleKind::ClusterM2MRole, "", "base", now()));
+        for (ns, name) in [("a", "y0"), ("b", "y0")] {
+            assert_eq!(
+                entry(&indexer, ns, name)
+                    .grant
+                    .as_ref()
+                    .unwrap_err()
+                    .to_string(),
+                "roles not found: ClusterM2MRole/base (the operator's default role)"
+            );
         }
     }
 

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub default_audience: String,
     /// Scope policy of namespaces without `m2m.dev/allowed-scopes`.
     pub default_policy: ScopePolicy,
+    /// The `ClusterM2MRole` granted to every ServiceAccount, if any.
+    pub default_role: Option<String>,
     /// Namespace of the key Secret and the revocation ConfigMap.
     pub operator_namespace: String,
     /// Connection and request limits.
@@ -268,6 +270,7 @@ pub async fn run_token_server(
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
+            default_role: config.default_role.clone(),
             watch_namespace,
         },
         state.clone(),

@@ -5,7 +5,9 @@
 //! Access tokens are JWTs per RFC 9068: header `typ: at+jwt`, `alg`, `kid`;
 //! claims `iss`, `sub` (`m2m:<namespace>:<serviceaccount>`, stable), `aud`
 //! (a string, or an array when several audiences were granted), `exp`,
-//! `iat`, `nbf`, `jti`, `client_id`, `scope` and [`SECRET_VERSION_CLAIM`].
+//! `iat`, `nbf`, `jti`, `client_id`, `scope`, [`SECRET_VERSION_CLAIM`] and,
+//! when the account has roles, `roles` (RFC 9068 §2.2.3.1): the roles whose
+//! every scope the token holds (see [`crate::core::roles`]).
 //!
 //! Introspection reports a token `active` only while: its signature checks
 //! against a published key, it has not expired, its `jti` is not revoked,
@@ -72,6 +74,9 @@ struct ClaimsOut<'a> {
     jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
+    /// RFC 9068 §2.2.3.1: the roles whose every scope the token holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<&'a str>,
     m2m_sv: i64,
 }
 
@@ -360,6 +365,12 @@ impl TokenServer {
             jti: &jti,
             client_id: &entry.client_id,
             scope: &scope,
+            roles: grant.roles.held_with(
+                &scope
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            ),
             m2m_sv: version,
         };
         let claims_json = serde_json::to_vec(&claims)

@@ -69,6 +69,7 @@ impl World {
             issuer: ISSUER.into(),
             default_audience: ISSUER.into(),
             default_policy: ScopePolicy::allow_all(),
+            default_role: None,
             operator_namespace: "ops".into(),
             limits,
         };
