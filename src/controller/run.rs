@@ -106,26 +106,45 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     })
 }
 
-/// The role stores, and their event streams for the ServiceAccount controller.
+/// A role that was applied or deleted (kind, namespace of an `M2MRole`,
+/// name), or `None` after a relist (a role may have vanished unseen).
+type RoleChange = Option<(RoleKind, Option<String>, String)>;
+
+/// The role stores, and the changes the ServiceAccount controller maps to
+/// the accounts granted each role.
 struct RoleReflectors {
     roles: Store<M2MRole>,
     cluster_roles: Store<ClusterM2MRole>,
-    role_for_accounts: ReflectHandle<M2MRole>,
-    cluster_role_for_accounts: ReflectHandle<ClusterM2MRole>,
+    changes: futures::channel::mpsc::UnboundedReceiver<RoleChange>,
     task: tokio::task::JoinHandle<((), ())>,
 }
 
 /// Start the reflectors of M2MRoles (in the watched namespace) and
-/// ClusterM2MRoles (cluster-scoped: always all of them).
-fn start_role_reflectors(
-    client: &Client,
-    watch_ns: Option<&str>,
-) -> anyhow::Result<RoleReflectors> {
-    let (roles, role_writer) = reflector::store_shared::<M2MRole>(SHARED_BUFFER);
-    let (cluster_roles, cluster_writer) = reflector::store_shared::<ClusterM2MRole>(SHARED_BUFFER);
-    let subscribe_err = || anyhow::anyhow!("shared reflector without dispatcher");
-    let role_for_accounts = role_writer.subscribe().ok_or_else(subscribe_err)?;
-    let cluster_role_for_accounts = cluster_writer.subscribe().ok_or_else(subscribe_err)?;
+/// ClusterM2MRoles (cluster-scoped: always all of them). Changes are
+/// reported after the store has applied them (so a reconcile they trigger
+/// sees them), deletions included — which a shared reflector's
+/// subscribers never see.
+fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflectors {
+    let (roles, role_writer) = reflector::store::<M2MRole>();
+    let (cluster_roles, cluster_writer) = reflector::store::<ClusterM2MRole>();
+    let (tx, changes) = futures::channel::mpsc::unbounded::<RoleChange>();
+    fn report<K: kube::Resource>(
+        tx: &futures::channel::mpsc::UnboundedSender<RoleChange>,
+        kind: RoleKind,
+        event: &watcher::Event<K>,
+    ) {
+        let change = match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some((
+                kind,
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )),
+            watcher::Event::InitDone => None,
+            watcher::Event::Init | watcher::Event::InitApply(_) => return,
+        };
+        let _ = tx.unbounded_send(change);
+    }
+    let tx2 = tx.clone();
     let reflectors = future::join(
         watcher(
             api_for::<M2MRole>(client, watch_ns),
@@ -133,24 +152,33 @@ fn start_role_reflectors(
         )
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
-        .reflect_shared(role_writer)
-        .for_each(|_| future::ready(())),
+        .reflect(role_writer)
+        .for_each(move |e| {
+            if let Ok(e) = e {
+                report(&tx, RoleKind::M2MRole, &e);
+            }
+            future::ready(())
+        }),
         watcher(
             Api::<ClusterM2MRole>::all(client.clone()),
             watcher::Config::default(),
         )
         .default_backoff()
         .modify(|o| o.managed_fields_mut().clear())
-        .reflect_shared(cluster_writer)
-        .for_each(|_| future::ready(())),
+        .reflect(cluster_writer)
+        .for_each(move |e| {
+            if let Ok(e) = e {
+                report(&tx2, RoleKind::ClusterM2MRole, &e);
+            }
+            future::ready(())
+        }),
     );
-    Ok(RoleReflectors {
+    RoleReflectors {
         roles,
         cluster_roles,
-        role_for_accounts,
-        cluster_role_for_accounts,
+        changes,
         task: tokio::spawn(reflectors),
-    })
+    }
 }
 
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
@@ -168,7 +196,7 @@ pub async fn run_controllers(
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
     let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
-    let roles = start_role_reflectors(&client, config.watch_namespace.as_deref())?;
+    let roles = start_role_reflectors(&client, config.watch_namespace.as_deref());
     // Reconciles start only once every store has listed, so no reconcile
     // mistakes an unsynced cache for absence (and writes a wrong status on
     // every restart).
@@ -290,7 +318,6 @@ fn account_controller(
 ) -> impl Future<Output = ()> {
     let accounts = r.accounts.clone();
     let role_accounts = r.accounts.clone();
-    let cluster_role_accounts = r.accounts.clone();
     let default_role = ctx.config.default_role.clone();
     Controller::for_shared_stream(r.account_for_accounts, r.accounts)
         .watches_shared_stream(r.cred_for_accounts, |cred: Arc<M2MCredential>| {
@@ -305,39 +332,9 @@ fn account_controller(
                 .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
                 .map(|a| ObjectRef::from_obj(&*a))
         })
-        .watches_shared_stream(roles.role_for_accounts, move |role: Arc<M2MRole>| {
-            let ns = role.namespace();
-            let name = role.name_any();
-            role_accounts
-                .state()
-                .into_iter()
-                .filter(move |a| {
-                    a.namespace() == ns
-                        && a.spec
-                            .role_refs
-                            .iter()
-                            .any(|r| r.kind == RoleKind::M2MRole && r.name == name)
-                })
-                .map(|a| ObjectRef::from_obj(&*a))
-        })
-        .watches_shared_stream(
-            roles.cluster_role_for_accounts,
-            move |role: Arc<ClusterM2MRole>| {
-                let name = role.name_any();
-                let is_default = default_role.as_deref() == Some(name.as_str());
-                cluster_role_accounts
-                    .state()
-                    .into_iter()
-                    .filter(move |a| {
-                        is_default
-                            || a.spec
-                                .role_refs
-                                .iter()
-                                .any(|r| r.kind == RoleKind::ClusterM2MRole && r.name == name)
-                    })
-                    .map(|a| ObjectRef::from_obj(&*a))
-            },
-        )
+        .reconcile_on(roles.changes.flat_map(move |change| {
+            futures::stream::iter(granted(&role_accounts, default_role.as_deref(), change))
+        }))
         .graceful_shutdown_on(stop)
         .run(
             |account, ctx: Arc<Context>| async move {
@@ -350,6 +347,33 @@ fn account_controller(
             ctx.clone(),
         )
         .for_each(|_| future::ready(()))
+}
+
+/// The accounts a role change affects: those whose `roleRefs` name the
+/// role, every account for the default role or after a relist.
+fn granted(
+    accounts: &Store<ServiceAccount>,
+    default_role: Option<&str>,
+    change: RoleChange,
+) -> Vec<ObjectRef<ServiceAccount>> {
+    accounts
+        .state()
+        .into_iter()
+        .filter(|a| match &change {
+            None => true,
+            Some((RoleKind::ClusterM2MRole, _, name)) if default_role == Some(name.as_str()) => {
+                true
+            }
+            Some((kind, ns, name)) => {
+                (*kind == RoleKind::ClusterM2MRole || a.namespace() == *ns)
+                    && a.spec
+                        .role_refs
+                        .iter()
+                        .any(|r| r.kind == *kind && r.name == *name)
+            }
+        })
+        .map(|a| ObjectRef::from_obj(&*a))
+        .collect()
 }
 
 fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Result<T, Error>) {

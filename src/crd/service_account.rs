@@ -135,8 +135,9 @@ pub struct ServiceAccountStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 
-    /// `Ready` (the identity is valid and enabled), `ScopesAllowed` (its
-    /// scopes fit the namespace policy) and `Disabled`.
+    /// `Ready` (the identity is valid — its roles exist and every scope fits
+    /// the namespace policy — and enabled), `ScopesAllowed` (its own and its
+    /// roles' scopes fit the namespace policy) and `Disabled`.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
