@@ -169,6 +169,38 @@ impl Cluster {
         serde_json::from_slice(&claims).map_err(|e| e.to_string())
     }
 
+    /// A raw access token from replica `server`.
+    async fn raw_token(&self, server: usize, creds: &(String, String)) -> String {
+        let body: Value = self
+            .http
+            .post(format!("{}/oauth/token", self.servers[server].url))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["access_token"].as_str().expect("a token").to_owned()
+    }
+
+    /// Whether replica `server` reports `token` active, asked by `caller`.
+    async fn active(&self, server: usize, caller: &(String, String), token: &str) -> bool {
+        let info: Value = self
+            .http
+            .post(format!("{}/oauth/introspect", self.servers[server].url))
+            .basic_auth(&caller.0, Some(&caller.1))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        info["active"] == true
+    }
+
     /// Whether `token`-endpoint answers satisfy `check` on both replicas
     /// within [`PROPAGATION`] of `since`.
     async fn on_both_within_propagation<F>(
@@ -259,6 +291,16 @@ apiVersion: m2m.dev/v1alpha1
 kind: M2MCredential
 metadata: {{ name: release }}
 spec: {{ serviceAccountName: release-bot }}
+---
+apiVersion: m2m.dev/v1alpha1
+kind: ServiceAccount
+metadata: {{ name: observer }}
+spec: {{ scopes: ["repo:read"] }}
+---
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: {{ name: observer }}
+spec: {{ serviceAccountName: observer }}
 "#
     ));
 
@@ -348,7 +390,16 @@ spec: { scopes: ["deploy:staging", "deploy:prod"] }
 
     // Deleting a referenced role: Ready=False RoleNotFound with a Warning,
     // and no token at all — not even for the account's own scope — on both
-    // replicas within 2 s. Never a silently narrower grant.
+    // replicas within 2 s. Never a silently narrower grant. Tokens issued
+    // before turn inactive; other accounts are not affected.
+    let observer = c.credentials("observer").await;
+    let earlier = c.raw_token(0, &creds).await;
+    for server in 0..2 {
+        let active = eventually("the observer can introspect", WAIT, || async {
+            c.active(server, &observer, &earlier).await.then_some(())
+        });
+        active.await;
+    }
     let since = Instant::now();
     c.ns.api::<M2MRole>()
         .delete("deployer", &DeleteParams::default())
@@ -365,6 +416,13 @@ spec: { scopes: ["deploy:staging", "deploy:prod"] }
         },
     )
     .await;
+    for server in 0..2 {
+        assert!(
+            !c.active(server, &observer, &earlier).await,
+            "replica {server}: a token of an account with a missing role is still active"
+        );
+        assert!(c.token(server, &observer, None).await.is_ok());
+    }
     let refused = c.wait_account("release-bot", "False", "RoleNotFound").await;
     let ready = refused
         .status
@@ -379,6 +437,19 @@ spec: { scopes: ["deploy:staging", "deploy:prod"] }
     assert!(refused.status.unwrap().effective_scopes.is_empty());
     let note = c.wait_warning("release-bot", "RoleNotFound").await;
     assert!(note.contains("M2MRole/deployer"), "{note}");
+    // Its credential says so too, and keeps its Secret.
+    let creds_api = c.ns.api::<m2m_operator::crd::M2MCredential>();
+    eventually("credential Ready=False RoleNotFound", WAIT, || async {
+        let cred = creds_api.get("release").await.ok()?;
+        let ready = cred
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.reason == "RoleNotFound").then_some(())
+    })
+    .await;
+    assert_eq!(c.credentials("release").await, creds, "the Secret is kept");
 
     // Re-creating it restores access.
     c.apply(
