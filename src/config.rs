@@ -188,6 +188,25 @@ mod tests {
         assert_eq!(cfg.issuer, "http://auth.ops.svc:8080");
     }
 
+    /// The controller and the token server get the same default role; an
+    /// empty value (the chart's default) means none.
+    #[test]
+    fn default_role_reaches_both_components() {
+        for (args, want) in [
+            (vec![], None),
+            (vec!["--default-role", ""], None),
+            (vec!["--default-role", "baseline"], Some("baseline")),
+        ] {
+            let run = run_args(&args);
+            let cfg = Config::resolve(&run.common, &Environment::default()).unwrap();
+            assert_eq!(
+                cfg.controller(&run.controller).default_role.as_deref(),
+                want
+            );
+            assert_eq!(cfg.server(&run.server).default_role.as_deref(), want);
+        }
+    }
+
     #[test]
     fn malformed_default_policy_is_refused_at_start_up() {
         let run = run_args(&["--default-allowed-scopes", "a*b"]);

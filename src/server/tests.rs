@@ -1353,3 +1353,83 @@ async fn every_issued_token_fits_introspection_and_revocation() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!world.active(&c, &token).await);
 }
+
+/// Roles add their scopes to the grant; a token claims (RFC 9068 `roles`)
+/// only the roles whose every scope it holds; a missing role refuses every
+/// token of the account.
+#[tokio::test]
+async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
+    use super::index::RoleSource;
+    use crate::crd::{RoleKind, RoleRef};
+    let mut world = World::new(SigningAlg::Es256);
+    world.account_mut("ci-bot").spec.role_refs = vec![RoleRef {
+        kind: RoleKind::M2MRole,
+        name: "deployer".into(),
+    }];
+    let client = world.simple("with-roles");
+    let role = |kind, name: &str, scopes: &[&str]| RoleSource {
+        kind,
+        namespace: if kind == RoleKind::M2MRole {
+            NS.into()
+        } else {
+            String::new()
+        },
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        deleting: false,
+    };
+    let index = |roles: Vec<RoleSource>| {
+        CredentialIndex::build_with_roles(
+            &world.credentials,
+            &world.accounts,
+            &world.namespaces,
+            roles,
+            &ScopePolicy::allow_all(),
+            Some("base"),
+            Utc::now(),
+        )
+    };
+    world.state.set_credentials(index(vec![
+        role(
+            RoleKind::M2MRole,
+            "deployer",
+            &["deploy:staging", "repo:read"],
+        ),
+        role(RoleKind::ClusterM2MRole, "base", &[]),
+    ]));
+
+    let token = world.access_token(&client).await;
+    let claims = decode_with_jwks(&world, &token, SigningAlg::Es256).await;
+    assert_eq!(
+        claims["scope"],
+        "artifacts:read artifacts:write deploy:staging repo:read"
+    );
+    assert_eq!(claims["roles"], serde_json::json!(["base", "deployer"]));
+
+    let (status, _, body) = world.token(&client, "&scope=deploy%3Astaging").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let narrow = body["access_token"].as_str().unwrap();
+    let claims = decode_with_jwks(&world, narrow, SigningAlg::Es256).await;
+    assert_eq!(
+        claims["roles"],
+        serde_json::json!(["base"]),
+        "deployer not fully held"
+    );
+
+    // The default role is missing: nothing is granted, not even own scopes.
+    world.state.set_credentials(index(vec![role(
+        RoleKind::M2MRole,
+        "deployer",
+        &["deploy:staging"],
+    )]));
+    let refused = world.token(&client, "&scope=repo%3Aread").await;
+    assert_error(&refused, StatusCode::BAD_REQUEST, "unauthorized_client");
+    assert!(
+        refused.2["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("RoleNotFound: roles not found: ClusterM2MRole/base"),
+        "{}",
+        refused.2
+    );
+}
