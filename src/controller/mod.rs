@@ -48,7 +48,7 @@ pub enum Error {
 
 impl Error {
     /// Short label for the reconcile-errors metric.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube { step, .. } => step.metric_label(),
             Self::MissingField(_) => "missing_field",
@@ -60,7 +60,7 @@ impl Error {
 
     /// How long to wait before retrying: conflicts resolve fast, the key
     /// Secret appears within seconds, anything else backs off further.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             Self::Kube {
                 source: kube::Error::Api(s),
@@ -92,7 +92,7 @@ pub enum Step {
 
 impl Step {
     /// The `reason` label of `m2m_reconcile_errors_total`.
-    pub fn metric_label(self) -> &'static str {
+    pub(crate) fn metric_label(self) -> &'static str {
         match self {
             Self::ReadSecret => "read_secret",
             Self::ApplySecret => "apply_secret",
@@ -104,7 +104,7 @@ impl Step {
     }
 
     /// What the controller was doing, for logs.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Self::ReadSecret => "read Secret",
             Self::ApplySecret => "apply Secret",
@@ -139,7 +139,7 @@ pub struct ControllerConfig {
 }
 
 /// Shared state of the reconcilers.
-pub struct Context {
+pub(crate) struct Context {
     /// API client.
     pub client: Client,
     /// Configuration.
@@ -160,7 +160,7 @@ pub struct Context {
 
 impl Context {
     /// The scope policy of `namespace`: its annotation, else the default.
-    pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
+    pub(crate) fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
         let ns = self.namespaces.get(&ObjectRef::new(namespace));
         namespace_policy(
             ns.as_ref().map(|n| &n.metadata),
@@ -190,7 +190,7 @@ impl Context {
 }
 
 /// The event reporter identity of replica `instance`.
-pub fn reporter(instance: Option<String>) -> Reporter {
+pub(crate) fn reporter(instance: Option<String>) -> Reporter {
     Reporter {
         controller: "m2m-operator".into(),
         instance,

@@ -15,7 +15,7 @@ use std::fmt;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of the verifier key in bytes.
-pub const VERIFIER_KEY_LEN: usize = 32;
+pub(crate) const VERIFIER_KEY_LEN: usize = 32;
 
 /// The HMAC key of the verification state. `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl VerifierKey {
     }
 
     /// Whether the verifier carries a valid seal (constant-time comparison).
-    pub fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+    pub(crate) fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
         verifier
             .seal
             .as_deref()
@@ -144,25 +144,31 @@ pub struct SecretBinding<'a> {
 
 impl SecretBinding<'_> {
     /// The same binding for another version.
-    pub fn with_version(&self, version: i64) -> Self {
+    pub(crate) fn with_version(&self, version: i64) -> Self {
         Self { version, ..*self }
     }
 }
 
 /// Whether a verifier is accepted at `now`: the current one always, a
 /// replaced one until the end of its grace period.
-pub fn is_accepted(verifier: &SecretVerifier, now: DateTime<Utc>) -> bool {
+pub(crate) fn is_accepted(verifier: &SecretVerifier, now: DateTime<Utc>) -> bool {
     verifier.not_after.is_none_or(|end| now < end)
 }
 
 /// The verifiers accepted at `now`.
-pub fn accepted_at(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Vec<&SecretVerifier> {
+pub(crate) fn accepted_at(
+    verifiers: &[SecretVerifier],
+    now: DateTime<Utc>,
+) -> Vec<&SecretVerifier> {
     verifiers.iter().filter(|v| is_accepted(v, now)).collect()
 }
 
 /// The earliest future moment at which the accepted set changes, so the
 /// controller can requeue exactly then to prune.
-pub fn next_expiry(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_expiry(
+    verifiers: &[SecretVerifier],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     verifiers
         .iter()
         .filter_map(|v| v.not_after)

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use std::io::Write;
 
 /// Path of the token endpoint (SPEC §4).
-pub const TOKEN_PATH: &str = "/oauth/token";
+pub(crate) const TOKEN_PATH: &str = "/oauth/token";
 
 /// `--token-url` as given, with `/oauth/token` added to a bare base URL.
-pub fn normalize_token_url(input: &str) -> Result<Url, String> {
+pub(crate) fn normalize_token_url(input: &str) -> Result<Url, String> {
     let mut url = Url::parse(input).map_err(|e| format!("{input:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{input:?} is not an http(s) URL"));
@@ -32,7 +32,7 @@ pub fn normalize_token_url(input: &str) -> Result<Url, String> {
 }
 
 /// The JWKS served next to a token endpoint: `<base>/.well-known/jwks.json`.
-pub fn jwks_url_for(token_url: &Url) -> String {
+pub(crate) fn jwks_url_for(token_url: &Url) -> String {
     let mut base = token_url.clone();
     let path = base
         .path()
@@ -46,7 +46,7 @@ pub fn jwks_url_for(token_url: &Url) -> String {
 
 /// How to reach an in-cluster URL (`http://<svc>.<ns>.svc[.cluster.local][:port]/…`)
 /// from outside: a `kubectl port-forward` command and the `--token-url` to pass.
-pub fn port_forward_hint(url: &Url) -> String {
+pub(crate) fn port_forward_hint(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();
     let labels: Vec<&str> = host.split('.').collect();
     let port = url.port_or_known_default().unwrap_or(80);
@@ -67,7 +67,7 @@ fn basic_part(s: &str) -> String {
 }
 
 /// The parameters of the token request.
-pub fn request_form(args: &TokenArgs) -> Vec<(&'static str, String)> {
+pub(crate) fn request_form(args: &TokenArgs) -> Vec<(&'static str, String)> {
     let mut form = vec![("grant_type", "client_credentials".to_owned())];
     let scopes: Vec<&str> = args
         .scope

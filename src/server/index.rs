@@ -78,7 +78,7 @@ impl CredentialEntry {
     }
 
     /// The grant at `now`: the resolved one unless the credential expired since.
-    pub fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
+    pub(crate) fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
         match &self.grant {
             Ok(g) => match g.expires_at {
                 Some(at) if at <= now => Err(GrantError::Expired(at)),
@@ -95,7 +95,12 @@ impl CredentialEntry {
     }
 
     /// Whether secret `version` is accepted at `now`.
-    pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+    pub(crate) fn accepts_version(
+        &self,
+        key: &VerifierKey,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> bool {
         // workload-identity hook: tokens carry version 0 while the binding is valid.
         if let Some(binding) = &self.workload {
             return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
@@ -139,7 +144,7 @@ impl CredentialEntry {
 }
 
 /// A scope policy as a Namespace annotation states it.
-pub type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
+pub(crate) type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
 
 /// An object's namespace and name.
 type ObjectKey = (String, String);
@@ -149,7 +154,7 @@ type ObjectKey = (String, String);
 /// its `managedFields`, annotations and the rest) is dropped as soon as it
 /// has been converted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CredentialSource {
+pub(crate) struct CredentialSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -194,7 +199,7 @@ impl CredentialSource {
 
 /// What the token server keeps of a ServiceAccount (m2m.dev).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccountSource {
+pub(crate) struct AccountSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -223,7 +228,7 @@ impl AccountSource {
 
 /// A Namespace's scope policy (`m2m.dev/allowed-scopes`), parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NamespaceSource {
+pub(crate) struct NamespaceSource {
     /// The namespace.
     pub name: String,
     /// The annotation's policy; `None` without the annotation (the
@@ -277,7 +282,7 @@ impl CredentialIndex {
 
     /// Client ids of the credentials binding the Kubernetes ServiceAccount
     /// with this subject (workload identity).
-    pub fn by_subject(&self, subject: &str) -> &[String] {
+    pub(crate) fn by_subject(&self, subject: &str) -> &[String] {
         self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
@@ -315,7 +320,7 @@ struct CredentialRecord {
 /// The watches and [`CredentialIndex::build`] (tests, the bench server)
 /// both go through these operations.
 #[derive(Debug, Clone)]
-pub struct CredentialIndexer {
+pub(crate) struct CredentialIndexer {
     default_policy: ScopePolicy,
     credentials: HashMap<ObjectKey, CredentialRecord>,
     /// Live ServiceAccounts (those being deleted are absent).
@@ -353,11 +358,6 @@ impl CredentialIndexer {
         self.index.len()
     }
 
-    /// Whether the index is empty.
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
     fn grant(
         &self,
         namespace: &str,
@@ -376,7 +376,11 @@ impl CredentialIndexer {
     }
 
     /// Add or replace a credential. Returns whether the index changed.
-    pub fn apply_credential(&mut self, source: CredentialSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_credential(
+        &mut self,
+        source: CredentialSource,
+        now: DateTime<Utc>,
+    ) -> bool {
         if source.deleting {
             return self.delete_credential(&source.namespace, &source.name);
         }
@@ -446,7 +450,7 @@ impl CredentialIndexer {
     }
 
     /// Remove a credential. Returns whether the index changed.
-    pub fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
         let Some(record) = self.credentials.remove(&key) else {
             return false;
@@ -494,7 +498,7 @@ impl CredentialIndexer {
     /// Replace every credential with `sources` (after a relist): removes
     /// the ones no longer listed, applies the others (unchanged ones cost a
     /// comparison only).
-    pub fn reset_credentials(
+    pub(crate) fn reset_credentials(
         &mut self,
         sources: impl IntoIterator<Item = CredentialSource>,
         now: DateTime<Utc>,
@@ -518,7 +522,7 @@ impl CredentialIndexer {
     }
 
     /// Add or replace a ServiceAccount; re-resolves its credentials only.
-    pub fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
         if source.deleting {
             return self.delete_account(&source.namespace, &source.name, now);
         }
@@ -531,7 +535,12 @@ impl CredentialIndexer {
     }
 
     /// Remove a ServiceAccount; re-resolves its credentials only.
-    pub fn delete_account(&mut self, namespace: &str, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_account(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
         if self.accounts.remove(&key).is_none() {
             return false;
@@ -540,7 +549,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every ServiceAccount with `sources` (after a relist).
-    pub fn reset_accounts(
+    pub(crate) fn reset_accounts(
         &mut self,
         sources: impl IntoIterator<Item = AccountSource>,
         now: DateTime<Utc>,
@@ -564,7 +573,7 @@ impl CredentialIndexer {
     }
 
     /// Set a namespace's policy; re-resolves that namespace's credentials only.
-    pub fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
         let previous = match source.policy {
             Some(policy) => {
                 if self.policies.get(&source.name) == Some(&policy) {
@@ -583,7 +592,7 @@ impl CredentialIndexer {
     }
 
     /// A namespace is gone: its credentials fall back to the default policy.
-    pub fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
         self.apply_namespace(
             NamespaceSource {
                 name: name.to_owned(),
@@ -594,7 +603,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every namespace policy with `sources` (after a relist).
-    pub fn reset_namespaces(
+    pub(crate) fn reset_namespaces(
         &mut self,
         sources: impl IntoIterator<Item = NamespaceSource>,
         now: DateTime<Utc>,
@@ -740,12 +749,12 @@ impl TokenState {
     }
 
     /// Replace the credential index.
-    pub fn set_credentials(&self, index: CredentialIndex) {
+    pub(crate) fn set_credentials(&self, index: CredentialIndex) {
         self.credentials.store(Arc::new(index));
     }
 
     /// Replace (or clear) the keys.
-    pub fn set_keys(&self, keys: Option<KeyMaterial>) {
+    pub(crate) fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
     }
 }

@@ -116,7 +116,7 @@ impl TokenServer {
     }
 
     /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
-    pub fn with_assertions(
+    pub(crate) fn with_assertions(
         config: ServerConfig,
         state: Arc<TokenState>,
         metrics: Metrics,
@@ -136,7 +136,8 @@ impl TokenServer {
     }
 
     /// The workload-identity assertion verifier (and its cache).
-    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+    #[cfg(feature = "bench")]
+    pub(crate) fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
         &self.inner.assertions
     }
 

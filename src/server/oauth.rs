@@ -49,7 +49,7 @@ use std::time::Instant;
 /// service-account token (workload identity) carry
 /// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
 /// in workload-identity mode.
-pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
+pub(crate) const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
 const CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -116,7 +116,7 @@ const DUMMY_DIGEST: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// grace periods) for every client id, known or not, padding with a
 /// verifier nothing matches. A credential with more verifiers costs more;
 /// the controller keeps at most a handful.
-pub const MAX_VERIFIERS: usize = 4;
+pub(crate) const MAX_VERIFIERS: usize = 4;
 
 /// The two keyed checks of authentication (a seam for counting them).
 pub trait SecretCheck {
