@@ -18,8 +18,24 @@ type HmacSha256 = Hmac<Sha256>;
 pub(crate) const VERIFIER_KEY_LEN: usize = 32;
 
 /// The HMAC key of the verification state. `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct VerifierKey([u8; VERIFIER_KEY_LEN]);
+///
+/// It keeps the HMAC state with the key already absorbed (cloned per MAC:
+/// two SHA-256 blocks fewer each time) and a non-secret [`id`](Self::id)
+/// so results that depend only on the key can be reused.
+#[derive(Clone)]
+pub struct VerifierKey {
+    bytes: [u8; VERIFIER_KEY_LEN],
+    keyed: HmacSha256,
+    id: u64,
+}
+
+impl PartialEq for VerifierKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for VerifierKey {}
 
 impl fmt::Debug for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +53,7 @@ impl VerifierKey {
     pub fn generate() -> Result<Self, crate::core::client_secret::RandomnessError> {
         let mut key = [0u8; VERIFIER_KEY_LEN];
         crate::core::client_secret::fill_random(&mut key)?;
-        Ok(Self(key))
+        Ok(Self::new(key))
     }
 
     /// Load a key from its stored bytes.
@@ -45,19 +61,42 @@ impl VerifierKey {
         let key: [u8; VERIFIER_KEY_LEN] = bytes
             .try_into()
             .map_err(|_| VerifierKeyLengthError(bytes.len()))?;
-        Ok(Self(key))
+        Ok(Self::new(key))
+    }
+
+    fn new(bytes: [u8; VERIFIER_KEY_LEN]) -> Self {
+        use sha2::Digest;
+        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
+        let keyed = <HmacSha256 as Mac>::new_from_slice(&bytes)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        let fingerprint = Sha256::new()
+            .chain_update(KEY_ID_DOMAIN.as_bytes())
+            .chain_update(bytes)
+            .finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&fingerprint[..8]);
+        Self {
+            bytes,
+            keyed,
+            id: u64::from_be_bytes(id),
+        }
+    }
+
+    /// A non-secret identifier of this key (a truncated hash of it): equal
+    /// ids mean the same key, so what was computed under one id can be
+    /// reused, and a reloaded different key is never confused with it.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The raw key, for storing in the operator's key Secret.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// HMAC over length-prefixed fields: no two different inputs share bytes.
     fn mac(&self, domain: &str, binding: &SecretBinding<'_>, last: &[&str]) -> HmacSha256 {
-        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        let mut mac = self.keyed.clone();
         let version = binding.version.to_string();
         let fields = [
             domain,
@@ -126,6 +165,7 @@ impl VerifierKey {
 
 const DIGEST_DOMAIN: &str = "m2m.dev/secret-verifier/v1";
 const SEAL_DOMAIN: &str = "m2m.dev/verifier-seal/v1";
+const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 
 /// What a digest is bound to besides the secret itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,6 +63,34 @@ pub struct CredentialEntry {
     /// Workload identity: the bound Kubernetes ServiceAccount, or why the
     /// binding is refused; `None` for a secret-based credential.
     pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
+    /// Which verifiers carry a valid seal, computed on first use.
+    pub seals: SealCache,
+}
+
+/// Which of an entry's verifiers carry a valid seal under a verifier key,
+/// computed once per entry and key: a seal depends on neither the request
+/// nor the time, so checking it per request only cost two MACs each. Not
+/// part of an entry's identity: a clone starts empty and all caches
+/// compare equal.
+#[derive(Default)]
+pub struct SealCache(std::sync::OnceLock<(u64, Vec<bool>)>);
+
+impl Clone for SealCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SealCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SealCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealCache")
+    }
 }
 
 impl CredentialEntry {
@@ -88,10 +116,21 @@ impl CredentialEntry {
         }
     }
 
-    /// Whether a verifier is usable at `now`: sealed by the operator and
-    /// current or within its grace period.
-    fn usable(&self, key: &VerifierKey, v: &SecretVerifier, now: DateTime<Utc>) -> bool {
-        is_accepted(v, now) && key.is_sealed(&self.binding(v.version), v)
+    /// Whether each verifier carries a valid seal under `key`: cached for
+    /// the key first used, recomputed for any other.
+    fn seals(&self, key: &impl super::oauth::SecretCheck) -> std::borrow::Cow<'_, [bool]> {
+        let compute = || -> Vec<bool> {
+            self.verifiers
+                .iter()
+                .map(|v| key.is_sealed(&self.binding(v.version), v))
+                .collect()
+        };
+        let (id, sealed) = self.seals.0.get_or_init(|| (key.key_id(), compute()));
+        if *id == key.key_id() {
+            std::borrow::Cow::Borrowed(sealed)
+        } else {
+            std::borrow::Cow::Owned(compute())
+        }
     }
 
     /// Whether secret `version` is accepted at `now`.
@@ -105,19 +144,22 @@ impl CredentialEntry {
         if let Some(binding) = &self.workload {
             return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
         }
+        let sealed = self.seals(key);
         self.verifiers
             .iter()
-            .any(|v| v.version == version && self.usable(key, v, now))
+            .zip(sealed.iter())
+            .any(|(v, sealed)| v.version == version && *sealed && is_accepted(v, now))
     }
 
     /// The secret version `secret` authenticates at `now`, if any.
     ///
     /// Equal work whatever the credential: every slot up to
-    /// [`super::oauth::MAX_VERIFIERS`] costs one seal check and one digest
-    /// check (constant-time comparisons), padded with a verifier nothing
-    /// matches, so the time does not tell how many verifiers a credential
-    /// has — nor, with the padded dummy entry the token endpoint uses for
-    /// unknown ids, whether the id exists.
+    /// [`super::oauth::MAX_VERIFIERS`] costs one digest check (a MAC and a
+    /// constant-time comparison), padded with a verifier nothing matches,
+    /// so the time does not tell how many verifiers a credential has — nor,
+    /// with the padded dummy entry the token endpoint uses for unknown ids,
+    /// whether the id exists. Seals are checked once per entry and key
+    /// ([`SealCache`]); they do not depend on what the client sent.
     pub fn authenticate(
         &self,
         key: &impl super::oauth::SecretCheck,
@@ -126,16 +168,16 @@ impl CredentialEntry {
     ) -> Option<i64> {
         let pad = super::oauth::padding_verifier();
         let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
+        let seals = self.seals(key);
         let mut matched = None;
         for slot in 0..slots {
-            let (v, real) = match self.verifiers.get(slot) {
-                Some(v) => (v, true),
+            let (v, sealed) = match self.verifiers.get(slot) {
+                Some(v) => (v, seals.get(slot).copied().unwrap_or(false)),
                 None => (pad, false),
             };
             let binding = self.binding(v.version);
-            let sealed = key.is_sealed(&binding, v);
             let digest_ok = key.verify(&binding, secret, &v.digest);
-            if real && sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
+            if sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
                 matched = Some(v.version);
             }
         }
@@ -428,6 +470,7 @@ impl CredentialIndexer {
                 Some(_) => vec![],
                 None => source.verifiers,
             },
+            seals: SealCache::default(),
             workload,
         });
         self.index.by_client_id.insert(client_id, entry.clone());

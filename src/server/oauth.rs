@@ -124,6 +124,8 @@ pub trait SecretCheck {
     fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool;
     /// Whether `secret` matches `digest`.
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool;
+    /// Identifies the key: results under one id hold for that key only.
+    fn key_id(&self) -> u64;
 }
 
 impl SecretCheck for VerifierKey {
@@ -133,6 +135,10 @@ impl SecretCheck for VerifierKey {
 
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
         VerifierKey::verify(self, binding, secret, digest)
+    }
+
+    fn key_id(&self) -> u64 {
+        self.id()
     }
 }
 
@@ -164,6 +170,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            seals: Default::default(),
         }
     });
     &UNKNOWN
