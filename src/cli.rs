@@ -209,7 +209,7 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
 
 impl TokenServerOptions {
     /// The assertion cache bounds the flags describe.
-    pub fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
+    pub(crate) fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
         crate::server::assertion::CacheBounds {
             ttl: self.assertion_cache_ttl,
             entries: self.assertion_cache_entries,
@@ -227,7 +227,7 @@ fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {
 
 impl TokenServerOptions {
     /// The token endpoint's connection and request limits.
-    pub fn limits(&self) -> crate::http::HttpLimits {
+    pub(crate) fn limits(&self) -> crate::http::HttpLimits {
         let defaults = crate::http::HttpLimits::token_endpoint();
         crate::http::HttpLimits {
             max_connections: self.max_connections,

@@ -19,7 +19,7 @@ const FALLBACK_NAMESPACE: &str = "m2m-system";
 
 /// Why the configuration is refused at start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// `--default-allowed-scopes` does not parse.
     #[error("--default-allowed-scopes")]
     DefaultPolicy(#[source] ScopePolicyError),
@@ -27,7 +27,7 @@ pub enum ConfigError {
 
 /// What the process environment contributes beyond the flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Environment {
+pub(crate) struct Environment {
     /// The namespace in the pod's service-account mount, if any.
     pub pod_namespace: Option<String>,
     /// This replica's name: `POD_NAME`, else `HOSTNAME`.
@@ -75,7 +75,7 @@ pub struct Config {
 
 impl Config {
     /// Resolve the shared flags against `env`.
-    pub fn resolve(common: &CommonArgs, env: &Environment) -> Result<Self, ConfigError> {
+    pub(crate) fn resolve(common: &CommonArgs, env: &Environment) -> Result<Self, ConfigError> {
         let operator_namespace = common
             .namespace
             .clone()
@@ -118,7 +118,7 @@ impl Config {
     }
 
     /// Where the operator key Secret lives and how its keys rotate.
-    pub fn key_secret(&self, opts: &ControllerOptions) -> KeySecretConfig {
+    pub(crate) fn key_secret(&self, opts: &ControllerOptions) -> KeySecretConfig {
         KeySecretConfig::new(
             self.operator_namespace.clone(),
             opts.signing_alg,

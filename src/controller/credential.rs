@@ -34,7 +34,7 @@ use std::time::Duration;
 /// Condition type: the credential can be used to obtain tokens.
 pub const READY: &str = "Ready";
 /// Condition type: the Secret exists and matches the verification state.
-pub const SECRET_SYNCED: &str = "SecretSynced";
+pub(crate) const SECRET_SYNCED: &str = "SecretSynced";
 
 /// Requeue when nothing is scheduled sooner: a safety net, not a clock.
 const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
@@ -161,7 +161,10 @@ fn identity(cred: &M2MCredential) -> Result<(String, String, String), Error> {
 }
 
 /// Reconcile one credential: dereference, [`plan`], apply.
-pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    cred: Arc<M2MCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if cred.metadata.deletion_timestamp.is_some() {
         // The Secret is garbage-collected through its owner reference and
         // token servers drop the credential from their index: nothing to do.
@@ -804,7 +807,7 @@ pub(super) fn next_requeue(
 }
 
 /// Error policy: log, count, and retry after a delay chosen by the error kind.
-pub fn error_policy(cred: Arc<M2MCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(cred: Arc<M2MCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(credential = %cred.name_any(), namespace = cred.namespace().unwrap_or_default(), error = %error, "reconcile failed");
     Action::requeue(error.retry_after())
 }

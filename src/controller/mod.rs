@@ -51,7 +51,7 @@ pub enum Error {
 
 impl Error {
     /// Short label for the reconcile-errors metric.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube { step, .. } => step.metric_label(),
             Self::MissingField(_) => "missing_field",
@@ -63,7 +63,7 @@ impl Error {
 
     /// How long to wait before retrying: conflicts resolve fast, the key
     /// Secret appears within seconds, anything else backs off further.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             Self::Kube {
                 source: kube::Error::Api(s),
@@ -95,7 +95,7 @@ pub enum Step {
 
 impl Step {
     /// The `reason` label of `m2m_reconcile_errors_total`.
-    pub fn metric_label(self) -> &'static str {
+    pub(crate) fn metric_label(self) -> &'static str {
         match self {
             Self::ReadSecret => "read_secret",
             Self::ApplySecret => "apply_secret",
@@ -107,7 +107,7 @@ impl Step {
     }
 
     /// What the controller was doing, for logs.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Self::ReadSecret => "read Secret",
             Self::ApplySecret => "apply Secret",
@@ -144,7 +144,7 @@ pub struct ControllerConfig {
 }
 
 /// Shared state of the reconcilers.
-pub struct Context {
+pub(crate) struct Context {
     /// API client.
     pub client: Client,
     /// Configuration.
@@ -169,7 +169,7 @@ pub struct Context {
 
 impl Context {
     /// The scope policy of `namespace`: its annotation, else the default.
-    pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
+    pub(crate) fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
         let ns = self.namespaces.get(&ObjectRef::new(namespace));
         namespace_policy(
             ns.as_ref().map(|n| &n.metadata),
@@ -216,7 +216,7 @@ impl Context {
 }
 
 /// The event reporter identity of replica `instance`.
-pub fn reporter(instance: Option<String>) -> Reporter {
+pub(crate) fn reporter(instance: Option<String>) -> Reporter {
     Reporter {
         controller: "m2m-operator".into(),
         instance,

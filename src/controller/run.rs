@@ -182,7 +182,7 @@ fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflect
 }
 
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
-pub async fn run_controllers(
+pub(crate) async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,
@@ -469,7 +469,7 @@ const LEASE_DURATION_SECS: u64 = 15;
 const LEASE_GRACE_SECS: u64 = 5;
 
 /// Run the controllers whenever this replica holds the Lease, until `shutdown`.
-pub async fn run_with_leader_election(
+pub(crate) async fn run_with_leader_election(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,

@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reconcile one ServiceAccount.
-pub async fn reconcile(account: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    account: Arc<ServiceAccount>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if account.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -144,7 +147,11 @@ async fn patch_status(
 }
 
 /// Error policy of the ServiceAccount controller.
-pub fn error_policy(account: Arc<ServiceAccount>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    account: Arc<ServiceAccount>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     tracing::warn!(serviceaccount = %account.name_any(), error = %error, "reconcile failed");
     Action::requeue(error.retry_after())
 }

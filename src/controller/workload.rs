@@ -135,7 +135,7 @@ pub fn plan(
 }
 
 /// Apply [`plan`] for `cred`.
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     cred: &M2MCredential,
     ctx: &Context,
     input: &WorkloadInputs<'_>,

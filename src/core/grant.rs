@@ -12,12 +12,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Token lifetime when neither the credential nor its account sets one.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// No access token lives longer than this.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest `tokenTTL` (ServiceAccount or credential): shorter tokens would
 /// be expired, or nearly, when they arrive.
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub(crate) const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// One entry of a scope policy: an exact scope, a `prefix*` pattern
 /// (`repo:*` allows `repo:read`), or `*` for everything.
@@ -47,14 +47,16 @@ pub struct ScopePolicyError {
 
 impl ScopePolicy {
     /// A policy that allows every scope (the unsafe-for-shared-clusters default).
-    pub fn allow_all() -> Self {
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn allow_all() -> Self {
         Self {
             patterns: vec![ScopePattern::Prefix(String::new())],
         }
     }
 
     /// A policy that allows nothing.
-    pub fn deny_all() -> Self {
+    #[cfg(test)]
+    pub(crate) fn deny_all() -> Self {
         Self { patterns: vec![] }
     }
 
@@ -188,7 +190,7 @@ impl GrantError {
 
 /// What an account may hand to its credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountGrant {
+pub(crate) struct AccountGrant {
     /// The account's effective scopes: its own and its roles' (all allowed
     /// by the namespace policy).
     pub scopes: BTreeSet<String>,
@@ -236,7 +238,7 @@ fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
 /// Validate an account and its roles (resolved by
 /// [`crate::core::roles::resolve_roles`]) against the namespace policy,
 /// ignoring `disabled` (an account can be valid and disabled).
-pub fn resolve_account(
+pub(crate) fn resolve_account(
     account: &ServiceAccountSpec,
     roles: &RoleResolution,
     policy: Result<&ScopePolicy, &ScopePolicyError>,
@@ -273,7 +275,7 @@ pub fn resolve_account(
 /// Everything a credential may be granted right now, or the precise reason
 /// it may be granted nothing. `account` is `None` when the referenced
 /// ServiceAccount does not exist; `roles` are that account's roles.
-pub fn resolve_grant(
+pub(crate) fn resolve_grant(
     credential: &M2MCredentialSpec,
     account: Option<&ServiceAccountSpec>,
     roles: &RoleResolution,

@@ -220,7 +220,7 @@ async fn token_unsigned(
 }
 
 /// The production routes plus `/bench/token-unsigned`, behind the same layers.
-pub fn bench_router(server: TokenServer) -> Router {
+pub(crate) fn bench_router(server: TokenServer) -> Router {
     let limits = server.config().limits.clone();
     let metrics = server.inner.metrics.clone();
     let unsigned = Router::new()

@@ -65,6 +65,34 @@ pub struct CredentialEntry {
     /// Workload identity: the bound Kubernetes ServiceAccount, or why the
     /// binding is refused; `None` for a secret-based credential.
     pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
+    /// Which verifiers carry a valid seal, computed on first use.
+    pub seals: SealCache,
+}
+
+/// Which of an entry's verifiers carry a valid seal under a verifier key,
+/// computed once per entry and key: a seal depends on neither the request
+/// nor the time, so checking it per request only cost two MACs each. Not
+/// part of an entry's identity: a clone starts empty and all caches
+/// compare equal.
+#[derive(Default)]
+pub struct SealCache(std::sync::OnceLock<(u64, Vec<bool>)>);
+
+impl Clone for SealCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SealCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SealCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealCache")
+    }
 }
 
 impl CredentialEntry {
@@ -80,7 +108,7 @@ impl CredentialEntry {
     }
 
     /// The grant at `now`: the resolved one unless the credential expired since.
-    pub fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
+    pub(crate) fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
         match &self.grant {
             Ok(g) => match g.expires_at {
                 Some(at) if at <= now => Err(GrantError::Expired(at)),
@@ -90,31 +118,50 @@ impl CredentialEntry {
         }
     }
 
-    /// Whether a verifier is usable at `now`: sealed by the operator and
-    /// current or within its grace period.
-    fn usable(&self, key: &VerifierKey, v: &SecretVerifier, now: DateTime<Utc>) -> bool {
-        is_accepted(v, now) && key.is_sealed(&self.binding(v.version), v)
+    /// Whether each verifier carries a valid seal under `key`: cached for
+    /// the key first used, recomputed for any other.
+    fn seals(&self, key: &impl super::oauth::SecretCheck) -> std::borrow::Cow<'_, [bool]> {
+        let compute = || -> Vec<bool> {
+            self.verifiers
+                .iter()
+                .map(|v| key.is_sealed(&self.binding(v.version), v))
+                .collect()
+        };
+        let (id, sealed) = self.seals.0.get_or_init(|| (key.key_id(), compute()));
+        if *id == key.key_id() {
+            std::borrow::Cow::Borrowed(sealed)
+        } else {
+            std::borrow::Cow::Owned(compute())
+        }
     }
 
     /// Whether secret `version` is accepted at `now`.
-    pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+    pub(crate) fn accepts_version(
+        &self,
+        key: &VerifierKey,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> bool {
         // workload-identity hook: tokens carry version 0 while the binding is valid.
         if let Some(binding) = &self.workload {
             return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
         }
+        let sealed = self.seals(key);
         self.verifiers
             .iter()
-            .any(|v| v.version == version && self.usable(key, v, now))
+            .zip(sealed.iter())
+            .any(|(v, sealed)| v.version == version && *sealed && is_accepted(v, now))
     }
 
     /// The secret version `secret` authenticates at `now`, if any.
     ///
     /// Equal work whatever the credential: every slot up to
-    /// [`super::oauth::MAX_VERIFIERS`] costs one seal check and one digest
-    /// check (constant-time comparisons), padded with a verifier nothing
-    /// matches, so the time does not tell how many verifiers a credential
-    /// has — nor, with the padded dummy entry the token endpoint uses for
-    /// unknown ids, whether the id exists.
+    /// [`super::oauth::MAX_VERIFIERS`] costs one digest check (a MAC and a
+    /// constant-time comparison), padded with a verifier nothing matches,
+    /// so the time does not tell how many verifiers a credential has — nor,
+    /// with the padded dummy entry the token endpoint uses for unknown ids,
+    /// whether the id exists. Seals are checked once per entry and key
+    /// ([`SealCache`]); they do not depend on what the client sent.
     pub fn authenticate(
         &self,
         key: &impl super::oauth::SecretCheck,
@@ -123,16 +170,16 @@ impl CredentialEntry {
     ) -> Option<i64> {
         let pad = super::oauth::padding_verifier();
         let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
+        let seals = self.seals(key);
         let mut matched = None;
         for slot in 0..slots {
-            let (v, real) = match self.verifiers.get(slot) {
-                Some(v) => (v, true),
+            let (v, sealed) = match self.verifiers.get(slot) {
+                Some(v) => (v, seals.get(slot).copied().unwrap_or(false)),
                 None => (pad, false),
             };
             let binding = self.binding(v.version);
-            let sealed = key.is_sealed(&binding, v);
             let digest_ok = key.verify(&binding, secret, &v.digest);
-            if real && sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
+            if sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
                 matched = Some(v.version);
             }
         }
@@ -141,7 +188,7 @@ impl CredentialEntry {
 }
 
 /// A scope policy as a Namespace annotation states it.
-pub type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
+pub(crate) type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
 
 /// An object's namespace and name.
 type ObjectKey = (String, String);
@@ -151,7 +198,7 @@ type ObjectKey = (String, String);
 /// its `managedFields`, annotations and the rest) is dropped as soon as it
 /// has been converted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CredentialSource {
+pub(crate) struct CredentialSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -196,7 +243,7 @@ impl CredentialSource {
 
 /// What the token server keeps of a ServiceAccount (m2m.dev).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccountSource {
+pub(crate) struct AccountSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -225,7 +272,7 @@ impl AccountSource {
 
 /// A Namespace's scope policy (`m2m.dev/allowed-scopes`), parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NamespaceSource {
+pub(crate) struct NamespaceSource {
     /// The namespace.
     pub name: String,
     /// The annotation's policy; `None` without the annotation (the
@@ -361,7 +408,7 @@ impl CredentialIndex {
 
     /// Client ids of the credentials binding the Kubernetes ServiceAccount
     /// with this subject (workload identity).
-    pub fn by_subject(&self, subject: &str) -> &[String] {
+    pub(crate) fn by_subject(&self, subject: &str) -> &[String] {
         self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
@@ -401,7 +448,7 @@ struct CredentialRecord {
 /// The watches and [`CredentialIndex::build`] (tests, the bench server)
 /// both go through these operations.
 #[derive(Debug, Clone)]
-pub struct CredentialIndexer {
+pub(crate) struct CredentialIndexer {
     default_policy: ScopePolicy,
     credentials: HashMap<ObjectKey, CredentialRecord>,
     /// Live ServiceAccounts (those being deleted are absent).
@@ -462,11 +509,6 @@ impl CredentialIndexer {
         self.index.len()
     }
 
-    /// Whether the index is empty.
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
     fn grant(
         &self,
         namespace: &str,
@@ -489,7 +531,11 @@ impl CredentialIndexer {
     }
 
     /// Add or replace a credential. Returns whether the index changed.
-    pub fn apply_credential(&mut self, source: CredentialSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_credential(
+        &mut self,
+        source: CredentialSource,
+        now: DateTime<Utc>,
+    ) -> bool {
         if source.deleting {
             return self.delete_credential(&source.namespace, &source.name);
         }
@@ -537,6 +583,7 @@ impl CredentialIndexer {
                 Some(_) => vec![],
                 None => source.verifiers,
             },
+            seals: SealCache::default(),
             workload,
         });
         self.index.by_client_id.insert(client_id, entry.clone());
@@ -559,7 +606,7 @@ impl CredentialIndexer {
     }
 
     /// Remove a credential. Returns whether the index changed.
-    pub fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
         let Some(record) = self.credentials.remove(&key) else {
             return false;
@@ -607,7 +654,7 @@ impl CredentialIndexer {
     /// Replace every credential with `sources` (after a relist): removes
     /// the ones no longer listed, applies the others (unchanged ones cost a
     /// comparison only).
-    pub fn reset_credentials(
+    pub(crate) fn reset_credentials(
         &mut self,
         sources: impl IntoIterator<Item = CredentialSource>,
         now: DateTime<Utc>,
@@ -631,7 +678,7 @@ impl CredentialIndexer {
     }
 
     /// Add or replace a ServiceAccount; re-resolves its credentials only.
-    pub fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
         if source.deleting {
             return self.delete_account(&source.namespace, &source.name, now);
         }
@@ -647,7 +694,12 @@ impl CredentialIndexer {
     }
 
     /// Remove a ServiceAccount; re-resolves its credentials only.
-    pub fn delete_account(&mut self, namespace: &str, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_account(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
         let Some(previous) = self.accounts.remove(&key) else {
             return false;
@@ -771,7 +823,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every ServiceAccount with `sources` (after a relist).
-    pub fn reset_accounts(
+    pub(crate) fn reset_accounts(
         &mut self,
         sources: impl IntoIterator<Item = AccountSource>,
         now: DateTime<Utc>,
@@ -795,7 +847,7 @@ impl CredentialIndexer {
     }
 
     /// Set a namespace's policy; re-resolves that namespace's credentials only.
-    pub fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
         let previous = match source.policy {
             Some(policy) => {
                 if self.policies.get(&source.name) == Some(&policy) {
@@ -814,7 +866,7 @@ impl CredentialIndexer {
     }
 
     /// A namespace is gone: its credentials fall back to the default policy.
-    pub fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
         self.apply_namespace(
             NamespaceSource {
                 name: name.to_owned(),
@@ -825,7 +877,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every namespace policy with `sources` (after a relist).
-    pub fn reset_namespaces(
+    pub(crate) fn reset_namespaces(
         &mut self,
         sources: impl IntoIterator<Item = NamespaceSource>,
         now: DateTime<Utc>,
@@ -971,12 +1023,12 @@ impl TokenState {
     }
 
     /// Replace the credential index.
-    pub fn set_credentials(&self, index: CredentialIndex) {
+    pub(crate) fn set_credentials(&self, index: CredentialIndex) {
         self.credentials.store(Arc::new(index));
     }
 
     /// Replace (or clear) the keys.
-    pub fn set_keys(&self, keys: Option<KeyMaterial>) {
+    pub(crate) fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
     }
 }

@@ -118,7 +118,7 @@ impl TokenServer {
     }
 
     /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
-    pub fn with_assertions(
+    pub(crate) fn with_assertions(
         config: ServerConfig,
         state: Arc<TokenState>,
         metrics: Metrics,
@@ -138,7 +138,8 @@ impl TokenServer {
     }
 
     /// The workload-identity assertion verifier (and its cache).
-    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+    #[cfg(feature = "bench")]
+    pub(crate) fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
         &self.inner.assertions
     }
 
@@ -194,7 +195,11 @@ pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics)
                     })
                     .on_failure(()),
             )
-            .layer(axum::middleware::from_fn_with_state(metrics, observe))
+            // Shared, not cloned: the middleware clones its state per request.
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(metrics),
+                observe,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
                 limits.request_timeout,
@@ -210,7 +215,7 @@ pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics)
 /// Metrics per endpoint and outcome, and the RFC 6749 shape of errors
 /// the layers below answer themselves (413, 408, 503).
 async fn observe(
-    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -51,7 +51,7 @@ use std::time::Instant;
 /// service-account token (workload identity) carry
 /// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
 /// in workload-identity mode.
-pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
+pub(crate) const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
 const CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -121,7 +121,7 @@ const DUMMY_DIGEST: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// grace periods) for every client id, known or not, padding with a
 /// verifier nothing matches. A credential with more verifiers costs more;
 /// the controller keeps at most a handful.
-pub const MAX_VERIFIERS: usize = 4;
+pub(crate) const MAX_VERIFIERS: usize = 4;
 
 /// The two keyed checks of authentication (a seam for counting them).
 pub trait SecretCheck {
@@ -129,6 +129,8 @@ pub trait SecretCheck {
     fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool;
     /// Whether `secret` matches `digest`.
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool;
+    /// Identifies the key: results under one id hold for that key only.
+    fn key_id(&self) -> u64;
 }
 
 impl SecretCheck for VerifierKey {
@@ -138,6 +140,10 @@ impl SecretCheck for VerifierKey {
 
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
         VerifierKey::verify(self, binding, secret, digest)
+    }
+
+    fn key_id(&self) -> u64 {
+        self.id()
     }
 }
 
@@ -169,6 +175,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            seals: Default::default(),
         }
     });
     &UNKNOWN

@@ -58,18 +58,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Longest wait before retrying a failed list or watch.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Duration of one watch request; its end and restart confirm the state.
-pub const WATCH_TIMEOUT_SECS: u32 = 30;
+pub(crate) const WATCH_TIMEOUT_SECS: u32 = 30;
 /// A watch that delivers nothing (not even its end) for this long past its
 /// timeout is taken for a dead connection.
 const WATCH_IDLE_MARGIN: Duration = Duration::from_secs(5);
 /// Objects per list page: bounds the memory a relist needs at once.
-pub const PAGE_SIZE: u32 = 500;
+pub(crate) const PAGE_SIZE: u32 = 500;
 /// Served state older than this makes the replica not ready.
-pub const STALENESS_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const STALENESS_LIMIT: Duration = Duration::from_secs(60);
 /// Most changes applied before a snapshot is published.
 const MAX_BATCH: usize = 1024;
 
@@ -128,7 +128,7 @@ impl Update {
 
 /// Where and what to watch.
 #[derive(Debug, Clone)]
-pub struct WatchConfig {
+pub(crate) struct WatchConfig {
     /// The operator namespace (key Secret, revocation ConfigMap).
     pub operator_namespace: String,
     /// Scope policy of namespaces without the annotation.
@@ -142,7 +142,7 @@ pub struct WatchConfig {
 
 /// Readiness flags and metrics the watches drive.
 #[derive(Debug, Clone)]
-pub struct WatchReadiness {
+pub(crate) struct WatchReadiness {
     /// Every watch completed its initial list.
     pub synced: ReadyFlag,
     /// A signing key is loaded.
@@ -373,7 +373,7 @@ fn strip<K: Resource>(mut object: K) -> Option<K> {
 }
 
 /// Run the watches forever, keeping `state` current.
-pub async fn run_watches(
+pub(crate) async fn run_watches(
     client: kube::Client,
     cfg: WatchConfig,
     state: Arc<TokenState>,
