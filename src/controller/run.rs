@@ -1,7 +1,7 @@
 //! Wiring of the controllers: shared reflectors for the objects reconciles
 //! read (so a trigger never sees an older cache than the event that caused
-//! it), watch mappings (a ServiceAccount or Namespace change re-reconciles
-//! what it affects), and leader election — only the Lease holder runs the
+//! it), watch mappings (a ServiceAccount, Namespace or role change
+//! re-reconciles what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
 use super::keys::reconcile_keys;

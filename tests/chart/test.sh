@@ -423,6 +423,11 @@ if ((installed)); then
       "$KUBECTL" auth can-i create m2mcredentials.m2m.dev -n "$OTHER_NS" --as=m2m-chart-test-user
     check "namespace editor may NOT patch m2mcredentials/status" bash -c '[[ "$("$@")" == no ]]' _ \
       "$KUBECTL" auth can-i patch m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS" --as=m2m-chart-test-user
+    check "namespace editor may create m2mroles" bash -c '[[ "$("$@")" == yes ]]' _ \
+      "$KUBECTL" auth can-i create m2mroles.m2m.dev -n "$OTHER_NS" --as=m2m-chart-test-user
+    check "namespace editor may NOT create clusterm2mroles (they widen every namespace's grants)" \
+      bash -c '[[ "$("$@")" == no ]]' _ \
+      "$KUBECTL" auth can-i create clusterm2mroles.m2m.dev --as=m2m-chart-test-user
   else
     printf 'skip aggregated edit/view roles: clusterrole-aggregation controller not running\n'
   fi
