@@ -57,16 +57,20 @@ impl RoleGrant {
         names.into_iter().map(str::to_owned).collect()
     }
 
-    /// The names of the roles a token holding exactly `scopes` carries in
-    /// its `roles` claim: those whose every scope it holds. A token narrowed
-    /// to fewer scopes must not claim a role it cannot exercise, or a
-    /// resource server that authorizes by role would grant more than the
-    /// token's scopes allow.
-    pub fn held_with<'a>(&'a self, scopes: &[&str]) -> Vec<&'a str> {
+    /// The names of the roles a token holding exactly `scope` (space
+    /// separated, as in the `scope` claim) carries in its `roles` claim:
+    /// those whose every scope it holds. A token narrowed to fewer scopes
+    /// must not claim a role it cannot exercise, or a resource server that
+    /// authorizes by role would grant more than the token's scopes allow.
+    pub fn held_with<'a>(&'a self, scope: &str) -> Vec<&'a str> {
+        if self.roles.is_empty() {
+            return vec![];
+        }
+        let scopes: BTreeSet<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
         let held: BTreeSet<&str> = self
             .roles
             .iter()
-            .filter(|r| r.scopes.iter().all(|s| scopes.contains(&s.as_str())))
+            .filter(|r| r.scopes.iter().all(|s| scopes.contains(s.as_str())))
             .map(|r| r.name.as_str())
             .collect();
         held.into_iter().collect()
@@ -269,11 +273,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            g.held_with(&["repo:read", "repo:write"]),
+            g.held_with("repo:read repo:write"),
             ["empty", "reader", "writer"]
         );
-        assert_eq!(g.held_with(&["repo:read"]), ["empty", "reader"]);
-        assert_eq!(g.held_with(&["own"]), ["empty"]);
-        assert!(RoleGrant::none().held_with(&["own"]).is_empty());
+        assert_eq!(g.held_with("repo:read"), ["empty", "reader"]);
+        assert_eq!(g.held_with("own"), ["empty"]);
+        assert_eq!(g.held_with(""), ["empty"]);
+        assert!(RoleGrant::none().held_with("own").is_empty());
     }
 }

@@ -372,12 +372,7 @@ impl TokenServer {
             jti: &jti,
             client_id: &entry.client_id,
             scope: &scope,
-            roles: grant.roles.held_with(
-                &scope
-                    .split(' ')
-                    .filter(|s| !s.is_empty())
-                    .collect::<Vec<_>>(),
-            ),
+            roles: grant.roles.held_with(&scope),
             m2m_sv: version,
         };
         let claims_json = serde_json::to_vec(&claims)
