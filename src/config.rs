@@ -23,6 +23,23 @@ pub(crate) enum ConfigError {
     /// `--default-allowed-scopes` does not parse.
     #[error("--default-allowed-scopes")]
     DefaultPolicy(#[source] ScopePolicyError),
+    /// `--default-role` cannot name a ClusterM2MRole: no role would ever be
+    /// found and every ServiceAccount would be refused.
+    #[error("--default-role {0:?} is not a valid object name (DNS-1123 subdomain)")]
+    DefaultRole(String),
+}
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as a ClusterM2MRole name.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && alnum(b[0])
+                && alnum(b[b.len() - 1])
+                && b.iter().all(|&c| alnum(c) || c == b'-')
+        })
 }
 
 /// What the process environment contributes beyond the flags.
@@ -94,7 +111,11 @@ impl Config {
             operator_namespace,
             watch_namespace: common.watch_namespace.clone(),
             admin_listen: common.admin_listen,
-            default_role: common.default_role.clone().filter(|r| !r.is_empty()),
+            default_role: match common.default_role.as_deref() {
+                None | Some("") => None,
+                Some(r) if is_dns1123_subdomain(r) => Some(r.to_owned()),
+                Some(r) => return Err(ConfigError::DefaultRole(r.to_owned())),
+            },
             issuer,
             log_format: common.log_format,
             instance: env.instance.clone(),
@@ -204,6 +225,11 @@ mod tests {
                 want
             );
             assert_eq!(cfg.server(&run.server).default_role.as_deref(), want);
+        }
+        for bad in ["Baseline", "base_line", "-base", "base.", "a..b"] {
+            let run = run_args(&[&format!("--default-role={bad}")]);
+            let err = Config::resolve(&run.common, &Environment::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::DefaultRole(_)), "{bad}");
         }
     }
 
