@@ -5,6 +5,7 @@
 
 pub mod credential;
 pub mod keys;
+pub mod lease;
 pub mod run;
 pub mod secret;
 pub mod service_account;

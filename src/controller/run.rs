@@ -5,6 +5,7 @@
 //! reconcilers, so exactly one replica writes.
 
 use super::keys::reconcile_keys;
+use super::lease::{LeaderElector, LeaseTimings};
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
 use crate::crd::{M2MCredential, ServiceAccount};
@@ -20,12 +21,56 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SHARED_BUFFER: usize = 1024;
+
+/// Longest wait before a failed list or watch is retried (and before the
+/// key Secret is re-read after a failure): after an apiserver outage the
+/// controller resumes within seconds, not after kube's default backoff
+/// (which grows to 30 s). The same bound as the token server's watches.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait after a failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Bounded exponential backoff with jitter for watches: 200 ms doubling to
+/// at most [`MAX_BACKOFF`], each wait drawn between half and all of the
+/// step; reset by the first successful event.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    step: Duration,
+}
+
+impl WatchBackoff {
+    /// A backoff at its first step.
+    pub fn new() -> Self {
+        Self { step: MIN_BACKOFF }
+    }
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let step = self.step;
+        self.step = (step * 2).min(MAX_BACKOFF);
+        Some(step.mul_f64(rand::random_range(0.5..=1.0)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.step = MIN_BACKOFF;
+    }
+}
 
 fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
@@ -77,17 +122,17 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     let ns_for_accounts = ns_writer.subscribe().ok_or_else(subscribe_err)?;
     let reflectors = future::join3(
         watcher(api_for::<M2MCredential>(client, watch_ns), cfg.clone())
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(cred_writer)
             .for_each(|_| future::ready(())),
         watcher(api_for::<ServiceAccount>(client, watch_ns), cfg)
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(account_writer)
             .for_each(|_| future::ready(())),
         watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(ns_writer)
             .for_each(|_| future::ready(())),
@@ -209,6 +254,7 @@ where
                 .filter(move |c| c.namespace().as_deref() == Some(name.as_str()))
                 .map(|c| ObjectRef::from_obj(&*c))
         })
+        .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(
             |cred, ctx: Arc<Context>| async move {
@@ -244,6 +290,7 @@ fn account_controller(
                 .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
                 .map(|a| ObjectRef::from_obj(&*a))
         })
+        .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(
             |account, ctx: Arc<Context>| async move {
@@ -272,7 +319,7 @@ async fn reconcile_keys_until_ok(
     cfg: &KeySecretConfig,
     metrics: &Metrics,
 ) -> super::keys::KeyReconcile {
-    let mut delay = Duration::from_millis(500);
+    let mut delay = WatchBackoff::new();
     loop {
         let start = Instant::now();
         let result = reconcile_keys(client, cfg, Utc::now())
@@ -283,8 +330,7 @@ async fn reconcile_keys_until_ok(
             Ok(r) => return r,
             Err(error) => {
                 tracing::warn!(%error, "could not reconcile the operator key Secret; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(delay.next().unwrap_or(MAX_BACKOFF)).await;
             }
         }
     }
@@ -346,11 +392,10 @@ async fn export_credential_states(ctx: Arc<Context>) {
     }
 }
 
-/// Lease timing: a standby takes over at most this long after the holder dies.
-const LEASE_DURATION_SECS: u64 = 15;
-const LEASE_GRACE_SECS: u64 = 5;
-
-/// Run the controllers whenever this replica holds the Lease, until `shutdown`.
+/// Run the controllers whenever this replica holds the Lease, until
+/// `shutdown`. Leadership and its timings: [`super::lease`]; the
+/// controllers are dropped (in-flight requests cancelled, not awaited) the
+/// moment leadership is lost, so nothing is written after the renew deadline.
 pub async fn run_with_leader_election(
     client: Client,
     config: ControllerConfig,
@@ -364,18 +409,19 @@ pub async fn run_with_leader_election(
         Some(h) => format!("{h}-{}", uuid::Uuid::new_v4().simple()),
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
-    let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
-        .with_namespace(&config.operator_namespace)
-        .with_identity(&identity)
-        .with_duration(LEASE_DURATION_SECS)
-        .with_grace(LEASE_GRACE_SECS)
-        .build()
-        .await?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let elector = LeaderElector::new(
+        client.clone(),
+        &config.operator_namespace,
+        lease_name,
+        &identity,
+        LeaseTimings::DEFAULT,
+    );
+    let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let shutdown = shutdown.shared();
+    let lease_task = tokio::spawn(elector.run(leader_tx, shutdown.clone()));
     // A standby replica is healthy and ready: readiness must not depend on
     // leadership, or a PodDisruptionBudget could never let a node drain.
     ready.set(true);
-    let shutdown = shutdown.shared();
     tracing::info!(lease = lease_name, identity, "waiting for leadership");
     loop {
         tokio::select! {
@@ -406,8 +452,7 @@ pub async fn run_with_leader_election(
         }
         tracing::warn!(lease = lease_name, "lost leadership; standing by");
     }
-    // Dropping the receiver makes the lease task release the Lease.
-    drop(leader);
+    // The elector releases a held Lease when it sees the shutdown.
     let _ = lease_task.await;
     Ok(())
 }
