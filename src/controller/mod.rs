@@ -155,6 +155,9 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     /// The HMAC key of the verification state.
     pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
+    /// Fingerprints of verifier keys this process held before the current
+    /// one (the key Secret was replaced while it ran).
+    pub former_key_ids: arc_swap::ArcSwap<Vec<String>>,
     /// Reconcile and credential metrics.
     pub metrics: crate::telemetry::Metrics,
 }

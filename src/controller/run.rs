@@ -4,7 +4,7 @@
 //! what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
-use super::keys::reconcile_keys;
+use super::keys::{HeldKeys, reconcile_keys_holding};
 use super::lease::{LeaderElector, LeaseTimings};
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
@@ -151,20 +151,29 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     })
 }
 
-/// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
+/// The keys this process last read from the key Secret, kept across
+/// leadership terms (see [`super::keys::HeldKeys`]).
+pub type KeyMemory = Arc<arc_swap::ArcSwapOption<HeldKeys>>;
+
+/// Run the reconcilers until `stop` resolves. Call only while holding the
+/// Lease. `held` is what this process knew of the keys before (restored if
+/// the key Secret is gone) and is kept current.
 pub async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,
     metrics: Metrics,
+    held: KeyMemory,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let stop = stop.boxed().shared();
     let mut stop_rx = stop.clone();
+    let known = held.load_full();
     let first = tokio::select! {
-        k = reconcile_keys_until_ok(&client, &keys, &metrics) => k,
+        k = reconcile_keys_until_ok(&client, &keys, &metrics, known.as_deref()) => k,
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
+    held.store(Some(Arc::new(HeldKeys::from(&first))));
     let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
     // Reconciles start only once every store has listed, so no reconcile
     // mistakes an unsynced cache for absence (and writes a wrong status on
@@ -188,18 +197,27 @@ pub async fn run_controllers(
         credentials: r.credentials.clone(),
         namespaces: r.namespaces.clone(),
         verifier_key: arc_swap::ArcSwapOption::from_pointee(first.verifier_key.clone()),
+        former_key_ids: arc_swap::ArcSwap::from_pointee(
+            known
+                .filter(|k| k.verifier_key != first.verifier_key)
+                .map(|k| vec![k.verifier_key.key_id()])
+                .unwrap_or_default(),
+        ),
         metrics: metrics.clone(),
     });
+    let (key_changed, key_changes) = futures::channel::mpsc::unbounded();
     let key_loop = tokio::spawn(maintain_keys(
         client.clone(),
         keys,
         ctx.clone(),
-        first.next_due,
+        first,
+        held,
+        key_changed,
     ));
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
     let reflector_task = r.task.abort_handle();
     let controllers = future::join(
-        credential_controller(&ctx, &client, &r, stop.clone()),
+        credential_controller(&ctx, &client, &r, key_changes, stop.clone()),
         account_controller(&ctx, r, stop.clone()),
     );
     tracing::info!("controllers started");
@@ -220,6 +238,7 @@ fn credential_controller<S>(
     ctx: &Arc<Context>,
     client: &Client,
     r: &Reflectors,
+    key_changes: futures::channel::mpsc::UnboundedReceiver<()>,
     stop: S,
 ) -> impl Future<Output = ()> + use<S>
 where
@@ -254,6 +273,7 @@ where
                 .filter(move |c| c.namespace().as_deref() == Some(name.as_str()))
                 .map(|c| ObjectRef::from_obj(&*c))
         })
+        .reconcile_all_on(key_changes)
         .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(
@@ -310,19 +330,21 @@ fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Resu
     metrics.observe_reconcile(controller, start.elapsed().as_secs_f64(), error);
 }
 
-/// How often the key Secret is re-checked even when nothing is due, so a
-/// hand-deleted or damaged key Secret is noticed.
+/// How often the key Secret is re-checked even when nothing is due and no
+/// watch event came (a safety net: the watch below notices a deleted or
+/// edited key Secret within a second).
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 async fn reconcile_keys_until_ok(
     client: &Client,
     cfg: &KeySecretConfig,
     metrics: &Metrics,
+    held: Option<&HeldKeys>,
 ) -> super::keys::KeyReconcile {
     let mut delay = WatchBackoff::new();
     loop {
         let start = Instant::now();
-        let result = reconcile_keys(client, cfg, Utc::now())
+        let result = reconcile_keys_holding(client, cfg, Utc::now(), held)
             .await
             .map_err(Error::from);
         observe(metrics, "keys", start, &result);
@@ -336,14 +358,24 @@ async fn reconcile_keys_until_ok(
     }
 }
 
-/// Rotate and prune signing keys exactly when due (and re-check now and
-/// then), keeping the verifier key the credential reconciler uses current.
+/// Rotate and prune signing keys exactly when due, and repair the key
+/// Secret as soon as a watch reports it deleted or changed — from the keys
+/// this controller holds, so a deleted Secret comes back with the same keys
+/// and no credential is re-issued. Keeps the verifier key the credential
+/// reconciler uses current.
 async fn maintain_keys(
     client: Client,
     cfg: KeySecretConfig,
     ctx: Arc<Context>,
-    mut next_due: Option<chrono::DateTime<Utc>>,
+    first: super::keys::KeyReconcile,
+    memory: KeyMemory,
+    key_changed: futures::channel::mpsc::UnboundedSender<()>,
 ) {
+    let mut held = HeldKeys::from(&first);
+    let mut next_due = first.next_due;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={}", cfg.name));
+    let mut changes = watcher(api, wc).backoff(WatchBackoff::new()).boxed();
     loop {
         let wait = match next_due {
             Some(t) => (t - Utc::now())
@@ -352,12 +384,38 @@ async fn maintain_keys(
                 .min(KEY_CHECK_INTERVAL),
             None => KEY_CHECK_INTERVAL,
         };
-        tokio::time::sleep(wait + Duration::from_millis(50)).await;
-        let r = reconcile_keys_until_ok(&client, &cfg, &ctx.metrics).await;
-        if ctx.verifier_key.load().as_deref() != Some(&r.verifier_key) {
-            tracing::warn!("the verifier key changed: every credential Secret will be re-issued");
-            ctx.verifier_key.store(Some(Arc::new(r.verifier_key)));
+        tokio::select! {
+            _ = tokio::time::sleep(wait + Duration::from_millis(50)) => {}
+            event = changes.next() => match event {
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => {}
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+                // Retried by the watcher's bounded backoff.
+                Some(Err(_)) => continue,
+                None => {
+                    tracing::warn!("the key Secret watch ended; polling only");
+                    changes = futures::stream::pending().boxed();
+                    continue;
+                }
+            },
         }
+        let r = reconcile_keys_until_ok(&client, &cfg, &ctx.metrics, Some(&held)).await;
+        if ctx.verifier_key.load().as_deref() != Some(&r.verifier_key) {
+            tracing::warn!(
+                "the key Secret holds a different verifier key (replaced by hand?): credentials sealed under the previous key report VerifierKeyConflict until the keys match again"
+            );
+            if let Some(old) = ctx
+                .verifier_key
+                .swap(Some(Arc::new(r.verifier_key.clone())))
+            {
+                let mut former = ctx.former_key_ids.load().to_vec();
+                former.push(old.key_id());
+                ctx.former_key_ids.store(Arc::new(former));
+            }
+            // Every credential re-checks its seals against the new key now.
+            let _ = key_changed.unbounded_send(());
+        }
+        held = HeldKeys::from(&r);
+        memory.store(Some(Arc::new(held.clone())));
         next_due = r.next_due;
     }
 }
@@ -417,6 +475,7 @@ pub async fn run_with_leader_election(
         LeaseTimings::DEFAULT,
     );
     let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let held = KeyMemory::default();
     let shutdown = shutdown.shared();
     let lease_task = tokio::spawn(elector.run(leader_tx, shutdown.clone()));
     // A standby replica is healthy and ready: readiness must not depend on
@@ -444,6 +503,7 @@ pub async fn run_with_leader_election(
             config.clone(),
             keys.clone(),
             metrics.clone(),
+            held.clone(),
             stop,
         )
         .await?;
