@@ -366,13 +366,18 @@ fn report_key_conflict(
 /// Another installation's [`VERIFIER_KEY_CONFLICT`] report on a credential
 /// this controller can verify: kept as it is, so the two installations do
 /// not flip `Ready` back and forth. A report naming this controller's own
-/// current or former key as the holder is stale and is not kept.
+/// current or former key as the holder is stale and is not kept, nor is
+/// one made for an older generation (a spec change clears a report left by
+/// an installation that is gone; a live one reports again).
 fn foreign_conflict_report<'s>(
     o: &Observed<'_>,
     old_status: &'s M2MCredentialStatus,
 ) -> Option<&'s Condition> {
     let report = old_status.conditions.iter().find(|c| {
-        c.type_ == READY && c.status == ConditionStatus::False && c.reason == VERIFIER_KEY_CONFLICT
+        c.type_ == READY
+            && c.status == ConditionStatus::False
+            && c.reason == VERIFIER_KEY_CONFLICT
+            && c.observed_generation == o.cred.metadata.generation
     })?;
     let ours = std::iter::once(o.key.key_id()).chain(o.former_key_ids.iter().cloned());
     let own = ours
@@ -1294,6 +1299,14 @@ mod plan_tests {
                 assert!(p.events.is_empty());
             }
         }
+        assert_eq!(w.status().secret_version, 1);
+        // A spec change clears a report the first installation cannot
+        // confirm; the second, still there, reports again.
+        w.cred.metadata.generation = Some(2);
+        w.key = a;
+        assert_eq!(event_reasons(&w.step()), ["Ready"]);
+        w.key = b;
+        assert_eq!(event_reasons(&w.step()), [VERIFIER_KEY_CONFLICT]);
         assert_eq!(w.status().secret_version, 1);
     }
 
