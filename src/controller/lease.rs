@@ -74,6 +74,18 @@ impl Observed {
     }
 }
 
+/// What one attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// This candidate holds the Lease (acquired or renewed).
+    Held,
+    /// Another candidate holds a Lease that has not expired.
+    HeldByOther,
+    /// The write lost a race (409): try again; not a reason to step down
+    /// before the renew deadline.
+    Conflict,
+}
+
 /// Why an attempt did not make (or keep) this candidate the holder.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -133,14 +145,14 @@ impl LeaderElector {
                 },
             };
             match result {
-                Some(Ok(true)) => {
+                Some(Ok(Attempt::Held)) => {
                     if renewed_at.is_none() {
                         tracing::debug!(lease = %self.name, "Lease acquired");
                         leader.send_replace(true);
                     }
                     renewed_at = Some(attempt_start);
                 }
-                Some(Ok(false)) => {
+                Some(Ok(Attempt::HeldByOther)) => {
                     if renewed_at.take().is_some() {
                         tracing::warn!(lease = %self.name, "another replica holds the Lease");
                         leader.send_replace(false);
@@ -214,8 +226,8 @@ impl LeaderElector {
     }
 
     /// Take or renew the Lease if it is ours or free (or expired by our
-    /// own observation); `Ok(false)` while another replica holds it.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
+    /// own observation).
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaseError> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let Some(lease) = self
             .api
@@ -233,9 +245,9 @@ impl LeaderElector {
             return match self.api.create(&post_params(), &lease).await {
                 Ok(created) => {
                     self.observe(&created);
-                    Ok(true)
+                    Ok(Attempt::Held)
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
                 Err(e) => Err(LeaseError::Api(e)),
             };
         };
@@ -248,7 +260,7 @@ impl LeaderElector {
             && seen_at.elapsed() < self.lease_duration_of(&lease)
         {
             tracing::trace!(lease = %self.name, holder = other, "Lease held by another replica");
-            return Ok(false);
+            return Ok(Attempt::HeldByOther);
         }
         let (acquired, transitions) = if ours {
             (spec.acquire_time.unwrap_or_else(|| now.clone()), 0)
@@ -261,9 +273,9 @@ impl LeaderElector {
         match self.api.replace(&self.name, &post_params(), &next).await {
             Ok(written) => {
                 self.observe(&written);
-                Ok(true)
+                Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Conflict),
             Err(e) => Err(LeaseError::Api(e)),
         }
     }
