@@ -28,3 +28,7 @@ pub(crate) const ANN_PREVIOUS_NOT_AFTER: &str = "m2m.dev/previous-not-after";
 /// Annotation of a generated Secret: the `m2m.dev/rotate` value handled by
 /// this secret's rotation.
 pub(crate) const ANN_HANDLED_ROTATE: &str = "m2m.dev/rotate-handled";
+/// Annotation of a generated Secret: the public fingerprint of the verifier
+/// key it was sealed under (`VerifierKey::key_id`), so a Secret written by
+/// an installation with other keys is told apart from a hand edit.
+pub(crate) const ANN_VERIFIER_KEY_ID: &str = "m2m.dev/verifier-key-id";

@@ -29,12 +29,13 @@ use support::{Operator, OperatorOptions, TestNamespace, eventually};
 /// to back off several times.
 const OUTAGE: Duration = Duration::from_secs(20);
 /// After the apiserver returns, how soon the rotation made during the
-/// outage must be honoured: the watches reconnect on kube's default
-/// backoff (exponential, capped at 30 s with jitter) and the leader Lease
-/// must be renewed, so after a 20 s outage this took 15–40 s on a loaded
-/// 2-core machine. The measured figure is printed; tighten this bound to
-/// "a few seconds" once the backoff is capped.
-const RESUME: Duration = Duration::from_secs(60);
+/// outage must be honoured. Every watch of both processes retries after at
+/// most 5 s (bounded backoff), the controller re-takes the Lease it gave up
+/// at its renew deadline within one retry period (2 s), then lists and
+/// reconciles: about 1–3 s measured; before the backoff was bounded this
+/// took 15–40 s (kube's default, capped at 30 s with jitter). The bound
+/// leaves room for a loaded 2-core machine; the figure is printed.
+const RESUME: Duration = Duration::from_secs(15);
 
 async fn credential_secret(
     ns: &TestNamespace,
@@ -187,7 +188,9 @@ async fn token_server_and_controller_ride_out_an_apiserver_outage() {
         || async {
             let (new, _) = token(&http, &server.url, &id, &secret2).await;
             let (old, _) = token(&http, &server.url, &id, &secret1).await;
-            (new == 200 && old == 401).then_some(())
+            // Repeated failures of the old secret are answered 429 by the
+            // per-client failure limiter, which never refuses a valid secret.
+            (new == 200 && (old == 401 || old == 429)).then_some(())
         },
     )
     .await;
@@ -301,4 +304,87 @@ async fn token_server_is_not_ready_before_its_first_sync() {
     assert!(answered > 0, "the admin endpoint never answered");
     proxy.restore().await;
     server.wait_ready().await;
+}
+
+/// Issue 14, item 8: a leader cut off from the apiserver must stop acting
+/// before a standby can take the Lease over, never overlap with it. The
+/// leader reaches the apiserver through the proxy, the standby directly;
+/// the proxy is cut. The leader's renew deadline (10 s) is shorter than
+/// the Lease (15 s), so it stops its controllers while the standby still
+/// waits; after the partition heals it stays a standby.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_apiserver_steps_down_before_a_standby_takes_over() {
+    let ns = TestNamespace::new("partition").await;
+    let direct = support::kubeconfig_path();
+    let proxy = Proxy::for_kubeconfig(&direct).await;
+    let via_proxy = proxy.write_kubeconfig(&direct, &ns.name);
+    let leader = Operator::start_with(
+        &ns,
+        OperatorOptions {
+            subcommand: "controller",
+            env: vec![("KUBECONFIG", via_proxy.display().to_string())],
+            ..Default::default()
+        },
+    );
+    eventually(
+        "the first replica leads",
+        Duration::from_secs(30),
+        || async {
+            leader
+                .log_text()
+                .contains("controllers started")
+                .then_some(())
+        },
+    )
+    .await;
+    let standby = Operator::start_with(
+        &ns,
+        OperatorOptions {
+            subcommand: "controller",
+            ..Default::default()
+        },
+    );
+    standby.wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !standby.log_text().contains("acquired leadership"),
+        "one leader at a time"
+    );
+
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    let (mut stopped, mut taken_over) = (None, None);
+    while cut_at.elapsed() < Duration::from_secs(45) && (stopped.is_none() || taken_over.is_none())
+    {
+        if stopped.is_none() && leader.log_text().contains("controllers stopped") {
+            stopped = Some(cut_at.elapsed());
+        }
+        if taken_over.is_none() && standby.log_text().contains("acquired leadership") {
+            taken_over = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken_over = taken_over
+        .unwrap_or_else(|| panic!("the standby never took over:\n{}", standby.log_text()));
+    let stopped = stopped.unwrap_or_else(|| {
+        panic!(
+            "the cut-off leader kept its controllers running ({taken_over:?} after the cut the standby took over): two leaders"
+        )
+    });
+    eprintln!(
+        "partition: leader stopped {stopped:?} after the cut, standby took over {taken_over:?} after it"
+    );
+    assert!(
+        stopped < taken_over,
+        "the old leader stopped {stopped:?} after the cut, after the standby took over ({taken_over:?})"
+    );
+
+    // Healed: the old leader sees the new holder and stays a standby.
+    proxy.restore().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        leader.log_text().matches("acquired leadership").count(),
+        1,
+        "the old leader took the Lease back from the new one"
+    );
 }

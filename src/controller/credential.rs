@@ -36,6 +36,9 @@ pub const READY: &str = "Ready";
 /// Condition type: the Secret exists and matches the verification state.
 pub(crate) const SECRET_SYNCED: &str = "SecretSynced";
 
+/// `Ready=False` reason: the credential was sealed under another verifier key.
+pub const VERIFIER_KEY_CONFLICT: &str = "VerifierKeyConflict";
+
 /// Requeue when nothing is scheduled sooner: a safety net, not a clock.
 const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
 
@@ -125,6 +128,10 @@ pub(crate) struct Observed<'a> {
     pub existing: Option<&'a Secret>,
     /// The HMAC key of the verification state.
     pub key: &'a VerifierKey,
+    /// Fingerprints of verifier keys this controller held earlier: a
+    /// `VerifierKeyConflict` report naming one of them as the holder is its
+    /// own, now stale (the keys match again), not another installation's.
+    pub former_key_ids: &'a [String],
     /// `token_url` written into the Secret.
     pub token_url: &'a str,
     /// `issuer` written into the Secret.
@@ -215,6 +222,7 @@ pub(crate) async fn reconcile(
         policy: policy.as_ref(),
         existing: existing.as_ref(),
         key: &key,
+        former_key_ids: &ctx.former_key_ids.load(),
         token_url: &ctx.config.token_url,
         issuer: &ctx.config.issuer,
         now,
@@ -274,6 +282,14 @@ pub(crate) fn plan(
     status.expires_at = o.cred.spec.expires_at;
     let mut plan = Plan::default();
 
+    // Sealed under another verifier key (a second installation, or a
+    // replaced key Secret): neither a hand edit to repair nor a secret to
+    // re-issue. Report once and touch nothing else until the keys match.
+    if let Some(other) = key_conflict(o, &uid) {
+        report_key_conflict(o, &old_status, &other, &mut plan);
+        return Ok(plan);
+    }
+
     // Only verifiers this operator sealed are kept: anything else in status
     // was written by someone without the key and must never become valid.
     let before = status.verifiers.len();
@@ -304,6 +320,82 @@ pub(crate) fn plan(
     let every = rotation.ok().and_then(|r| r.every);
     finish_status(o, &binding, &old_status, status, ready, every, &mut plan);
     Ok(plan)
+}
+
+/// The fingerprint of the other verifier key the credential's own Secret
+/// was sealed under, if it was.
+fn key_conflict(o: &Observed<'_>, uid: &str) -> Option<String> {
+    let existing = o.existing?;
+    let controlled = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == uid && r.controller == Some(true));
+    controlled
+        .then(|| secret::sealed_under_other_key(Some(existing), o.key))
+        .flatten()
+}
+
+/// The `Ready` message of a key conflict; names both fingerprints (the
+/// holder's in a fixed phrase, see [`holder_phrase`]).
+fn key_conflict_message(other: &str, ours: &str) -> String {
+    format!(
+        "the credential's Secret and status.verifiers were sealed under verifier key {other}, but {}: another m2m-operator installation with other keys manages this namespace, or the key Secret was replaced. Nothing is rotated or repaired until the keys match again (restore the original key Secret, or remove the other installation); to re-issue the credential under this operator's key instead, delete its Secret",
+        holder_phrase(ours)
+    )
+}
+
+fn holder_phrase(key_id: &str) -> String {
+    format!("this operator holds verifier key {key_id}")
+}
+
+/// Ready=False with [`VERIFIER_KEY_CONFLICT`] (a Warning Event on the
+/// transition only); status otherwise as found, no Secret write.
+fn report_key_conflict(
+    o: &Observed<'_>,
+    old_status: &M2MCredentialStatus,
+    other: &str,
+    plan: &mut Plan,
+) {
+    let msg = key_conflict_message(other, &o.key.key_id());
+    let ready = cond(READY, false, VERIFIER_KEY_CONFLICT, &msg, o);
+    let mut status = old_status.clone();
+    if let Some(event) = ready_transition(
+        old_status,
+        &ready,
+        &Err((VERIFIER_KEY_CONFLICT, msg.clone())),
+    ) {
+        plan.events.push(event);
+    }
+    set_condition(&mut status.conditions, ready);
+    plan.requeue = IDLE_REQUEUE;
+    if status != *old_status {
+        plan.status = Some(status);
+    }
+}
+
+/// Another installation's [`VERIFIER_KEY_CONFLICT`] report on a credential
+/// this controller can verify: kept as it is, so the two installations do
+/// not flip `Ready` back and forth. A report naming this controller's own
+/// current or former key as the holder is stale and is not kept, nor is
+/// one made for an older generation (a spec change clears a report left by
+/// an installation that is gone; a live one reports again).
+fn foreign_conflict_report<'s>(
+    o: &Observed<'_>,
+    old_status: &'s M2MCredentialStatus,
+) -> Option<&'s Condition> {
+    let report = old_status.conditions.iter().find(|c| {
+        c.type_ == READY
+            && c.status == ConditionStatus::False
+            && c.reason == VERIFIER_KEY_CONFLICT
+            && c.observed_generation == o.cred.metadata.generation
+    })?;
+    let ours = std::iter::once(o.key.key_id()).chain(o.former_key_ids.iter().cloned());
+    let own = ours
+        .map(|id| holder_phrase(&id))
+        .any(|phrase| report.message.contains(&phrase));
+    (!own).then_some(report)
 }
 
 /// Whether the credential can hold a Secret at all: a free Secret name, a
@@ -474,6 +566,7 @@ impl SecretPlan<'_> {
 
     /// Write `desired` unless the existing Secret already is exactly that.
     fn write(&self, plan: &mut Plan, desired: Secret) {
+        let desired = secret::stamp_key_id(desired, self.o.key);
         if self.o.existing.is_none_or(|e| secret::differs(e, &desired)) {
             plan.secret_write = Some(desired);
         }
@@ -520,6 +613,10 @@ fn finish_status(
         o.key.seal(binding, v);
     }
     status.next_rotation_time = next_scheduled(&rotation_inputs(o.cred, &status, every));
+    let ready = match (ready, foreign_conflict_report(o, old_status)) {
+        (Ok(()), Some(report)) => Err((VERIFIER_KEY_CONFLICT, report.message.clone())),
+        (ready, _) => ready,
+    };
     let ready_condition = match &ready {
         Ok(()) => {
             let msg = format!("client {} can obtain tokens", binding.client_id);
@@ -1034,6 +1131,7 @@ mod plan_tests {
         account: Option<ServiceAccountSpec>,
         secret: Option<Secret>,
         key: VerifierKey,
+        former_key_ids: Vec<String>,
         policy: Result<ScopePolicy, ScopePolicyError>,
         now: DateTime<Utc>,
     }
@@ -1058,6 +1156,7 @@ mod plan_tests {
                 }),
                 secret: None,
                 key: VerifierKey::from_bytes(&[7; 32]).unwrap(),
+                former_key_ids: Vec::new(),
                 policy: Ok(ScopePolicy::allow_all()),
                 now: at(0),
             }
@@ -1071,6 +1170,7 @@ mod plan_tests {
                 policy: self.policy.as_ref(),
                 existing: self.secret.as_ref(),
                 key: &self.key,
+                former_key_ids: &self.former_key_ids,
                 token_url: "https://id.example/oauth/token",
                 issuer: "https://id.example",
                 now: self.now,
@@ -1180,6 +1280,68 @@ mod plan_tests {
         assert!(p.generated);
         assert_eq!(event_reasons(&p), ["SecretTampered"]);
         assert_eq!(versions(&w), [(2, false)], "no grace for a tampered secret");
+    }
+
+    #[test]
+    fn two_installations_with_other_keys_settle_instead_of_fighting() {
+        let mut w = World::converged();
+        let a = w.key.clone();
+        let b = VerifierKey::from_bytes(&[9; 32]).unwrap();
+        let sealed = w.status().verifiers.clone();
+        // The second installation reports the conflict once.
+        w.key = b.clone();
+        let p = w.step();
+        assert!(p.secret_write.is_none() && !p.generated);
+        assert_eq!(event_reasons(&p), [VERIFIER_KEY_CONFLICT]);
+        assert_eq!(
+            w.ready(),
+            (ConditionStatus::False, VERIFIER_KEY_CONFLICT.into())
+        );
+        assert_eq!(
+            w.status().verifiers,
+            sealed,
+            "the other key's verifiers stay"
+        );
+        // Neither side writes again, however often both reconcile.
+        for _ in 0..3 {
+            for key in [&a, &b] {
+                w.key = key.clone();
+                w.now += chrono::Duration::seconds(1);
+                let p = w.step();
+                assert!(p.secret_write.is_none() && p.status.is_none(), "{p:?}");
+                assert!(p.events.is_empty());
+            }
+        }
+        assert_eq!(w.status().secret_version, 1);
+        // A spec change clears a report the first installation cannot
+        // confirm; the second, still there, reports again.
+        w.cred.metadata.generation = Some(2);
+        w.key = a;
+        assert_eq!(event_reasons(&w.step()), ["Ready"]);
+        w.key = b;
+        assert_eq!(event_reasons(&w.step()), [VERIFIER_KEY_CONFLICT]);
+        assert_eq!(w.status().secret_version, 1);
+    }
+
+    #[test]
+    fn a_replaced_verifier_key_is_reported_and_recovers_when_the_keys_match() {
+        let mut w = World::converged();
+        let a = w.key.clone();
+        let b = VerifierKey::from_bytes(&[9; 32]).unwrap();
+        w.key = b.clone();
+        assert_eq!(event_reasons(&w.step()), [VERIFIER_KEY_CONFLICT]);
+        assert!(
+            w.step().events.is_empty(),
+            "one Warning, not one per reconcile"
+        );
+        // The original key is back: usable again, nothing re-issued.
+        w.key = a;
+        w.former_key_ids = vec![b.key_id()];
+        let p = w.step();
+        assert!(p.secret_write.is_none() && !p.generated);
+        assert_eq!(event_reasons(&p), ["Ready"]);
+        assert_eq!(w.ready(), (ConditionStatus::True, "Issuing".into()));
+        assert_eq!(w.status().secret_version, 1);
     }
 
     #[test]

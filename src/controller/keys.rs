@@ -7,6 +7,17 @@
 //! nothing when nothing is due. The verifier key is generated once and kept
 //! forever: replacing it would invalidate every credential's verifiers.
 //!
+//! A running controller keeps the keys it last read ([`HeldKeys`]) and
+//! passes them to [`reconcile_keys_holding`]: a key Secret deleted (or
+//! damaged) by hand is then recreated with *those* keys, not fresh ones, so
+//! no credential is re-issued and every token issued before stays
+//! verifiable. Fresh keys are generated only when no controller holds any
+//! (first install, or the Secret deleted while no controller ran). A Secret
+//! that parses but holds a *different* verifier key is taken as a
+//! deliberate replacement (a restored backup): the stored key wins, and
+//! credentials sealed under the other key report `VerifierKeyConflict`
+//! instead of being re-issued.
+//!
 //! Creation uses `create` (not apply) so that two writers racing on a
 //! missing Secret can never overwrite each other's verifier key: the loser
 //! gets 409 and re-reads. Later changes are server-side applies (field
@@ -61,11 +72,42 @@ pub struct KeyReconcile {
     pub key_set: KeySet,
 }
 
-/// Bring the key Secret to what `cfg` asks for at `now`; see the module docs.
+/// The keys a running controller last read from (or wrote to) the key
+/// Secret: what it restores when the Secret disappears.
+#[derive(Debug, Clone)]
+pub struct HeldKeys {
+    /// The verifier key.
+    pub verifier_key: VerifierKey,
+    /// The signing keys.
+    pub key_set: KeySet,
+}
+
+impl From<&KeyReconcile> for HeldKeys {
+    fn from(r: &KeyReconcile) -> Self {
+        Self {
+            verifier_key: r.verifier_key.clone(),
+            key_set: r.key_set.clone(),
+        }
+    }
+}
+
+/// Bring the key Secret to what `cfg` asks for at `now`, holding no keys
+/// (a missing Secret gets fresh ones); see the module docs.
 pub async fn reconcile_keys(
     client: &kube::Client,
     cfg: &KeySecretConfig,
     now: DateTime<Utc>,
+) -> Result<KeyReconcile, KeysError> {
+    reconcile_keys_holding(client, cfg, now, None).await
+}
+
+/// Bring the key Secret to what `cfg` asks for at `now`; a missing or
+/// unreadable Secret is rewritten from `held` when given.
+pub async fn reconcile_keys_holding(
+    client: &kube::Client,
+    cfg: &KeySecretConfig,
+    now: DateTime<Utc>,
+    held: Option<&HeldKeys>,
 ) -> Result<KeyReconcile, KeysError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
     let key_set_err = |e| KeysError::KeySet(cfg.name.clone(), e);
@@ -77,10 +119,18 @@ pub async fn reconcile_keys(
             .map_err(|e| KeysError::Get(cfg.name.clone(), e))?;
         match existing {
             None => {
-                let verifier_key = VerifierKey::generate().map_err(KeysError::Random)?;
-                let (plan, key_set) = next_key_set(&KeySet::default(), &cfg.policy, now)
-                    .map_err(key_set_err)?
-                    .unwrap_or_default();
+                let (verifier_key, base) = match held {
+                    Some(h) => (h.verifier_key.clone(), h.key_set.clone()),
+                    None => (
+                        VerifierKey::generate().map_err(KeysError::Random)?,
+                        KeySet::default(),
+                    ),
+                };
+                let (plan, key_set) =
+                    match next_key_set(&base, &cfg.policy, now).map_err(key_set_err)? {
+                        Some((plan, next)) => (Some(plan), next),
+                        None => (None, base),
+                    };
                 let secret = desired_secret(cfg, &verifier_key, &key_set, None)?;
                 let pp = PostParams {
                     field_manager: Some(FIELD_MANAGER.into()),
@@ -88,12 +138,21 @@ pub async fn reconcile_keys(
                 };
                 match api.create(&pp, &secret).await {
                     Ok(_) => {
-                        tracing::info!(
-                            namespace = %cfg.namespace, name = %cfg.name,
-                            reason = plan.rotate.as_ref().map(|r| r.reason()),
-                            kid = key_set.active().map(|k| k.kid.as_str()),
-                            "created the operator key Secret"
-                        );
+                        let reason = plan.as_ref().and_then(|p| p.rotate.as_ref());
+                        if held.is_some() {
+                            tracing::warn!(
+                                namespace = %cfg.namespace, name = %cfg.name,
+                                kid = key_set.active().map(|k| k.kid.as_str()),
+                                "the operator key Secret was deleted: recreated from the keys this controller holds"
+                            );
+                        } else {
+                            tracing::info!(
+                                namespace = %cfg.namespace, name = %cfg.name,
+                                reason = reason.map(|r| r.reason()),
+                                kid = key_set.active().map(|k| k.kid.as_str()),
+                                "created the operator key Secret"
+                            );
+                        }
                         return Ok(KeyReconcile {
                             verifier_key,
                             next_due: next_due(&key_set, &cfg.policy),
@@ -106,7 +165,31 @@ pub async fn reconcile_keys(
                 }
             }
             Some(secret) => {
-                let (verifier_key, key_set) = parse_key_secret(&secret)?;
+                let (verifier_key, key_set) = match (parse_key_secret(&secret), held) {
+                    (Ok(parsed), _) => parsed,
+                    (Err(error), Some(h)) => {
+                        // Damaged by hand: restore what this controller holds.
+                        tracing::warn!(
+                            namespace = %cfg.namespace, name = %cfg.name, %error,
+                            "the operator key Secret is unreadable: restoring the keys this controller holds"
+                        );
+                        let desired = desired_secret(
+                            cfg,
+                            &h.verifier_key,
+                            &h.key_set,
+                            secret.metadata.resource_version.clone(),
+                        )?;
+                        api.patch(
+                            &cfg.name,
+                            &PatchParams::apply(FIELD_MANAGER).force(),
+                            &Patch::Apply(&desired),
+                        )
+                        .await
+                        .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+                        (h.verifier_key.clone(), h.key_set.clone())
+                    }
+                    (Err(error), None) => return Err(error.into()),
+                };
                 let Some((plan, next)) =
                     next_key_set(&key_set, &cfg.policy, now).map_err(key_set_err)?
                 else {

@@ -5,6 +5,7 @@
 
 pub mod credential;
 pub mod keys;
+pub mod lease;
 pub mod run;
 pub mod secret;
 pub mod service_account;
@@ -163,6 +164,9 @@ pub(crate) struct Context {
     pub cluster_roles: Store<ClusterM2MRole>,
     /// The HMAC key of the verification state.
     pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
+    /// Fingerprints of verifier keys this process held before the current
+    /// one (the key Secret was replaced while it ran).
+    pub former_key_ids: arc_swap::ArcSwap<Vec<String>>,
     /// Reconcile and credential metrics.
     pub metrics: crate::telemetry::Metrics,
 }

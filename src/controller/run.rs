@@ -4,7 +4,8 @@
 //! re-reconciles what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
-use super::keys::reconcile_keys;
+use super::keys::{HeldKeys, reconcile_keys_holding};
+use super::lease::{LeaderElector, LeaseTimings};
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
 use crate::crd::{ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount};
@@ -20,12 +21,56 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use kube_lease_manager::LeaseManagerBuilder;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SHARED_BUFFER: usize = 1024;
+
+/// Longest wait before a failed list or watch is retried (and before the
+/// key Secret is re-read after a failure): after an apiserver outage the
+/// controller resumes within seconds, not after kube's default backoff
+/// (which grows to 30 s). The same bound as the token server's watches.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First wait after a failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Bounded exponential backoff with jitter for watches: 200 ms doubling to
+/// at most [`MAX_BACKOFF`], each wait drawn between half and all of the
+/// step; reset by the first successful event.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    step: Duration,
+}
+
+impl WatchBackoff {
+    /// A backoff at its first step.
+    pub fn new() -> Self {
+        Self { step: MIN_BACKOFF }
+    }
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let step = self.step;
+        self.step = (step * 2).min(MAX_BACKOFF);
+        Some(step.mul_f64(rand::random_range(0.5..=1.0)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.step = MIN_BACKOFF;
+    }
+}
 
 fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
 where
@@ -77,17 +122,17 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     let ns_for_accounts = ns_writer.subscribe().ok_or_else(subscribe_err)?;
     let reflectors = future::join3(
         watcher(api_for::<M2MCredential>(client, watch_ns), cfg.clone())
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(cred_writer)
             .for_each(|_| future::ready(())),
         watcher(api_for::<ServiceAccount>(client, watch_ns), cfg)
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(account_writer)
             .for_each(|_| future::ready(())),
         watcher(Api::<Namespace>::all(client.clone()), ns_cfg)
-            .default_backoff()
+            .backoff(WatchBackoff::new())
             .modify(|o| o.managed_fields_mut().clear())
             .reflect_shared(ns_writer)
             .for_each(|_| future::ready(())),
@@ -150,7 +195,7 @@ fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflect
             api_for::<M2MRole>(client, watch_ns),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(role_writer)
         .for_each(move |e| {
@@ -163,7 +208,7 @@ fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflect
             Api::<ClusterM2MRole>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(cluster_writer)
         .for_each(move |e| {
@@ -181,20 +226,29 @@ fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflect
     }
 }
 
-/// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
+/// The keys this process last read from the key Secret, kept across
+/// leadership terms (see [`super::keys::HeldKeys`]).
+pub(crate) type KeyMemory = Arc<arc_swap::ArcSwapOption<HeldKeys>>;
+
+/// Run the reconcilers until `stop` resolves. Call only while holding the
+/// Lease. `held` is what this process knew of the keys before (restored if
+/// the key Secret is gone) and is kept current.
 pub(crate) async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,
     metrics: Metrics,
+    held: KeyMemory,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let stop = stop.boxed().shared();
     let mut stop_rx = stop.clone();
+    let known = held.load_full();
     let first = tokio::select! {
-        k = reconcile_keys_until_ok(&client, &keys, &metrics) => k,
+        k = reconcile_keys_until_ok(&client, &keys, &metrics, known.as_deref()) => k,
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
+    held.store(Some(Arc::new(HeldKeys::from(&first))));
     let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
     let roles = start_role_reflectors(&client, config.watch_namespace.as_deref());
     // Reconciles start only once every store has listed, so no reconcile
@@ -225,19 +279,28 @@ pub(crate) async fn run_controllers(
         roles: roles.roles.clone(),
         cluster_roles: roles.cluster_roles.clone(),
         verifier_key: arc_swap::ArcSwapOption::from_pointee(first.verifier_key.clone()),
+        former_key_ids: arc_swap::ArcSwap::from_pointee(
+            known
+                .filter(|k| k.verifier_key != first.verifier_key)
+                .map(|k| vec![k.verifier_key.key_id()])
+                .unwrap_or_default(),
+        ),
         metrics: metrics.clone(),
     });
+    let (key_changed, key_changes) = futures::channel::mpsc::unbounded();
     let key_loop = tokio::spawn(maintain_keys(
         client.clone(),
         keys,
         ctx.clone(),
-        first.next_due,
+        first,
+        held,
+        key_changed,
     ));
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
     let reflector_task = r.task.abort_handle();
     let role_task = roles.task.abort_handle();
     let controllers = future::join(
-        credential_controller(&ctx, &client, &r, stop.clone()),
+        credential_controller(&ctx, &client, &r, key_changes, stop.clone()),
         account_controller(&ctx, r, roles, stop.clone()),
     );
     tracing::info!("controllers started");
@@ -259,6 +322,7 @@ fn credential_controller<S>(
     ctx: &Arc<Context>,
     client: &Client,
     r: &Reflectors,
+    key_changes: futures::channel::mpsc::UnboundedReceiver<()>,
     stop: S,
 ) -> impl Future<Output = ()> + use<S>
 where
@@ -293,6 +357,8 @@ where
                 .filter(move |c| c.namespace().as_deref() == Some(name.as_str()))
                 .map(|c| ObjectRef::from_obj(&*c))
         })
+        .reconcile_all_on(key_changes)
+        .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(
             |cred, ctx: Arc<Context>| async move {
@@ -335,6 +401,7 @@ fn account_controller(
         .reconcile_on(roles.changes.flat_map(move |change| {
             futures::stream::iter(granted(&role_accounts, default_role.as_deref(), change))
         }))
+        .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(
             |account, ctx: Arc<Context>| async move {
@@ -381,19 +448,21 @@ fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Resu
     metrics.observe_reconcile(controller, start.elapsed().as_secs_f64(), error);
 }
 
-/// How often the key Secret is re-checked even when nothing is due, so a
-/// hand-deleted or damaged key Secret is noticed.
+/// How often the key Secret is re-checked even when nothing is due and no
+/// watch event came (a safety net: the watch below notices a deleted or
+/// edited key Secret within a second).
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 async fn reconcile_keys_until_ok(
     client: &Client,
     cfg: &KeySecretConfig,
     metrics: &Metrics,
+    held: Option<&HeldKeys>,
 ) -> super::keys::KeyReconcile {
-    let mut delay = Duration::from_millis(500);
+    let mut delay = WatchBackoff::new();
     loop {
         let start = Instant::now();
-        let result = reconcile_keys(client, cfg, Utc::now())
+        let result = reconcile_keys_holding(client, cfg, Utc::now(), held)
             .await
             .map_err(Error::from);
         observe(metrics, "keys", start, &result);
@@ -401,21 +470,30 @@ async fn reconcile_keys_until_ok(
             Ok(r) => return r,
             Err(error) => {
                 tracing::warn!(%error, "could not reconcile the operator key Secret; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(delay.next().unwrap_or(MAX_BACKOFF)).await;
             }
         }
     }
 }
 
-/// Rotate and prune signing keys exactly when due (and re-check now and
-/// then), keeping the verifier key the credential reconciler uses current.
+/// Rotate and prune signing keys exactly when due, and repair the key
+/// Secret as soon as a watch reports it deleted or changed — from the keys
+/// this controller holds, so a deleted Secret comes back with the same keys
+/// and no credential is re-issued. Keeps the verifier key the credential
+/// reconciler uses current.
 async fn maintain_keys(
     client: Client,
     cfg: KeySecretConfig,
     ctx: Arc<Context>,
-    mut next_due: Option<chrono::DateTime<Utc>>,
+    first: super::keys::KeyReconcile,
+    memory: KeyMemory,
+    key_changed: futures::channel::mpsc::UnboundedSender<()>,
 ) {
+    let mut held = HeldKeys::from(&first);
+    let mut next_due = first.next_due;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={}", cfg.name));
+    let mut changes = watcher(api, wc).backoff(WatchBackoff::new()).boxed();
     loop {
         let wait = match next_due {
             Some(t) => (t - Utc::now())
@@ -424,12 +502,38 @@ async fn maintain_keys(
                 .min(KEY_CHECK_INTERVAL),
             None => KEY_CHECK_INTERVAL,
         };
-        tokio::time::sleep(wait + Duration::from_millis(50)).await;
-        let r = reconcile_keys_until_ok(&client, &cfg, &ctx.metrics).await;
-        if ctx.verifier_key.load().as_deref() != Some(&r.verifier_key) {
-            tracing::warn!("the verifier key changed: every credential Secret will be re-issued");
-            ctx.verifier_key.store(Some(Arc::new(r.verifier_key)));
+        tokio::select! {
+            _ = tokio::time::sleep(wait + Duration::from_millis(50)) => {}
+            event = changes.next() => match event {
+                Some(Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone)) => {}
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => continue,
+                // Retried by the watcher's bounded backoff.
+                Some(Err(_)) => continue,
+                None => {
+                    tracing::warn!("the key Secret watch ended; polling only");
+                    changes = futures::stream::pending().boxed();
+                    continue;
+                }
+            },
         }
+        let r = reconcile_keys_until_ok(&client, &cfg, &ctx.metrics, Some(&held)).await;
+        if ctx.verifier_key.load().as_deref() != Some(&r.verifier_key) {
+            tracing::warn!(
+                "the key Secret holds a different verifier key (replaced by hand?): credentials sealed under the previous key report VerifierKeyConflict until the keys match again"
+            );
+            if let Some(old) = ctx
+                .verifier_key
+                .swap(Some(Arc::new(r.verifier_key.clone())))
+            {
+                let mut former = ctx.former_key_ids.load().to_vec();
+                former.push(old.key_id());
+                ctx.former_key_ids.store(Arc::new(former));
+            }
+            // Every credential re-checks its seals against the new key now.
+            let _ = key_changed.unbounded_send(());
+        }
+        held = HeldKeys::from(&r);
+        memory.store(Some(Arc::new(held.clone())));
         next_due = r.next_due;
     }
 }
@@ -464,11 +568,10 @@ async fn export_credential_states(ctx: Arc<Context>) {
     }
 }
 
-/// Lease timing: a standby takes over at most this long after the holder dies.
-const LEASE_DURATION_SECS: u64 = 15;
-const LEASE_GRACE_SECS: u64 = 5;
-
-/// Run the controllers whenever this replica holds the Lease, until `shutdown`.
+/// Run the controllers whenever this replica holds the Lease, until
+/// `shutdown`. Leadership and its timings: [`super::lease`]; the
+/// controllers are dropped (in-flight requests cancelled, not awaited) the
+/// moment leadership is lost, so nothing is written after the renew deadline.
 pub(crate) async fn run_with_leader_election(
     client: Client,
     config: ControllerConfig,
@@ -482,18 +585,20 @@ pub(crate) async fn run_with_leader_election(
         Some(h) => format!("{h}-{}", uuid::Uuid::new_v4().simple()),
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
-    let manager = LeaseManagerBuilder::new(client.clone(), lease_name)
-        .with_namespace(&config.operator_namespace)
-        .with_identity(&identity)
-        .with_duration(LEASE_DURATION_SECS)
-        .with_grace(LEASE_GRACE_SECS)
-        .build()
-        .await?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let elector = LeaderElector::new(
+        client.clone(),
+        &config.operator_namespace,
+        lease_name,
+        &identity,
+        LeaseTimings::DEFAULT,
+    );
+    let (leader_tx, mut leader) = tokio::sync::watch::channel(false);
+    let held = KeyMemory::default();
+    let shutdown = shutdown.shared();
+    let lease_task = tokio::spawn(elector.run(leader_tx, shutdown.clone()));
     // A standby replica is healthy and ready: readiness must not depend on
     // leadership, or a PodDisruptionBudget could never let a node drain.
     ready.set(true);
-    let shutdown = shutdown.shared();
     tracing::info!(lease = lease_name, identity, "waiting for leadership");
     loop {
         tokio::select! {
@@ -516,6 +621,7 @@ pub(crate) async fn run_with_leader_election(
             config.clone(),
             keys.clone(),
             metrics.clone(),
+            held.clone(),
             stop,
         )
         .await?;
@@ -524,8 +630,84 @@ pub(crate) async fn run_with_leader_election(
         }
         tracing::warn!(lease = lease_name, "lost leadership; standing by");
     }
-    // Dropping the receiver makes the lease task release the Lease.
-    drop(leader);
+    // The elector releases a held Lease when it sees the shutdown.
     let _ = lease_task.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
+
+    /// An apiserver that answers the initial lists (empty) and then
+    /// becomes unreachable: every watch request fails at once. Records
+    /// when each watch was tried, by path.
+    fn apiserver_gone_after_listing() -> (Client, Calls) {
+        let calls = Calls::default();
+        let seen = calls.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+            if watch && let Ok(mut seen) = seen.lock() {
+                seen.push((Instant::now(), req.uri().path().to_owned()));
+            }
+            async move {
+                if watch {
+                    return Err(std::io::Error::other("connection refused"));
+                }
+                let list = br#"{"apiVersion":"v1","kind":"List","metadata":{"resourceVersion":"1"},"items":[]}"#;
+                Ok(http::Response::new(kube::client::Body::from(list.to_vec())))
+            }
+        });
+        (Client::new(svc, "default"), calls)
+    }
+
+    /// Issue 12: while the apiserver is unreachable every reflector keeps
+    /// retrying its watch at least every [`MAX_BACKOFF`] (plus slack), so it
+    /// resumes within that bound once the apiserver is back. kube's default
+    /// backoff (0.8 s doubling, with jitter, up to 30 s) leaves a gap of at
+    /// least 6.4 s within the first 20 s. Real time: 20 s.
+    #[tokio::test]
+    async fn reflectors_retry_within_the_bounded_backoff_during_an_outage() {
+        const WINDOW: Duration = Duration::from_secs(20);
+        let (client, calls) = apiserver_gone_after_listing();
+        let r = start_reflectors(&client, None).unwrap();
+        tokio::time::sleep(WINDOW).await;
+        r.task.abort();
+        let end = Instant::now();
+        let calls = calls.lock().unwrap();
+        for kind in ["m2mcredentials", "serviceaccounts", "namespaces"] {
+            let times: Vec<Instant> = calls
+                .iter()
+                .filter(|(_, p)| p.ends_with(kind))
+                .map(|(t, _)| *t)
+                .chain([end])
+                .collect();
+            let longest = times
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default();
+            // One second of slack for a loaded machine; still below 6.4 s.
+            assert!(
+                times.len() > 4 && longest <= MAX_BACKOFF + Duration::from_secs(1),
+                "{kind}: {longest:?} without a watch attempt ({} attempts)",
+                times.len() - 1
+            );
+        }
+    }
+
+    #[test]
+    fn the_watch_backoff_is_bounded_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::new();
+        let delays: Vec<Duration> = (0..20).map(|_| b.next().unwrap()).collect();
+        assert!(delays.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(delays[0] <= MIN_BACKOFF && delays[19] >= MAX_BACKOFF / 2);
+        b.reset();
+        assert!(b.next().unwrap() <= MIN_BACKOFF);
+    }
 }

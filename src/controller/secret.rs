@@ -8,8 +8,8 @@ use crate::core::client_secret::ClientSecret;
 use crate::core::verifier::{SecretBinding, VerifierKey};
 use crate::crd::M2MCredential;
 use crate::labels::{
-    ANN_DIGEST, ANN_HANDLED_ROTATE, ANN_PREVIOUS_NOT_AFTER, ANN_ROTATED_AT, ANN_VERSION,
-    FIELD_MANAGER, LABEL_CREDENTIAL, MANAGED_BY,
+    ANN_DIGEST, ANN_HANDLED_ROTATE, ANN_PREVIOUS_NOT_AFTER, ANN_ROTATED_AT, ANN_VERIFIER_KEY_ID,
+    ANN_VERSION, FIELD_MANAGER, LABEL_CREDENTIAL, MANAGED_BY,
 };
 use chrono::{DateTime, Utc};
 use k8s_openapi::ByteString;
@@ -87,6 +87,28 @@ pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<
     secret.metadata.annotations = Some(annotations);
     secret.metadata.owner_references = cred.controller_owner_ref(&()).map(|o| vec![o]);
     secret
+}
+
+/// Record in `secret` which verifier key sealed it ([`ANN_VERIFIER_KEY_ID`]).
+pub fn stamp_key_id(mut secret: Secret, key: &VerifierKey) -> Secret {
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ANN_VERIFIER_KEY_ID.into(), key.key_id());
+    secret
+}
+
+/// The fingerprint of another verifier key that sealed `existing`, when
+/// the Secret records one and it is not `key`'s (Secrets written before the
+/// fingerprint existed record none).
+pub fn sealed_under_other_key(existing: Option<&Secret>, key: &VerifierKey) -> Option<String> {
+    let id = existing?
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANN_VERIFIER_KEY_ID)?;
+    (*id != key.key_id()).then(|| id.clone())
 }
 
 /// What an existing Secret at the credential's `secretName` is.

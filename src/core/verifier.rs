@@ -154,6 +154,17 @@ impl VerifierKey {
             Some(URL_SAFE_NO_PAD.encode(self.seal_mac(binding, verifier).finalize().into_bytes()));
     }
 
+    /// A public fingerprint of this key (16 characters): an HMAC of a fixed
+    /// label under the key, so it reveals nothing about the key, yet two
+    /// installations (or a replaced key Secret) are told apart by it.
+    pub fn key_id(&self) -> String {
+        // 32-byte keys always work (see `mac`).
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        mac.update(KEY_ID_DOMAIN.as_bytes());
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..12])
+    }
+
     /// Whether the verifier carries a valid seal (constant-time comparison).
     pub(crate) fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
         verifier
@@ -164,6 +175,7 @@ impl VerifierKey {
 }
 
 const DIGEST_DOMAIN: &str = "m2m.dev/secret-verifier/v1";
+const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 const SEAL_DOMAIN: &str = "m2m.dev/verifier-seal/v1";
 const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 
