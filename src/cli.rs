@@ -134,6 +134,12 @@ pub struct ControllerOptions {
     #[arg(long, env = "M2M_TOKEN_URL")]
     pub token_url: Option<String>,
 
+    /// Longest life of an API token (`spec.type: APIToken`): its
+    /// `rotation.every`, or its `expiresAt` measured from when the token was
+    /// issued. A credential over it, or without an end, is `Ready=False`.
+    #[arg(long, env = "M2M_MAX_API_TOKEN_LIFETIME", default_value = "8760h", value_parser = positive_duration)]
+    pub max_api_token_lifetime: Duration,
+
     /// Name of the leader-election Lease.
     #[arg(
         long,

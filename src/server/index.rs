@@ -26,7 +26,8 @@ use crate::core::policy::annotated_policy;
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
 use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{
-    M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
+    CredentialType, M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount,
+    ServiceAccountSpec,
 };
 use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
@@ -63,6 +64,15 @@ pub struct CredentialEntry {
     /// Workload identity: the bound Kubernetes ServiceAccount, or why the
     /// binding is refused; `None` for a secret-based credential.
     pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
+    /// `spec.type: APIToken`: the verifiers are of API tokens, which
+    /// authenticate only as `subject_token` or are introspected, never as
+    /// a client secret (see [`super::api_token`]).
+    pub api_token: bool,
+    /// For an API token replaced on a schedule: when the current token is
+    /// due to stop working (`status.nextRotationTime` plus the grace
+    /// period), reported as introspection's `exp`. Informational only —
+    /// acceptance rests on the sealed verifiers.
+    pub api_token_end: Option<DateTime<Utc>>,
 }
 
 impl CredentialEntry {
@@ -160,6 +170,8 @@ pub struct CredentialSource {
     pub spec: M2MCredentialSpec,
     /// `status.verifiers`.
     pub verifiers: Vec<SecretVerifier>,
+    /// `status.nextRotationTime` (API tokens' `exp` in introspection).
+    pub next_rotation: Option<DateTime<Utc>>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
     pub deleting: bool,
 }
@@ -180,6 +192,11 @@ impl CredentialSource {
                 token_ttl: spec.token_ttl.clone(),
                 expires_at: spec.expires_at,
                 workload_identity: spec.workload_identity.clone(),
+                type_: spec.type_,
+                rotation: match spec.type_ {
+                    CredentialType::ApiToken => spec.rotation.clone(),
+                    CredentialType::ClientSecret => Default::default(),
+                },
                 ..Default::default()
             },
             verifiers: cred
@@ -187,6 +204,10 @@ impl CredentialSource {
                 .as_ref()
                 .map(|s| s.verifiers.clone())
                 .unwrap_or_default(),
+            next_rotation: match spec.type_ {
+                CredentialType::ApiToken => cred.status.as_ref().and_then(|s| s.next_rotation_time),
+                CredentialType::ClientSecret => None,
+            },
             deleting: meta.deletion_timestamp.is_some(),
         })
     }
@@ -381,10 +402,12 @@ impl CredentialIndexer {
             return self.delete_credential(&source.namespace, &source.name);
         }
         let key = (source.namespace, source.name);
+        let api_token_end = api_token_end(&source.spec, source.next_rotation);
         if let Some(record) = self.credentials.get(&key)
             && record.spec == source.spec
             && record.entry.uid == source.uid
             && record.entry.verifiers == source.verifiers
+            && record.entry.api_token_end == api_token_end
         {
             return false;
         }
@@ -393,11 +416,21 @@ impl CredentialIndexer {
         let grant = self.grant(&namespace, &source.spec, now);
         let account_name = source.spec.service_account_name.clone();
         let client_id = client_id_for_uid(&source.uid);
+        let api_token = source.spec.type_ == CredentialType::ApiToken;
+        // An API token never authenticates through workload identity.
         let workload = source
             .spec
             .workload_identity
             .as_ref()
+            .filter(|_| !api_token)
             .map(|wi| crate::core::workload::resolve_binding(&namespace, wi));
+        // No secret works with workload identity set (an APIToken with
+        // workloadIdentity is refused as a whole), nor an API token without
+        // an end (the controller also drops its verifiers).
+        let no_secret = source.spec.workload_identity.is_some()
+            || (api_token
+                && source.spec.expires_at.is_none()
+                && source.spec.rotation.every.is_none());
         if let Some(Ok(binding)) = &workload {
             let subject = binding.subject();
             let mut ids = self
@@ -420,11 +453,10 @@ impl CredentialIndexer {
             service_account: account_name.clone(),
             // A credential switched to workload identity accepts no
             // secret, even before the controller clears its verifiers.
-            verifiers: match workload {
-                Some(_) => vec![],
-                None => source.verifiers,
-            },
+            verifiers: if no_secret { vec![] } else { source.verifiers },
             workload,
+            api_token,
+            api_token_end,
         });
         self.index.by_client_id.insert(client_id, entry.clone());
         self.by_account
@@ -662,6 +694,22 @@ fn unlisted<'a, V>(
         .filter(|(ns, name)| !listed.contains(&(ns.as_str(), name.as_str())))
         .cloned()
         .collect()
+}
+
+/// When a scheduled API token stops working: the published next rotation
+/// plus the grace period; `None` for anything else.
+fn api_token_end(
+    spec: &M2MCredentialSpec,
+    next_rotation: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    if spec.type_ != CredentialType::ApiToken {
+        return None;
+    }
+    let grace = match spec.rotation.grace_period.as_deref() {
+        Some(g) => crate::core::duration::parse_duration(g).ok()?,
+        None => std::time::Duration::ZERO,
+    };
+    next_rotation?.checked_add_signed(chrono::Duration::from_std(grace).ok()?)
 }
 
 /// The space-separated default scopes: all of the grant's.

@@ -164,6 +164,8 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            api_token: false,
+            api_token_end: None,
         }
     });
     &UNKNOWN
@@ -199,7 +201,8 @@ impl TokenServer {
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
         let basic = creds.method == AuthMethod::Basic;
         let index = self.inner.state.credentials();
-        let entry = index.get(&creds.client_id);
+        // An APIToken credential has no client secret: its id is unknown here.
+        let entry = index.get(&creds.client_id).filter(|e| !e.api_token);
         // The checksum pre-check rejects typos and garbage before any HMAC,
         // identically for known and unknown ids.
         let matched = if is_well_formed(&creds.client_secret) {
@@ -254,16 +257,32 @@ impl TokenServer {
                 Box::new(Who::unauthenticated(c, known))
             }),
         };
-        match form.get("grant_type") {
+        let exchange = match form.get("grant_type") {
             None => return Err(refuse(OAuthError::invalid_request("missing grant_type"))),
-            Some(CLIENT_CREDENTIALS) => {}
+            Some(CLIENT_CREDENTIALS) => false,
+            Some(super::api_token::TOKEN_EXCHANGE) => true,
             Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
-        }
+        };
         let now = Utc::now();
         // Workload identity hook: an RFC 7523 client assertion instead of a secret.
-        let assertion =
-            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?;
+        let assertion = match exchange {
+            true => None,
+            false => {
+                super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
+            }
+        };
         let (entry, version, method, keys) = match assertion {
+            // API token hook: RFC 8693 exchange, the subject token authenticates.
+            _ if exchange => {
+                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+                let result =
+                    self.authenticate_exchange(&form, credentials.as_ref(), source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::api_token::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(|error| Refusal { error, who: None })?;
+                (entry, version, method, keys)
+            }
             Some(assertion) => {
                 let who = || Some(Box::new(Who::asserted(&assertion)));
                 let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
@@ -366,6 +385,7 @@ impl TokenServer {
             .map_err(|_| refuse(OAuthError::unavailable("encoding the token failed")))?;
         Ok(Issued {
             claims_json,
+            issued_token_type: exchange.then_some(super::api_token::ACCESS_TOKEN_TYPE),
             scope,
             jti,
             iat,
@@ -397,6 +417,7 @@ impl TokenServer {
             .audit());
         }
         let Issued {
+            issued_token_type,
             scope,
             jti,
             iat,
@@ -424,12 +445,15 @@ impl TokenServer {
         #[derive(Serialize)]
         struct TokenResponse<'a> {
             access_token: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            issued_token_type: Option<&'static str>,
             token_type: &'static str,
             expires_in: i64,
             scope: &'a str,
         }
         let body = serde_json::to_vec(&TokenResponse {
             access_token,
+            issued_token_type,
             token_type: "Bearer",
             expires_in: exp - iat,
             scope: &scope,
@@ -503,6 +527,8 @@ impl TokenServer {
 pub(crate) struct Issued {
     /// The claims, as JSON.
     pub(crate) claims_json: Vec<u8>,
+    /// RFC 8693 `issued_token_type`, for a token exchange.
+    issued_token_type: Option<&'static str>,
     scope: String,
     jti: String,
     iat: i64,
@@ -645,6 +671,14 @@ pub async fn introspect(
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
+    // API token hook: opaque `m2mt_` tokens are looked up, not verified as JWTs.
+    if token.starts_with(crate::core::api_token::API_TOKEN_PREFIX) {
+        let body = server.introspect_api_token(token, &keys, now);
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        ));
+    }
     let claims = server
         .inspect(&keys, token, None)
         .filter(|c| server.is_active(&keys, c, now));
@@ -752,7 +786,7 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-        "grant_types_supported": [CLIENT_CREDENTIALS],
+        "grant_types_supported": [CLIENT_CREDENTIALS, super::api_token::TOKEN_EXCHANGE],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": token_auth_methods,
         // Service-account tokens are signed by the cluster (RS256 or ES256).

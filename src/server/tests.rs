@@ -1066,7 +1066,10 @@ async fn discovery_documents_and_missing_keys() {
         );
         assert_eq!(
             meta["grant_types_supported"],
-            serde_json::json!(["client_credentials"])
+            serde_json::json!([
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:token-exchange"
+            ])
         );
         // Workload identity: RFC 7523 client assertions at the token endpoint only.
         assert_eq!(
@@ -1352,3 +1355,5 @@ async fn every_issued_token_fits_introspection_and_revocation() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!world.active(&c, &token).await);
 }
+
+mod api_tokens;
