@@ -54,6 +54,9 @@ pub struct BenchServerArgs {
     /// the assertion cache) of the workload-identity credential here.
     #[arg(long)]
     pub assertion_file: Option<PathBuf>,
+    /// Write the API token of the generated `APIToken` credential here.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
