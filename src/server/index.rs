@@ -873,6 +873,7 @@ mod tests {
                     seal: Some("s".into()),
                 })
                 .collect();
+            let api_token = rng.random_bool(0.3);
             M2MCredential {
                 metadata,
                 spec: M2MCredentialSpec {
@@ -880,10 +881,22 @@ mod tests {
                     scopes: scopes(rng),
                     description: Some("ignored".into()),
                     token_ttl: rng.random_bool(0.2).then(|| "30m".into()),
+                    type_: if api_token {
+                        crate::crd::CredentialType::ApiToken
+                    } else {
+                        crate::crd::CredentialType::ClientSecret
+                    },
+                    rotation: crate::crd::CredentialRotation {
+                        every: rng.random_bool(0.5).then(|| "720h".into()),
+                        grace_period: rng.random_bool(0.5).then(|| "1h".into()),
+                    },
                     ..Default::default()
                 },
                 status: Some(M2MCredentialStatus {
                     verifiers,
+                    next_rotation_time: rng
+                        .random_bool(0.5)
+                        .then(|| now() + chrono::Duration::hours(rng.random_range(1..3))),
                     ..Default::default()
                 }),
             }
