@@ -524,7 +524,12 @@ impl SecretPlan<'_> {
         status.last_rotation_time = Some(now);
         status.last_handled_rotate_annotation = handled;
         status.secret_hint = Some(value.hint());
-        plan.events.push(why.event());
+        let (type_, reason, note) = why.event();
+        let note = match cred.spec.type_ {
+            CredentialType::ClientSecret => note,
+            CredentialType::ApiToken => note.replace("client secret", "API token"),
+        };
+        plan.events.push((type_, reason, note));
     }
 
     fn contents<'s>(
