@@ -1,6 +1,7 @@
 //! The OAuth 2.0 handlers: token (RFC 6749 §4.4), introspection (RFC 7662),
 //! revocation (RFC 7009), authorization-server metadata (RFC 8414) and the
-//! JWKS. See [`super::error`] for the error table.
+//! JWKS. See [`super::error`] for the error table. API tokens (introspection
+//! of `m2mt_` tokens, RFC 8693 exchange) hook in from [`super::api_token`].
 //!
 //! Access tokens are JWTs per RFC 9068: header `typ: at+jwt`, `alg`, `kid`;
 //! claims `iss`, `sub` (`m2m:<namespace>:<serviceaccount>`, stable), `aud`
@@ -51,7 +52,8 @@ use std::time::Instant;
 /// in workload-identity mode.
 pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
-/// The only grant type.
+/// The client-credentials grant (the other one, RFC 8693 token exchange of
+/// an API token, is [`super::api_token::TOKEN_EXCHANGE`]).
 const CLIENT_CREDENTIALS: &str = "client_credentials";
 
 #[derive(Serialize)]
@@ -265,11 +267,10 @@ impl TokenServer {
         };
         let now = Utc::now();
         // Workload identity hook: an RFC 7523 client assertion instead of a secret.
-        let assertion = match exchange {
-            true => None,
-            false => {
-                super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
-            }
+        let assertion = if exchange {
+            None
+        } else {
+            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
         };
         let (entry, version, method, keys) = match assertion {
             // API token hook: RFC 8693 exchange, the subject token authenticates.
