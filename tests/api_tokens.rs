@@ -351,7 +351,7 @@ spec: { scopes: ["reports:read", "reports:write"], disabled: DISABLED }
     c.wait_active("enabled again", &rs, &t3, true).await;
 
     // Expiry: inactive on both once expiresAt passes.
-    let at = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(8);
     c.patch_credential("reports", json!({"spec": {"expiresAt": at.to_rfc3339()}}))
         .await;
     for i in 0..2 {
