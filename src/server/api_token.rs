@@ -26,7 +26,7 @@
 use super::TokenServer;
 use super::error::OAuthError;
 use super::form::{ClientCredentials, Form};
-use super::index::{CredentialEntry, KeyMaterial};
+use super::index::{CredentialEntry, CredentialIndex, KeyMaterial};
 use super::oauth::unknown_client;
 use crate::core::api_token::client_id_of;
 use chrono::{DateTime, Utc};
@@ -50,6 +50,14 @@ pub const METHOD: &str = "api_token";
 /// tells a malformed token from an unknown, rotated or deleted one.
 const INVALID_SUBJECT: &str = "subject_token is not a valid API token";
 
+/// The `APIToken` credential a token names by its lookup id, if the token
+/// is well formed and that credential exists (one map lookup, no scan).
+pub(crate) fn entry_for(index: &CredentialIndex, token: &str) -> Option<Arc<CredentialEntry>> {
+    client_id_of(token)
+        .and_then(|id| index.get(&id).cloned())
+        .filter(|e| e.api_token && e.workload.is_none())
+}
+
 impl TokenServer {
     /// The `APIToken` credential `token` belongs to and the token version
     /// it matched, if it is one of the credential's live tokens. Equal work
@@ -61,18 +69,11 @@ impl TokenServer {
         now: DateTime<Utc>,
     ) -> Option<(Arc<CredentialEntry>, i64)> {
         let index = self.inner.state.credentials();
-        let entry = client_id_of(token)
-            .and_then(|id| index.get(&id).cloned())
-            .filter(|e| e.api_token && e.workload.is_none());
-        match entry {
-            Some(entry) => entry
-                .authenticate(&keys.verifier_key, token, now)
-                .map(|version| (entry, version)),
-            None => {
-                let _ = unknown_client().authenticate(&keys.verifier_key, token, now);
-                None
-            }
-        }
+        let entry = entry_for(&index, token);
+        // Unknown or malformed: the same keyed checks against the dummy entry.
+        let checked: &CredentialEntry = entry.as_deref().unwrap_or_else(|| unknown_client());
+        let version = checked.authenticate(&keys.verifier_key, token, now)?;
+        entry.map(|entry| (entry, version))
     }
 
     /// The RFC 7662 answer for an API token: `active` while it is a live

@@ -333,3 +333,50 @@ async fn an_api_token_without_an_end_never_works() {
     let resp = world.exchange_token(&token, "").await;
     assert_error(&resp, StatusCode::BAD_REQUEST, "invalid_request");
 }
+
+/// Checking an API token costs the same keyed hashes whether it is
+/// malformed, names no credential, names a client-secret credential, is
+/// wrong, replaced (in grace) or right.
+#[tokio::test]
+async fn api_token_checks_do_equal_work() {
+    let mut world = World::new(SigningAlg::Es256);
+    let client = world.simple("uploads");
+    let graced = world.api_token("reports", None);
+    let rotated = world.rotate_api_token("reports", Some(Utc::now() + chrono::Duration::hours(1)));
+    let current = world.api_token("other", None);
+    let index = world.state.credentials();
+    let now = Utc::now();
+    let count = |token: &str| {
+        let k = CountingKey {
+            key: &world.key,
+            macs: std::cell::Cell::new(0),
+        };
+        let entry = super::super::api_token::entry_for(&index, token);
+        let checked = entry
+            .as_deref()
+            .unwrap_or_else(|| super::super::oauth::unknown_client());
+        let matched = checked.authenticate(&k, token, now);
+        (k.macs.get(), matched.is_some() && entry.is_some())
+    };
+    let other_id = api_token::client_id_of(&current).unwrap();
+    let wrong = api_token::generate(&other_id).unwrap().expose().to_owned();
+    let unknown = api_token::generate("m2mc_0000")
+        .unwrap()
+        .expose()
+        .to_owned();
+    let on_client = api_token::generate(&client.id).unwrap().expose().to_owned();
+    let cases = [
+        ("malformed", "m2mt_nope".to_owned(), false),
+        ("unknown lookup id", unknown, false),
+        ("a client-secret credential's id", on_client, false),
+        ("a client secret", client.secret.clone(), false),
+        ("wrong token", wrong, false),
+        ("replaced, in grace", graced, true),
+        ("current after a rotation", rotated, true),
+        ("current", current, true),
+    ];
+    let expected = 2 * super::super::oauth::MAX_VERIFIERS;
+    for (what, token, ok) in cases {
+        assert_eq!(count(&token), (expected, ok), "{what}");
+    }
+}
