@@ -275,13 +275,14 @@ impl TokenServer {
         let (entry, version, method, keys) = match assertion {
             // API token hook: RFC 8693 exchange, the subject token authenticates.
             _ if exchange => {
-                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+                let who = || Some(Box::new(Who::exchanging(&form)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
                 let result =
                     self.authenticate_exchange(&form, credentials.as_ref(), source, &keys, now);
                 let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
                 let method = super::api_token::METHOD;
                 self.inner.metrics.observe_client_auth(method, outcome);
-                let (entry, version) = result.map_err(|error| Refusal { error, who: None })?;
+                let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
                 (entry, version, method, keys)
             }
             Some(assertion) => {
@@ -598,6 +599,21 @@ impl Who {
             namespace: None,
             service_account: None,
             method: super::assertion::METHOD,
+        }
+    }
+
+    /// A token exchange before it is authenticated: the client id the
+    /// subject token names (its non-secret lookup id), or a short hash of a
+    /// malformed one; the token itself is never logged.
+    fn exchanging(form: &super::form::Form) -> Self {
+        let token = form.get("subject_token").unwrap_or_default();
+        let client_id = crate::core::api_token::client_id_of(token)
+            .unwrap_or_else(|| loggable_client_id(token, false));
+        Self {
+            client_id,
+            namespace: None,
+            service_account: None,
+            method: super::api_token::METHOD,
         }
     }
 

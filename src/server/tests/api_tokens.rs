@@ -380,3 +380,42 @@ async fn api_token_checks_do_equal_work() {
         assert_eq!(count(&token), (expected, ok), "{what}");
     }
 }
+
+/// A refused exchange leaves an audit line naming the client id the token
+/// claims, never the token.
+#[tokio::test]
+async fn refused_exchanges_are_audited_without_the_token() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut world = World::new(SigningAlg::Es256);
+    let token = world.api_token("reports", None);
+    let id = api_token::client_id_of(&token).unwrap();
+    let wrong = api_token::generate(&id).unwrap().expose().to_owned();
+    let resp = world.exchange_token(&wrong, "").await;
+    assert_error(&resp, StatusCode::BAD_REQUEST, "invalid_request");
+    let (status, _, _) = world.exchange_token(&token, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("token refused") && l.contains(&id) && l.contains("api_token")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("token issued") && l.contains(&id)),
+        "{text}"
+    );
+    for t in [&token, &wrong] {
+        assert!(
+            !text.contains(&t[t.len() - 50..]),
+            "a token reached the log"
+        );
+    }
+}
