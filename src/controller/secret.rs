@@ -18,16 +18,16 @@ use kube::Resource;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `type` of every generated Secret of a `ClientSecret` credential.
-pub const SECRET_TYPE: &str = "m2m.dev/client-credentials";
+pub(crate) const SECRET_TYPE: &str = "m2m.dev/client-credentials";
 /// `type` of the Secret of an `APIToken` credential.
-pub const API_TOKEN_SECRET_TYPE: &str = "m2m.dev/api-token";
+pub(crate) const API_TOKEN_SECRET_TYPE: &str = "m2m.dev/api-token";
 /// The Secret key holding a client secret.
-pub const CLIENT_SECRET_KEY: &str = "client_secret";
+pub(crate) const CLIENT_SECRET_KEY: &str = "client_secret";
 /// The Secret key holding an API token.
-pub const API_TOKEN_KEY: &str = "token";
+pub(crate) const API_TOKEN_KEY: &str = "token";
 
 /// The Secret key holding the generated value, and the Secret `type`.
-pub fn value_key_and_type(kind: CredentialType) -> (&'static str, &'static str) {
+pub(crate) fn value_key_and_type(kind: CredentialType) -> (&'static str, &'static str) {
     match kind {
         CredentialType::ClientSecret => (CLIENT_SECRET_KEY, SECRET_TYPE),
         CredentialType::ApiToken => (API_TOKEN_KEY, API_TOKEN_SECRET_TYPE),
@@ -35,7 +35,7 @@ pub fn value_key_and_type(kind: CredentialType) -> (&'static str, &'static str) 
 }
 /// Everything the controller writes into a credential Secret.
 #[derive(Debug, Clone)]
-pub struct SecretContents<'a> {
+pub(crate) struct SecretContents<'a> {
     /// The client id.
     pub client_id: &'a str,
     /// The client secret.
@@ -59,7 +59,7 @@ pub struct SecretContents<'a> {
 }
 
 /// The desired Secret, ready for server-side apply.
-pub fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) -> Secret {
+pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) -> Secret {
     let cred_name = cred.metadata.name.clone().unwrap_or_default();
     let template = &cred.spec.secret_template;
     let mut labels = template.labels.clone();
@@ -106,7 +106,7 @@ pub fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) ->
 
 /// What an existing Secret at the credential's `secretName` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ObservedSecret {
+pub(crate) enum ObservedSecret {
     /// No Secret of that name.
     Missing,
     /// A Secret this credential does not control: never touched.
@@ -120,7 +120,7 @@ pub enum ObservedSecret {
 
 /// The facts an authentic Secret carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticSecret {
+pub(crate) struct AuthenticSecret {
     /// The secret itself.
     pub secret: ClientSecret,
     /// Its version.
@@ -135,8 +135,9 @@ pub struct AuthenticSecret {
     pub handled_rotate: Option<String>,
 }
 
-/// Classify the Secret found at the credential's `secretName`.
-pub fn observe(
+/// [`observe_as`] for a client-credentials Secret (`client_secret`).
+#[cfg(test)]
+pub(crate) fn observe(
     existing: Option<&Secret>,
     cred_uid: &str,
     key: &VerifierKey,
@@ -145,9 +146,10 @@ pub fn observe(
     observe_as(existing, cred_uid, key, binding, CLIENT_SECRET_KEY)
 }
 
-/// [`observe`] for a Secret whose generated value is under `value_key`
-/// (`client_secret`, or `token` for an API token).
-pub fn observe_as(
+/// Classify the Secret found at the credential's `secretName`, whose
+/// generated value is under `value_key` (`client_secret`, or `token` for
+/// an API token).
+pub(crate) fn observe_as(
     existing: Option<&Secret>,
     cred_uid: &str,
     key: &VerifierKey,
@@ -249,7 +251,7 @@ fn owned_keys(secret: &Secret, manager: &str, path: &[&str]) -> BTreeSet<String>
 /// Whether applying `desired` would change `existing`: a differing value we
 /// set, or a label/annotation/data key we own but no longer want. Keeps a
 /// converged cluster free of writes.
-pub fn differs(existing: &Secret, desired: &Secret) -> bool {
+pub(crate) fn differs(existing: &Secret, desired: &Secret) -> bool {
     if existing.type_ != desired.type_ {
         return true;
     }
