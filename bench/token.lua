@@ -1,9 +1,14 @@
 -- wrk script for bench/token-bench.sh: POSTs a client_credentials request
 -- with HTTP Basic authentication — or, when M2M_BENCH_ASSERTION is set, with
--- an RFC 7523 client assertion (workload identity) — and prints one
--- machine-readable summary line. Reads the credentials and path from the environment.
+-- an RFC 7523 client assertion (workload identity); with M2M_BENCH_API_TOKEN
+-- set, M2M_BENCH_MODE=introspect introspects that API token (HTTP Basic as
+-- the caller) and M2M_BENCH_MODE=exchange exchanges it (RFC 8693) — and
+-- prints one machine-readable summary line. Reads the credentials and path
+-- from the environment.
 local id_secret = os.getenv("M2M_BENCH_CREDENTIALS")
 local assertion = os.getenv("M2M_BENCH_ASSERTION")
+local api_token = os.getenv("M2M_BENCH_API_TOKEN")
+local mode = os.getenv("M2M_BENCH_MODE") or ""
 local path = os.getenv("M2M_BENCH_PATH") or "/oauth/token"
 
 local function b64(data)
@@ -23,7 +28,16 @@ end
 wrk.method = "POST"
 wrk.path = path
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-if assertion and assertion ~= "" then
+if mode == "introspect" then
+  -- An API token is [a-z0-9_A-Z]: nothing to percent-encode.
+  wrk.path = "/oauth/introspect"
+  wrk.body = "token=" .. api_token
+  wrk.headers["Authorization"] = "Basic " .. b64(id_secret)
+elseif mode == "exchange" then
+  wrk.body = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"
+    .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token"
+    .. "&scope=bench%3Aread&subject_token=" .. api_token
+elseif assertion and assertion ~= "" then
   -- A JWT is base64url and dots: nothing to percent-encode.
   wrk.body = "grant_type=client_credentials&scope=bench%3Aread"
     .. "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"

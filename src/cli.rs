@@ -54,6 +54,9 @@ pub struct BenchServerArgs {
     /// the assertion cache) of the workload-identity credential here.
     #[arg(long)]
     pub assertion_file: Option<PathBuf>,
+    /// Write the API token of the generated `APIToken` credential here.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -139,6 +142,12 @@ pub struct ControllerOptions {
     /// [default: <issuer>/oauth/token].
     #[arg(long, env = "M2M_TOKEN_URL")]
     pub token_url: Option<String>,
+
+    /// Longest life of an API token (`spec.type: APIToken`): its
+    /// `rotation.every`, or its `expiresAt` measured from when the token was
+    /// issued. A credential over it, or without an end, is `Ready=False`.
+    #[arg(long, env = "M2M_MAX_API_TOKEN_LIFETIME", default_value = "8760h", value_parser = positive_duration)]
+    pub max_api_token_lifetime: Duration,
 
     /// Name of the leader-election Lease.
     #[arg(

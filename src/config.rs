@@ -134,6 +134,7 @@ impl Config {
             issuer: self.issuer.clone(),
             default_policy: self.default_policy.clone(),
             instance: self.instance.clone(),
+            max_api_token_lifetime: opts.max_api_token_lifetime,
             default_role: self.default_role.clone(),
         }
     }

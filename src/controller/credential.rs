@@ -8,6 +8,7 @@
 
 use super::secret::{self, AuthenticSecret, ObservedSecret, SecretContents, build_secret};
 use super::{Context, Error, Step, failpoint, kube_err};
+use crate::core::api_token;
 use crate::core::client_secret::{ClientSecret, RandomnessError, client_id_for_uid};
 use crate::core::duration::{DurationError, parse_duration};
 use crate::core::grant::{Grant, ScopePolicy, ScopePolicyError, resolve_grant};
@@ -17,7 +18,7 @@ use crate::core::rotation::{
 };
 use crate::core::verifier::{SecretBinding, VerifierKey, next_expiry};
 use crate::crd::{
-    Condition, ConditionStatus, CredentialMode, M2MCredential, M2MCredentialStatus,
+    Condition, ConditionStatus, CredentialMode, CredentialType, M2MCredential, M2MCredentialStatus,
     ROTATE_ANNOTATION, SecretVerifier, ServiceAccountSpec, set_condition,
 };
 use crate::labels::FIELD_MANAGER;
@@ -136,6 +137,8 @@ pub(crate) struct Observed<'a> {
     pub token_url: &'a str,
     /// `issuer` written into the Secret.
     pub issuer: &'a str,
+    /// Longest life of an API token (`--max-api-token-lifetime`).
+    pub max_api_token_lifetime: Duration,
     /// The clock.
     pub now: DateTime<Utc>,
 }
@@ -191,7 +194,10 @@ pub(crate) async fn reconcile(
     let now = Utc::now();
 
     // Workload identity hook: no secret, no Secret (see super::workload).
-    if let Some(wi) = &cred.spec.workload_identity {
+    // An APIToken credential never takes it: plan() refuses the combination.
+    if let Some(wi) = &cred.spec.workload_identity
+        && cred.spec.type_ == CredentialType::ClientSecret
+    {
         let grant = resolve_grant(
             &cred.spec,
             account.as_ref().map(|a| &a.spec),
@@ -225,9 +231,14 @@ pub(crate) async fn reconcile(
         former_key_ids: &ctx.former_key_ids.load(),
         token_url: &ctx.config.token_url,
         issuer: &ctx.config.issuer,
+        max_api_token_lifetime: ctx.config.max_api_token_lifetime,
         now,
     };
-    let plan = plan(&observed, ClientSecret::generate)?;
+    let client_id = client_id_for_uid(&uid);
+    let plan = plan(&observed, || match cred.spec.type_ {
+        CredentialType::ClientSecret => ClientSecret::generate(),
+        CredentialType::ApiToken => api_token::generate(&client_id),
+    })?;
     apply(&ctx, &cred, &secrets, &uid, plan).await
 }
 
@@ -275,7 +286,21 @@ pub(crate) fn plan(
     let old_status = o.cred.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
     let was_workload_identity = old_status.mode == Some(CredentialMode::WorkloadIdentity);
-    status.mode = Some(CredentialMode::ClientSecret);
+    let mode = match o.cred.spec.type_ {
+        CredentialType::ClientSecret => CredentialMode::ClientSecret,
+        CredentialType::ApiToken => CredentialMode::ApiToken,
+    };
+    // spec.type is immutable (a CEL rule); where the apiserver does not
+    // enforce it, the credential keeps its mode and reports the change.
+    let type_changed = status.secret_version > 0
+        && old_status
+            .mode
+            .is_some_and(|m| m != mode && m != CredentialMode::WorkloadIdentity);
+    status.mode = if type_changed {
+        old_status.mode
+    } else {
+        Some(mode)
+    };
     status.workload_identity = None;
     status.observed_generation = o.cred.metadata.generation;
     status.client_id = Some(client_id.clone());
@@ -303,7 +328,14 @@ pub(crate) fn plan(
     }
 
     let rotation = rotation_settings(o.cred);
-    let ready = match validate(o, &mut status, &binding, &rotation) {
+    let type_rules = type_rules(o, &status, type_changed, &rotation);
+    let ready = match type_rules.and_then(|()| validate(o, &mut status, &binding, &rotation)) {
+        Err(not_ready) if is_type_reason(not_ready.0) => {
+            // A token that may not exist must not work meanwhile: the
+            // verifiers go (restored from the Secret once fixed).
+            status.verifiers.clear();
+            Err(not_ready)
+        }
         Err(not_ready) => Err(not_ready),
         Ok((grant, observed, settings)) => {
             let s = SecretPlan {
@@ -398,6 +430,63 @@ fn foreign_conflict_report<'s>(
     (!own).then_some(report)
 }
 
+/// The `Ready=False` reasons of [`type_rules`]: the credential may hold no
+/// usable secret at all while one of them stands.
+fn is_type_reason(reason: &str) -> bool {
+    matches!(
+        reason,
+        "TypeChanged"
+            | "APITokenWithWorkloadIdentity"
+            | "APITokenWithoutEnd"
+            | "APITokenLifetimeTooLong"
+    )
+}
+
+/// What `spec.type` demands: it never changes, and an API token has no
+/// workload identity and an end within `--max-api-token-lifetime`
+/// ([`api_token::check_end`]), measured from when the current token was
+/// issued (or now, for one about to be generated).
+fn type_rules(
+    o: &Observed<'_>,
+    status: &M2MCredentialStatus,
+    type_changed: bool,
+    rotation: &Result<RotationSettings, NotReady>,
+) -> Result<(), NotReady> {
+    let spec = &o.cred.spec;
+    if type_changed {
+        return Err((
+            "TypeChanged",
+            format!(
+                "spec.type changed to {:?} after the credential was created with another type: restore it, or create another M2MCredential",
+                spec.type_
+            ),
+        ));
+    }
+    if spec.type_ != CredentialType::ApiToken {
+        return Ok(());
+    }
+    if spec.workload_identity.is_some() {
+        return Err((
+            "APITokenWithWorkloadIdentity",
+            "spec.workloadIdentity does not apply to an APIToken credential: remove one of them"
+                .into(),
+        ));
+    }
+    // An unparseable rotation is reported by validate() (InvalidRotation).
+    let Ok(settings) = rotation else {
+        return Ok(());
+    };
+    let inputs = rotation_inputs(o.cred, status, settings.every);
+    let issued_at = if status.secret_version == 0 || rotation_due(&inputs, o.now).is_some() {
+        o.now
+    } else {
+        status.last_rotation_time.unwrap_or(o.now)
+    };
+    let every = settings.every.zip(spec.rotation.every.as_deref());
+    api_token::check_end(spec.expires_at, every, issued_at, o.max_api_token_lifetime)
+        .map_err(|e| (e.reason(), e.to_string()))
+}
+
 /// Whether the credential can hold a Secret at all: a free Secret name, a
 /// grant, valid rotation settings.
 fn validate(
@@ -406,7 +495,8 @@ fn validate(
     binding: &SecretBinding<'_>,
     rotation: &Result<RotationSettings, NotReady>,
 ) -> Result<(Grant, ObservedSecret, RotationSettings), NotReady> {
-    let observed = secret::observe(o.existing, binding.uid, o.key, binding);
+    let value_key = secret::value_key_and_type(o.cred.spec.type_).0;
+    let observed = secret::observe_as(o.existing, binding.uid, o.key, binding, value_key);
     if observed == ObservedSecret::Foreign {
         let msg = format!(
             "Secret {:?} exists and is not owned by this credential: it is left untouched; choose another spec.secretName",
@@ -538,7 +628,12 @@ impl SecretPlan<'_> {
         status.last_rotation_time = Some(now);
         status.last_handled_rotate_annotation = handled;
         status.secret_hint = Some(value.hint());
-        plan.events.push(why.event());
+        let (type_, reason, note) = why.event();
+        let note = match cred.spec.type_ {
+            CredentialType::ClientSecret => note,
+            CredentialType::ApiToken => note.replace("client secret", "API token"),
+        };
+        plan.events.push((type_, reason, note));
     }
 
     fn contents<'s>(
@@ -618,6 +713,10 @@ fn finish_status(
         (ready, _) => ready,
     };
     let ready_condition = match &ready {
+        Ok(()) if o.cred.spec.type_ == CredentialType::ApiToken => {
+            let msg = format!("the API token of client {} is active", binding.client_id);
+            cond(READY, true, "Issuing", &msg, o)
+        }
         Ok(()) => {
             let msg = format!("client {} can obtain tokens", binding.client_id);
             cond(READY, true, "Issuing", &msg, o)
@@ -1173,9 +1272,14 @@ mod plan_tests {
                 former_key_ids: &self.former_key_ids,
                 token_url: "https://id.example/oauth/token",
                 issuer: "https://id.example",
+                max_api_token_lifetime: Duration::from_secs(8760 * 3600),
                 now: self.now,
             };
-            plan(&o, ClientSecret::generate).unwrap()
+            plan(&o, || match self.cred.spec.type_ {
+                CredentialType::ClientSecret => ClientSecret::generate(),
+                CredentialType::ApiToken => api_token::generate(&client_id_for_uid("uid-1")),
+            })
+            .unwrap()
         }
 
         /// Plan and apply the plan to the world, as the cluster would.
@@ -1423,5 +1527,119 @@ mod plan_tests {
             assert_eq!(event_reasons(&p), ["Ready"], "{what}");
             assert!(!p.generated, "{what}");
         }
+    }
+
+    fn api_token_world(expires_in_hours: Option<i64>, every: Option<&str>) -> World {
+        let mut w = World::new();
+        w.cred.spec.type_ = CredentialType::ApiToken;
+        w.cred.spec.expires_at = expires_in_hours.map(|h| at(h * 3600));
+        w.cred.spec.rotation.every = every.map(str::to_owned);
+        w
+    }
+
+    fn secret_value(w: &World, key: &str) -> Option<String> {
+        let data = w.secret.as_ref()?.data.as_ref()?;
+        String::from_utf8(data.get(key)?.0.clone()).ok()
+    }
+
+    #[test]
+    fn an_api_token_credential_writes_a_token_secret() {
+        let mut w = api_token_world(Some(24), None);
+        let p = w.step();
+        assert!(p.generated);
+        assert_eq!(event_reasons(&p), ["SecretCreated"]);
+        assert_eq!(w.ready(), (ConditionStatus::True, "Issuing".into()));
+        assert_eq!(w.status().mode, Some(CredentialMode::ApiToken));
+        let token = secret_value(&w, "token").unwrap();
+        assert_eq!(
+            api_token::client_id_of(&token),
+            Some(client_id_for_uid("uid-1"))
+        );
+        assert_eq!(secret_value(&w, "client_secret"), None);
+        assert!(secret_value(&w, "token_url").is_some());
+        assert_eq!(
+            w.secret.as_ref().unwrap().type_.as_deref(),
+            Some(secret::API_TOKEN_SECRET_TYPE)
+        );
+        // The digest in status is the token's: the token server accepts it.
+        let v = &w.status().verifiers[0];
+        let binding = SecretBinding {
+            namespace: "team",
+            name: "c",
+            uid: "uid-1",
+            client_id: &client_id_for_uid("uid-1"),
+            version: v.version,
+        };
+        assert!(w.key.verify(&binding, &token, &v.digest));
+        assert!(w.plan().status.is_none(), "converged");
+        // Rotation works as for a client secret.
+        w.cred.metadata.annotations = Some([(ROTATE_ANNOTATION.into(), "r1".into())].into());
+        w.now = at(60);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["RotateAnnotationChanged"]);
+        assert_ne!(secret_value(&w, "token").unwrap(), token);
+        assert_eq!(versions(&w), [(2, false)]);
+    }
+
+    #[test]
+    fn an_api_token_without_an_end_or_over_the_maximum_is_not_ready() {
+        let cases = [
+            (None, None, "APITokenWithoutEnd"),
+            (Some(8761), None, "APITokenLifetimeTooLong"),
+            (None, Some("8761h"), "APITokenLifetimeTooLong"),
+        ];
+        for (expires, every, reason) in cases {
+            let mut w = api_token_world(expires, every);
+            let p = w.step();
+            assert!(p.secret_write.is_none() && !p.generated, "{reason}");
+            assert_eq!(event_reasons(&p), [reason]);
+            assert_eq!(w.ready(), (ConditionStatus::False, reason.into()));
+            assert!(w.status().verifiers.is_empty());
+        }
+        for (expires, every) in [(Some(8760), None), (None, Some("8760h"))] {
+            let mut w = api_token_world(expires, every);
+            w.step();
+            assert_eq!(w.ready(), (ConditionStatus::True, "Issuing".into()));
+        }
+    }
+
+    /// Lengthening an issued token's life past the maximum stops it at
+    /// once; shortening it again brings the same token back.
+    #[test]
+    fn an_issued_token_stops_working_when_its_end_moves_too_far() {
+        let mut w = api_token_world(Some(24), None);
+        w.step();
+        let token = secret_value(&w, "token").unwrap();
+        w.now = at(3600);
+        w.cred.spec.expires_at = Some(at(8761 * 3600));
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["APITokenLifetimeTooLong"]);
+        assert!(w.status().verifiers.is_empty(), "the token stops working");
+        w.cred.spec.expires_at = Some(at(48 * 3600));
+        let p = w.step();
+        assert!(!p.generated);
+        assert_eq!(event_reasons(&p), ["Ready"]);
+        assert_eq!(versions(&w), [(1, false)]);
+        assert_eq!(secret_value(&w, "token").unwrap(), token);
+    }
+
+    #[test]
+    fn the_type_cannot_change_and_excludes_workload_identity() {
+        let mut w = World::converged();
+        w.cred.spec.type_ = CredentialType::ApiToken;
+        w.cred.spec.expires_at = Some(at(3600));
+        let p = w.step();
+        assert!(!p.generated && p.secret_write.is_none());
+        assert_eq!(event_reasons(&p), ["TypeChanged"]);
+        assert_eq!(w.status().mode, Some(CredentialMode::ClientSecret));
+        assert!(w.status().verifiers.is_empty());
+        let mut w = api_token_world(Some(24), None);
+        w.cred.spec.workload_identity = Some(crate::crd::WorkloadIdentity {
+            kubernetes_service_account: "uploader".into(),
+            ..Default::default()
+        });
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["APITokenWithWorkloadIdentity"]);
+        assert!(p.secret_write.is_none());
     }
 }

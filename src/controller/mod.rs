@@ -140,6 +140,8 @@ pub struct ControllerConfig {
     pub default_policy: ScopePolicy,
     /// This replica's name (Events, Lease identity).
     pub instance: Option<String>,
+    /// Longest life of an API token (`--max-api-token-lifetime`).
+    pub max_api_token_lifetime: Duration,
     /// The `ClusterM2MRole` granted to every ServiceAccount (`--default-role`).
     pub default_role: Option<String>,
 }

@@ -6,7 +6,7 @@
 
 use crate::core::client_secret::ClientSecret;
 use crate::core::verifier::{SecretBinding, VerifierKey};
-use crate::crd::M2MCredential;
+use crate::crd::{CredentialType, M2MCredential};
 use crate::labels::{
     ANN_DIGEST, ANN_HANDLED_ROTATE, ANN_PREVIOUS_NOT_AFTER, ANN_ROTATED_AT, ANN_VERIFIER_KEY_ID,
     ANN_VERSION, FIELD_MANAGER, LABEL_CREDENTIAL, MANAGED_BY,
@@ -17,8 +17,22 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// `type` of every generated Secret.
+/// `type` of every generated Secret of a `ClientSecret` credential.
 pub(crate) const SECRET_TYPE: &str = "m2m.dev/client-credentials";
+/// `type` of the Secret of an `APIToken` credential.
+pub(crate) const API_TOKEN_SECRET_TYPE: &str = "m2m.dev/api-token";
+/// The Secret key holding a client secret.
+pub(crate) const CLIENT_SECRET_KEY: &str = "client_secret";
+/// The Secret key holding an API token.
+pub(crate) const API_TOKEN_KEY: &str = "token";
+
+/// The Secret key holding the generated value, and the Secret `type`.
+pub(crate) fn value_key_and_type(kind: CredentialType) -> (&'static str, &'static str) {
+    match kind {
+        CredentialType::ClientSecret => (CLIENT_SECRET_KEY, SECRET_TYPE),
+        CredentialType::ApiToken => (API_TOKEN_KEY, API_TOKEN_SECRET_TYPE),
+    }
+}
 /// Everything the controller writes into a credential Secret.
 #[derive(Debug, Clone)]
 pub(crate) struct SecretContents<'a> {
@@ -66,9 +80,10 @@ pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<
     if let Some(h) = c.handled_rotate {
         annotations.insert(ANN_HANDLED_ROTATE.into(), h.to_owned());
     }
+    let (value_key, secret_type) = value_key_and_type(cred.spec.type_);
     let data: BTreeMap<String, ByteString> = [
         ("client_id", c.client_id),
-        ("client_secret", c.secret.expose()),
+        (value_key, c.secret.expose()),
         ("token_url", c.token_url),
         ("issuer", c.issuer),
         ("scope", c.scope.as_str()),
@@ -77,7 +92,7 @@ pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<
     .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
     .collect();
     let mut secret = Secret {
-        type_: Some(SECRET_TYPE.into()),
+        type_: Some(secret_type.into()),
         data: Some(data),
         ..Default::default()
     };
@@ -142,12 +157,26 @@ pub(crate) struct AuthenticSecret {
     pub handled_rotate: Option<String>,
 }
 
-/// Classify the Secret found at the credential's `secretName`.
+/// [`observe_as`] for a client-credentials Secret (`client_secret`).
+#[cfg(test)]
 pub(crate) fn observe(
     existing: Option<&Secret>,
     cred_uid: &str,
     key: &VerifierKey,
     binding: &SecretBinding<'_>,
+) -> ObservedSecret {
+    observe_as(existing, cred_uid, key, binding, CLIENT_SECRET_KEY)
+}
+
+/// Classify the Secret found at the credential's `secretName`, whose
+/// generated value is under `value_key` (`client_secret`, or `token` for
+/// an API token).
+pub(crate) fn observe_as(
+    existing: Option<&Secret>,
+    cred_uid: &str,
+    key: &VerifierKey,
+    binding: &SecretBinding<'_>,
+    value_key: &str,
 ) -> ObservedSecret {
     let Some(secret) = existing else {
         return ObservedSecret::Missing;
@@ -179,7 +208,7 @@ pub(crate) fn observe(
             Some(t) => Some(DateTime::parse_from_rfc3339(t).ok()?.to_utc()),
             None => None,
         };
-        let value = data("client_secret")?;
+        let value = data(value_key)?;
         let client_id = data("client_id")?;
         Some((
             version,

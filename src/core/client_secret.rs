@@ -43,16 +43,7 @@ impl ClientSecret {
     pub fn generate() -> Result<Self, RandomnessError> {
         let mut body = String::with_capacity(SECRET_LEN);
         body.push_str(SECRET_PREFIX);
-        let mut buf = [0u8; 64];
-        while body.len() < SECRET_PREFIX.len() + BODY_LEN {
-            fill_random(&mut buf)?;
-            for b in buf {
-                // Rejection sampling keeps every character uniform: 248 = 4·62.
-                if b < 248 && body.len() < SECRET_PREFIX.len() + BODY_LEN {
-                    body.push(ALPHABET[usize::from(b % 62)] as char);
-                }
-            }
-        }
+        push_random_base62(&mut body, BODY_LEN)?;
         let checksum = base62_fixed(crc32fast::hash(body.as_bytes()), CHECKSUM_LEN);
         body.push_str(&checksum);
         Ok(Self(body))
@@ -100,7 +91,24 @@ pub fn is_well_formed(candidate: &str) -> bool {
         && base62_fixed(crc32fast::hash(body.as_bytes()), CHECKSUM_LEN) == checksum
 }
 
-fn base62_fixed(mut n: u32, len: usize) -> String {
+/// Append `len` base62 characters, each uniform, from the OS CSPRNG.
+pub(crate) fn push_random_base62(out: &mut String, len: usize) -> Result<(), RandomnessError> {
+    let target = out.len() + len;
+    let mut buf = [0u8; 64];
+    while out.len() < target {
+        fill_random(&mut buf)?;
+        for b in buf {
+            // Rejection sampling keeps every character uniform: 248 = 4·62.
+            if b < 248 && out.len() < target {
+                out.push(ALPHABET[usize::from(b % 62)] as char);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `n` as exactly `len` base62 digits (the checksum encoding).
+pub(crate) fn base62_fixed(mut n: u32, len: usize) -> String {
     let mut out = vec![b'0'; len];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(n % 62) as usize];

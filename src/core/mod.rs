@@ -2,6 +2,7 @@
 //! I/O. The controller and the token server both build on these, so they
 //! always agree on what a grant, a valid secret or a due rotation is.
 
+pub mod api_token;
 pub mod client_secret;
 pub mod duration;
 pub mod grant;

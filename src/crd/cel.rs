@@ -65,6 +65,25 @@ pub fn workload_identity_has_no_rotation() -> Rule {
         .field_path(".rotation")
 }
 
+/// `spec.type` keeps the value it was created with; absent means
+/// `ClientSecret`, so adding `type: ClientSecret` later is no change.
+/// A rule on the spec (not the field) because the field may be absent.
+pub fn type_immutable() -> Rule {
+    Rule::new(
+        "(has(self.type) ? self.type : 'ClientSecret') == (has(oldSelf.type) ? oldSelf.type : 'ClientSecret')",
+    )
+    .message("type is immutable: create another M2MCredential to switch between ClientSecret and APIToken")
+    .field_path(".type")
+}
+
+/// An API token is a generated secret: it cannot come from a pod's
+/// service-account token, so `APIToken` and `workloadIdentity` exclude each other.
+pub fn api_token_has_no_workload_identity() -> Rule {
+    Rule::new("!has(self.type) || self.type != 'APIToken' || !has(self.workloadIdentity)")
+        .message("workloadIdentity does not apply to an APIToken credential (an API token is a generated secret): remove spec.workloadIdentity or spec.type")
+        .field_path(".workloadIdentity")
+}
+
 /// The field keeps the value it was created with.
 pub fn immutable(field: &str, hint: &str) -> Rule {
     Rule::new("self == oldSelf").message(format!("{field} is immutable: {hint}").as_str())

@@ -35,6 +35,8 @@ use std::collections::BTreeMap;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = crate::crd::cel::workload_identity_has_no_rotation())]
+#[x_kube(validation = crate::crd::cel::type_immutable())]
+#[x_kube(validation = crate::crd::cel::api_token_has_no_workload_identity())]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
     /// credential authenticates as. Immutable: to bind another identity,
@@ -42,6 +44,20 @@ pub struct M2MCredentialSpec {
     #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
     #[x_kube(validation = crate::crd::cel::immutable("serviceAccountName", "create another M2MCredential to bind another ServiceAccount"))]
     pub service_account_name: String,
+
+    /// `ClientSecret` (default): an OAuth 2.0 client id and client secret
+    /// for the client-credentials grant. `APIToken`: a long-lived opaque
+    /// bearer token (`m2mt_…`, Secret key `token`) that resource servers
+    /// check by introspection and that can be exchanged for a short-lived
+    /// JWT (RFC 8693); it must have an end, `expiresAt` or `rotation.every`,
+    /// at most the operator's `--max-api-token-lifetime` (default 8760h).
+    /// Immutable; `APIToken` excludes `workloadIdentity`.
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "CredentialType::is_client_secret"
+    )]
+    pub type_: CredentialType,
 
     /// What this credential is used for, shown to humans only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,11 +143,32 @@ pub struct WorkloadIdentity {
     pub allow_default_service_account: bool,
 }
 
+/// What a credential's Secret holds (`spec.type`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CredentialType {
+    /// A client id and client secret (client-credentials grant).
+    #[default]
+    ClientSecret,
+    /// A long-lived opaque bearer token, checked by introspection.
+    #[serde(rename = "APIToken")]
+    ApiToken,
+}
+
+impl CredentialType {
+    /// The default, left out when serialising.
+    pub fn is_client_secret(&self) -> bool {
+        *self == Self::ClientSecret
+    }
+}
+
 /// How a credential authenticates at the token endpoint.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum CredentialMode {
     /// A generated client secret in a Secret.
     ClientSecret,
+    /// A generated API token in a Secret (`spec.type: APIToken`).
+    #[serde(rename = "APIToken")]
+    ApiToken,
     /// A Kubernetes service-account token (`spec.workloadIdentity`).
     WorkloadIdentity,
 }
@@ -274,7 +311,7 @@ pub struct M2MCredentialStatus {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub verifiers: Vec<SecretVerifier>,
 
-    /// `ClientSecret` or `WorkloadIdentity`: how the credential authenticates.
+    /// `ClientSecret`, `APIToken` or `WorkloadIdentity`: how the credential authenticates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<CredentialMode>,
 

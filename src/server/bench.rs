@@ -11,6 +11,9 @@
 //! service-account-token-shaped assertion for it (there is no apiserver to
 //! ask), so the benchmark measures the steady state — every request a
 //! cache hit, as in production once a pod's token has been reviewed.
+//!
+//! API tokens: a third credential (`spec.type: APIToken`) with a generated
+//! token, for introspection of an API token and RFC 8693 token exchange.
 
 use super::error::OAuthError;
 use super::form::OAuthRequest;
@@ -55,6 +58,8 @@ pub struct BenchFixture {
     /// A client assertion the server accepts (pre-seeded in its cache) for
     /// the workload-identity credential.
     pub assertion: String,
+    /// The API token of the `APIToken` credential.
+    pub api_token: String,
 }
 
 /// Build a cluster-free server whose keys use `alg`.
@@ -128,6 +133,46 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         },
         status: None,
     };
+    // API token: same account and grant, its token as the secret.
+    let api_uid = uuid::Uuid::new_v4().to_string();
+    let api_client_id = client_id_for_uid(&api_uid);
+    let api_token = crate::core::api_token::generate(&api_client_id)?;
+    let api_binding = SecretBinding {
+        namespace,
+        name: "bench-api",
+        uid: &api_uid,
+        client_id: &api_client_id,
+        version: 1,
+    };
+    let api_credential = M2MCredential {
+        metadata: ObjectMeta {
+            name: Some("bench-api".into()),
+            namespace: Some(namespace.into()),
+            uid: Some(api_uid.clone()),
+            ..Default::default()
+        },
+        spec: M2MCredentialSpec {
+            type_: crate::crd::CredentialType::ApiToken,
+            rotation: crate::crd::CredentialRotation {
+                every: Some("720h".into()),
+                grace_period: None,
+            },
+            ..credential.spec.clone()
+        },
+        status: Some(M2MCredentialStatus {
+            verifiers: vec![{
+                let mut v = SecretVerifier {
+                    version: 1,
+                    digest: verifier_key.digest(&api_binding, api_token.expose()),
+                    not_after: None,
+                    seal: None,
+                };
+                verifier_key.seal(&api_binding, &mut v);
+                v
+            }],
+            ..Default::default()
+        }),
+    };
     let namespace_meta = ObjectMeta {
         name: Some(namespace.into()),
         ..Default::default()
@@ -140,7 +185,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
     let state = Arc::new(TokenState::new());
     let policy = ScopePolicy::allow_all();
     state.set_credentials(CredentialIndex::build(
-        [&credential, &wi_credential],
+        [&credential, &wi_credential, &api_credential],
         [&account],
         [&namespace_meta],
         &policy,
@@ -171,6 +216,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         client_id,
         client_secret: secret.expose().to_owned(),
         assertion,
+        api_token: api_token.expose().to_owned(),
     })
 }
 
@@ -235,6 +281,9 @@ pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
     let fixture = fixture(args.signing_alg)?;
     if let Some(path) = &args.assertion_file {
         std::fs::write(path, &fixture.assertion)?;
+    }
+    if let Some(path) = &args.api_token_file {
+        std::fs::write(path, &fixture.api_token)?;
     }
     std::fs::write(
         &args.credentials_file,

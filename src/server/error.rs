@@ -9,7 +9,8 @@
 //! | `invalid_client` | 429 with `Retry-After` | too many failed authentications for this client id |
 //! | `invalid_grant` | 400 | the credential expired (`spec.expiresAt`) |
 //! | `unauthorized_client` | 400 | the credential may not be granted tokens now: its ServiceAccount is disabled, missing or invalid, or its grant is invalid |
-//! | `unsupported_grant_type` | 400 | `grant_type` other than `client_credentials` |
+//! | `unsupported_grant_type` | 400 | `grant_type` other than `client_credentials` or RFC 8693 token exchange |
+//! | `invalid_request` | 400 | token exchange: missing or unsupported `subject_token_type`, missing `subject_token`, an `actor_token`, client authentication sent, or a `subject_token` that is not a live API token (RFC 8693 §2.2.2) |
 //! | `invalid_scope` | 400 | a requested scope outside the credential's grant |
 //! | `invalid_target` | 400 | a requested `audience`/`resource` the credential may not use (RFC 8707) |
 //! | `temporarily_unavailable` | 503 | no signing key loaded yet, or the revocation list could not be written |
@@ -101,7 +102,7 @@ impl OAuthError {
         Self::new(
             "unsupported_grant_type",
             StatusCode::BAD_REQUEST,
-            "only grant_type=client_credentials is supported",
+            "only grant_type=client_credentials and urn:ietf:params:oauth:grant-type:token-exchange are supported",
         )
     }
 

@@ -27,8 +27,8 @@ use crate::core::roles::{RoleGrant, RoleResolution, resolve_roles};
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
 use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{
-    ClusterM2MRole, M2MCredential, M2MCredentialSpec, M2MRole, RoleKind, RoleRef, SecretVerifier,
-    ServiceAccount, ServiceAccountSpec,
+    ClusterM2MRole, CredentialType, M2MCredential, M2MCredentialSpec, M2MRole, RoleKind, RoleRef,
+    SecretVerifier, ServiceAccount, ServiceAccountSpec,
 };
 use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
@@ -65,6 +65,15 @@ pub struct CredentialEntry {
     /// Workload identity: the bound Kubernetes ServiceAccount, or why the
     /// binding is refused; `None` for a secret-based credential.
     pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
+    /// `spec.type: APIToken`: the verifiers are of API tokens, which
+    /// authenticate only as `subject_token` or are introspected, never as
+    /// a client secret (see [`super::api_token`]).
+    pub api_token: bool,
+    /// For an API token replaced on a schedule: when the current token is
+    /// due to stop working (`status.nextRotationTime` plus the grace
+    /// period), reported as introspection's `exp`. Informational only —
+    /// acceptance rests on the sealed verifiers.
+    pub api_token_end: Option<DateTime<Utc>>,
     /// Which verifiers carry a valid seal, computed on first use.
     pub seals: SealCache,
 }
@@ -209,6 +218,8 @@ pub(crate) struct CredentialSource {
     pub spec: M2MCredentialSpec,
     /// `status.verifiers`.
     pub verifiers: Vec<SecretVerifier>,
+    /// `status.nextRotationTime` (API tokens' `exp` in introspection).
+    pub next_rotation: Option<DateTime<Utc>>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
     pub deleting: bool,
 }
@@ -229,6 +240,11 @@ impl CredentialSource {
                 token_ttl: spec.token_ttl.clone(),
                 expires_at: spec.expires_at,
                 workload_identity: spec.workload_identity.clone(),
+                type_: spec.type_,
+                rotation: match spec.type_ {
+                    CredentialType::ApiToken => spec.rotation.clone(),
+                    CredentialType::ClientSecret => Default::default(),
+                },
                 ..Default::default()
             },
             verifiers: cred
@@ -236,6 +252,10 @@ impl CredentialSource {
                 .as_ref()
                 .map(|s| s.verifiers.clone())
                 .unwrap_or_default(),
+            next_rotation: match spec.type_ {
+                CredentialType::ApiToken => cred.status.as_ref().and_then(|s| s.next_rotation_time),
+                CredentialType::ClientSecret => None,
+            },
             deleting: meta.deletion_timestamp.is_some(),
         })
     }
@@ -540,10 +560,12 @@ impl CredentialIndexer {
             return self.delete_credential(&source.namespace, &source.name);
         }
         let key = (source.namespace, source.name);
+        let api_token_end = api_token_end(&source.spec, source.next_rotation);
         if let Some(record) = self.credentials.get(&key)
             && record.spec == source.spec
             && record.entry.uid == source.uid
             && record.entry.verifiers == source.verifiers
+            && record.entry.api_token_end == api_token_end
         {
             return false;
         }
@@ -552,11 +574,21 @@ impl CredentialIndexer {
         let grant = self.grant(&namespace, &source.spec, now);
         let account_name = source.spec.service_account_name.clone();
         let client_id = client_id_for_uid(&source.uid);
+        let api_token = source.spec.type_ == CredentialType::ApiToken;
+        // An API token never authenticates through workload identity.
         let workload = source
             .spec
             .workload_identity
             .as_ref()
+            .filter(|_| !api_token)
             .map(|wi| crate::core::workload::resolve_binding(&namespace, wi));
+        // No secret works with workload identity set (an APIToken with
+        // workloadIdentity is refused as a whole), nor an API token without
+        // an end (the controller also drops its verifiers).
+        let no_secret = source.spec.workload_identity.is_some()
+            || (api_token
+                && source.spec.expires_at.is_none()
+                && source.spec.rotation.every.is_none());
         if let Some(Ok(binding)) = &workload {
             let subject = binding.subject();
             let mut ids = self
@@ -579,12 +611,11 @@ impl CredentialIndexer {
             service_account: account_name.clone(),
             // A credential switched to workload identity accepts no
             // secret, even before the controller clears its verifiers.
-            verifiers: match workload {
-                Some(_) => vec![],
-                None => source.verifiers,
-            },
+            verifiers: if no_secret { vec![] } else { source.verifiers },
             seals: SealCache::default(),
             workload,
+            api_token,
+            api_token_end,
         });
         self.index.by_client_id.insert(client_id, entry.clone());
         self.by_account
@@ -947,6 +978,22 @@ fn unlisted<'a, V>(
         .collect()
 }
 
+/// When a scheduled API token stops working: the published next rotation
+/// plus the grace period; `None` for anything else.
+fn api_token_end(
+    spec: &M2MCredentialSpec,
+    next_rotation: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    if spec.type_ != CredentialType::ApiToken {
+        return None;
+    }
+    let grace = match spec.rotation.grace_period.as_deref() {
+        Some(g) => crate::core::duration::parse_duration(g).ok()?,
+        None => std::time::Duration::ZERO,
+    };
+    next_rotation?.checked_add_signed(chrono::Duration::from_std(grace).ok()?)
+}
+
 /// The space-separated default scopes: all of the grant's.
 fn default_scope(grant: &Result<Grant, GrantError>) -> String {
     grant
@@ -1111,6 +1158,7 @@ mod tests {
                     seal: Some("s".into()),
                 })
                 .collect();
+            let api_token = rng.random_bool(0.3);
             M2MCredential {
                 metadata,
                 spec: M2MCredentialSpec {
@@ -1118,10 +1166,22 @@ mod tests {
                     scopes: scopes(rng),
                     description: Some("ignored".into()),
                     token_ttl: rng.random_bool(0.2).then(|| "30m".into()),
+                    type_: if api_token {
+                        crate::crd::CredentialType::ApiToken
+                    } else {
+                        crate::crd::CredentialType::ClientSecret
+                    },
+                    rotation: crate::crd::CredentialRotation {
+                        every: rng.random_bool(0.5).then(|| "720h".into()),
+                        grace_period: rng.random_bool(0.5).then(|| "1h".into()),
+                    },
                     ..Default::default()
                 },
                 status: Some(M2MCredentialStatus {
                     verifiers,
+                    next_rotation_time: rng
+                        .random_bool(0.5)
+                        .then(|| now() + chrono::Duration::hours(rng.random_range(1..3))),
                     ..Default::default()
                 }),
             }

@@ -7,6 +7,7 @@
 //!   aside, which must persist).
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
+//! - [`api_token`]: API tokens — introspection and RFC 8693 token exchange.
 //! - [`assertion`]: workload identity — Kubernetes service-account tokens as
 //!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
 //! - [`bench`] (cargo feature `bench`): a cluster-free server for the
@@ -17,6 +18,7 @@
 //! body deadline and body-size limit; connection-level limits are in
 //! [`crate::http`].
 
+pub mod api_token;
 pub mod assertion;
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -1,6 +1,7 @@
 //! The OAuth 2.0 handlers: token (RFC 6749 §4.4), introspection (RFC 7662),
 //! revocation (RFC 7009), authorization-server metadata (RFC 8414) and the
-//! JWKS. See [`super::error`] for the error table.
+//! JWKS. See [`super::error`] for the error table. API tokens (introspection
+//! of `m2mt_` tokens, RFC 8693 exchange) hook in from [`super::api_token`].
 //!
 //! Access tokens are JWTs per RFC 9068: header `typ: at+jwt`, `alg`, `kid`;
 //! claims `iss`, `sub` (`m2m:<namespace>:<serviceaccount>`, stable), `aud`
@@ -53,7 +54,8 @@ use std::time::Instant;
 /// in workload-identity mode.
 pub(crate) const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
-/// The only grant type.
+/// The client-credentials grant (the other one, RFC 8693 token exchange of
+/// an API token, is [`super::api_token::TOKEN_EXCHANGE`]).
 const CLIENT_CREDENTIALS: &str = "client_credentials";
 
 #[derive(Serialize)]
@@ -175,6 +177,8 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            api_token: false,
+            api_token_end: None,
             seals: Default::default(),
         }
     });
@@ -211,7 +215,8 @@ impl TokenServer {
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
         let basic = creds.method == AuthMethod::Basic;
         let index = self.inner.state.credentials();
-        let entry = index.get(&creds.client_id);
+        // An APIToken credential has no client secret: its id is unknown here.
+        let entry = index.get(&creds.client_id).filter(|e| !e.api_token);
         // The checksum pre-check rejects typos and garbage before any HMAC,
         // identically for known and unknown ids.
         let matched = if is_well_formed(&creds.client_secret) {
@@ -266,16 +271,32 @@ impl TokenServer {
                 Box::new(Who::unauthenticated(c, known))
             }),
         };
-        match form.get("grant_type") {
+        let exchange = match form.get("grant_type") {
             None => return Err(refuse(OAuthError::invalid_request("missing grant_type"))),
-            Some(CLIENT_CREDENTIALS) => {}
+            Some(CLIENT_CREDENTIALS) => false,
+            Some(super::api_token::TOKEN_EXCHANGE) => true,
             Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
-        }
+        };
         let now = Utc::now();
         // Workload identity hook: an RFC 7523 client assertion instead of a secret.
-        let assertion =
-            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?;
+        let assertion = if exchange {
+            None
+        } else {
+            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
+        };
         let (entry, version, method, keys) = match assertion {
+            // API token hook: RFC 8693 exchange, the subject token authenticates.
+            _ if exchange => {
+                let who = || Some(Box::new(Who::exchanging(&form)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result =
+                    self.authenticate_exchange(&form, credentials.as_ref(), source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::api_token::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, version, method, keys)
+            }
             Some(assertion) => {
                 let who = || Some(Box::new(Who::asserted(&assertion)));
                 let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
@@ -379,6 +400,7 @@ impl TokenServer {
             .map_err(|_| refuse(OAuthError::unavailable("encoding the token failed")))?;
         Ok(Issued {
             claims_json,
+            issued_token_type: exchange.then_some(super::api_token::ACCESS_TOKEN_TYPE),
             scope,
             jti,
             iat,
@@ -410,6 +432,7 @@ impl TokenServer {
             .audit());
         }
         let Issued {
+            issued_token_type,
             scope,
             jti,
             iat,
@@ -437,12 +460,15 @@ impl TokenServer {
         #[derive(Serialize)]
         struct TokenResponse<'a> {
             access_token: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            issued_token_type: Option<&'static str>,
             token_type: &'static str,
             expires_in: i64,
             scope: &'a str,
         }
         let body = serde_json::to_vec(&TokenResponse {
             access_token,
+            issued_token_type,
             token_type: "Bearer",
             expires_in: exp - iat,
             scope: &scope,
@@ -516,6 +542,8 @@ impl TokenServer {
 pub(crate) struct Issued {
     /// The claims, as JSON.
     pub(crate) claims_json: Vec<u8>,
+    /// RFC 8693 `issued_token_type`, for a token exchange.
+    issued_token_type: Option<&'static str>,
     scope: String,
     jti: String,
     iat: i64,
@@ -584,6 +612,21 @@ impl Who {
             namespace: None,
             service_account: None,
             method: super::assertion::METHOD,
+        }
+    }
+
+    /// A token exchange before it is authenticated: the client id the
+    /// subject token names (its non-secret lookup id), or a short hash of a
+    /// malformed one; the token itself is never logged.
+    fn exchanging(form: &super::form::Form) -> Self {
+        let token = form.get("subject_token").unwrap_or_default();
+        let client_id = crate::core::api_token::client_id_of(token)
+            .unwrap_or_else(|| loggable_client_id(token, false));
+        Self {
+            client_id,
+            namespace: None,
+            service_account: None,
+            method: super::api_token::METHOD,
         }
     }
 
@@ -658,6 +701,14 @@ pub async fn introspect(
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;
+    // API token hook: opaque `m2mt_` tokens are looked up, not verified as JWTs.
+    if token.starts_with(crate::core::api_token::API_TOKEN_PREFIX) {
+        let body = server.introspect_api_token(token, &keys, now);
+        return Ok(json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        ));
+    }
     let claims = server
         .inspect(&keys, token, None)
         .filter(|c| server.is_active(&keys, c, now));
@@ -765,7 +816,7 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
-        "grant_types_supported": [CLIENT_CREDENTIALS],
+        "grant_types_supported": [CLIENT_CREDENTIALS, super::api_token::TOKEN_EXCHANGE],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": token_auth_methods,
         // Service-account tokens are signed by the cluster (RS256 or ES256).

@@ -1067,7 +1067,10 @@ async fn discovery_documents_and_missing_keys() {
         );
         assert_eq!(
             meta["grant_types_supported"],
-            serde_json::json!(["client_credentials"])
+            serde_json::json!([
+                "client_credentials",
+                "urn:ietf:params:oauth:grant-type:token-exchange"
+            ])
         );
         // Workload identity: RFC 7523 client assertions at the token endpoint only.
         assert_eq!(
@@ -1476,3 +1479,5 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
         refused.2
     );
 }
+
+mod api_tokens;

@@ -168,6 +168,11 @@ check_fails "schema rejects logFormat xml" \
   "$HELM" template t "$CHART" --set config.logFormat=xml
 check_fails "schema rejects a malformed signingKeyRotation" \
   "$HELM" template t "$CHART" --set config.signingKeyRotation=monthly
+check_fails "schema rejects a malformed maxApiTokenLifetime" \
+  "$HELM" template t "$CHART" --set config.maxApiTokenLifetime=1y
+check "maxApiTokenLifetime reaches the controller" bash -c \
+  '"$1" template t "$2" -f "$3" | grep -A1 "M2M_MAX_API_TOKEN_LIFETIME" | grep -q "2160h"' \
+  _ "$HELM" "$CHART" "$HERE/values-all.yaml"
 
 # ---------------------------------------------------------------------------
 say "helm template | kubernetes-validate --strict -k $K8S_SCHEMA_VERSION"
