@@ -162,6 +162,9 @@ pub struct CredentialSource {
     pub verifiers: Vec<SecretVerifier>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
     pub deleting: bool,
+    /// The usage status the token servers wrote (not part of the index:
+    /// the usage flusher merges with it).
+    pub usage: super::usage::SeenUsage,
 }
 
 impl CredentialSource {
@@ -188,6 +191,7 @@ impl CredentialSource {
                 .map(|s| s.verifiers.clone())
                 .unwrap_or_default(),
             deleting: meta.deletion_timestamp.is_some(),
+            usage: super::usage::SeenUsage::of(cred),
         })
     }
 }
@@ -716,6 +720,7 @@ pub struct TokenState {
     credentials: ArcSwap<CredentialIndex>,
     keys: ArcSwapOption<KeyMaterial>,
     revocations: Revocations,
+    usage: super::usage::UsageTracker,
 }
 
 impl TokenState {
@@ -737,6 +742,12 @@ impl TokenState {
     /// Revoked tokens (this replica's knowledge and the stored lists).
     pub fn revocations(&self) -> &Revocations {
         &self.revocations
+    }
+
+    /// Recorded and written usage (outside the index snapshot: recording
+    /// a use never republishes the index).
+    pub fn usage(&self) -> &super::usage::UsageTracker {
+        &self.usage
     }
 
     /// Replace the credential index.

@@ -143,10 +143,23 @@ def main():
             f"token-server: no `{verb}` on m2mcredentials",
             not rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials", verb),
         )
+    # Usage tracking: `patch` on m2mcredentials/status, no other status write.
     check(
-        "token-server: no status writes",
-        not rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials/status", "patch"),
+        "token-server: patches m2mcredentials/status (usage tracking)",
+        rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials/status", "patch"),
     )
+    for res, verb in (
+        ("m2mcredentials/status", "update"),
+        ("m2mcredentials/status", "create"),
+        ("m2mcredentials/status", "delete"),
+        ("serviceaccounts/status", "patch"),
+        ("serviceaccounts/status", "update"),
+    ):
+        check(
+            f"token-server: no `{verb}` on {res}",
+            not rules_granting(docs, "ClusterRole", ts_sa, res, verb)
+            and not rules_granting(docs, "Role", ts_sa, res, verb),
+        )
     cm_patch = rules_granting(docs, "Role", ts_sa, "configmaps", "patch")
     # Per-client revocation lists (`m2m-revoked-tokens-<hash>`) cannot be
     # named in resourceNames: ConfigMaps in the operator namespace only, never

@@ -1,0 +1,387 @@
+//! Rotation that never breaks a consumer (SPEC §8, issue 11) against the
+//! real local control plane: the real controller and token-server
+//! processes (tests/support), with short usage resolutions set by flags.
+//!
+//! - usage: `status.lastUsedTime` / `status.versionUsage` appear within the
+//!   resolution and only for the version used; two replicas each serving
+//!   another credential both report; a token-server restart loses at most
+//!   one resolution interval;
+//! - adoption-aware retirement, `StaleSecretInUse`, restart targets and
+//!   `Dormant` (further down).
+
+mod support;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use m2m_operator::crd::M2MCredential;
+use serde_json::json;
+use std::time::Duration;
+use support::{Operator, OperatorOptions, TestNamespace, eventually};
+
+/// `--usage-resolution` in these tests.
+const COARSE: Duration = Duration::from_secs(3);
+/// `--usage-resolution-in-grace` in these tests.
+const FINE: Duration = Duration::from_secs(1);
+/// One flush tick plus the watch and apply round trips.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn usage_flags(coarse: Duration, fine: Duration) -> Vec<String> {
+    vec![
+        "--usage-resolution".into(),
+        format!("{}s", coarse.as_secs()),
+        "--usage-resolution-in-grace".into(),
+        format!("{}s", fine.as_secs()),
+    ]
+}
+
+fn controller(ns: &TestNamespace) -> Operator {
+    Operator::start_with(
+        ns,
+        OperatorOptions {
+            subcommand: "controller",
+            ..Default::default()
+        },
+    )
+}
+
+fn token_server(ns: &TestNamespace, coarse: Duration) -> Operator {
+    Operator::start_with(
+        ns,
+        OperatorOptions {
+            subcommand: "token-server",
+            issuer: Some(format!("https://m2m.{}.test", ns.name)),
+            args: usage_flags(coarse, FINE),
+            ..Default::default()
+        },
+    )
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn apply(ns: &TestNamespace, yaml: &str) {
+    let out = ns.apply_yaml(yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An m2m ServiceAccount `bot` and a credential `name` with `spec` (YAML flow mapping body).
+fn credential(ns: &TestNamespace, name: &str, extra_spec: &str) {
+    apply(
+        ns,
+        "apiVersion: m2m.dev/v1alpha1\nkind: ServiceAccount\nmetadata: { name: bot }\nspec: { scopes: [\"read\"] }\n",
+    );
+    apply(
+        ns,
+        &format!(
+            "apiVersion: m2m.dev/v1alpha1\nkind: M2MCredential\nmetadata: {{ name: {name} }}\nspec: {{ serviceAccountName: bot{extra_spec} }}\n"
+        ),
+    );
+}
+
+async fn get(ns: &TestNamespace, name: &str) -> M2MCredential {
+    ns.api::<M2MCredential>().get(name).await.unwrap()
+}
+
+/// The Secret's client id and secret once the credential is at `version`.
+async fn secret_at(ns: &TestNamespace, name: &str, version: i64) -> (String, String) {
+    eventually(
+        &format!("{name} Secret at version {version}"),
+        Duration::from_secs(30),
+        || async {
+            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
+            (cred.status?.secret_version == version).then_some(())?;
+            let s = ns
+                .api::<Secret>()
+                .get_opt(&format!("{name}-credentials"))
+                .await
+                .ok()??;
+            let data = s.data?;
+            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+            let v: i64 = s
+                .metadata
+                .annotations?
+                .get("m2m.dev/secret-version")?
+                .parse()
+                .ok()?;
+            (v == version).then_some(())?;
+            Some((get("client_id")?, get("client_secret")?))
+        },
+    )
+    .await
+}
+
+/// A token from `base` with a client secret (`None` when refused).
+async fn use_secret(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> bool {
+    http.post(format!("{base}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Use until the token server accepts the secret (its watch caught up).
+async fn use_until_accepted(http: &reqwest::Client, base: &str, id: &str, secret: &str) {
+    eventually("secret accepted", Duration::from_secs(10), || async {
+        use_secret(http, base, id, secret).await.then_some(())
+    })
+    .await;
+}
+
+fn version_usage(cred: &M2MCredential) -> Vec<(i64, DateTime<Utc>)> {
+    cred.status
+        .as_ref()
+        .map(|s| {
+            s.version_usage
+                .iter()
+                .map(|u| (u.version, u.last_used_time))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn last_used(cred: &M2MCredential) -> Option<DateTime<Utc>> {
+    cred.status.as_ref()?.last_used_time
+}
+
+/// Wait until `status.lastUsedTime` is at least `since` (second precision).
+async fn last_used_reaches(
+    ns: &TestNamespace,
+    name: &str,
+    since: DateTime<Utc>,
+    within: Duration,
+) -> M2MCredential {
+    eventually(
+        &format!("{name} lastUsedTime >= {since}"),
+        within,
+        || async {
+            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
+            (last_used(&cred)?.timestamp() >= since.timestamp()).then_some(cred)
+        },
+    )
+    .await
+}
+
+fn rotate(value: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"metadata": {"annotations": {"m2m.dev/rotate": value}}}))
+}
+
+#[tokio::test]
+async fn last_used_reaches_status_for_the_version_used_only() {
+    let ns = TestNamespace::new("usage-ver").await;
+    let _controller = controller(&ns);
+    let server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let http = http();
+    credential(&ns, "app", ", rotation: { gracePeriod: 10m }");
+    let (id, s1) = secret_at(&ns, "app", 1).await;
+    assert_eq!(last_used(&get(&ns, "app").await), None, "unused so far");
+
+    let before = Utc::now();
+    use_until_accepted(&http, &server.url, &id, &s1).await;
+    // A first use is written on the next flush; a later one within the resolution.
+    let cred = last_used_reaches(&ns, "app", before, FINE + SLACK).await;
+    let usage = version_usage(&cred);
+    assert_eq!(usage.len(), 1, "{usage:?}");
+    assert_eq!(usage[0].0, 1);
+    assert!(usage[0].1.timestamp() >= before.timestamp());
+    // The usage fields belong to the token server's field manager only.
+    let managers: Vec<String> = cred
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains("f:versionUsage"))
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(managers, vec!["m2m-token-server".to_owned()]);
+    let v1_time = usage[0].1;
+
+    // Rotate with a grace period and use only the new version.
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r1"))
+        .await
+        .unwrap();
+    let (_, s2) = secret_at(&ns, "app", 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_rotation = Utc::now();
+    use_until_accepted(&http, &server.url, &id, &s2).await;
+    // In a grace period the fine resolution applies.
+    let cred = eventually("version 2 reported", FINE + SLACK, || async {
+        let cred = ns.api::<M2MCredential>().get("app").await.ok()?;
+        version_usage(&cred)
+            .iter()
+            .any(|(v, t)| *v == 2 && t.timestamp() >= after_rotation.timestamp())
+            .then_some(cred)
+    })
+    .await;
+    let usage = version_usage(&cred);
+    assert_eq!(
+        usage,
+        vec![
+            (1, v1_time),
+            (2, usage.iter().find(|u| u.0 == 2).unwrap().1)
+        ],
+        "version 1 keeps its last use"
+    );
+    let status = cred.status.unwrap();
+    assert_eq!(
+        status.secret_version, 2,
+        "the controller's fields are intact"
+    );
+    assert_eq!(status.verifiers.len(), 2);
+
+    // Nothing new, nothing written: the object stays as it is.
+    tokio::time::sleep(COARSE + SLACK).await;
+    let rv = get(&ns, "app").await.metadata.resource_version;
+    tokio::time::sleep(COARSE * 2).await;
+    assert_eq!(get(&ns, "app").await.metadata.resource_version, rv);
+}
+
+#[tokio::test]
+async fn two_replicas_each_serving_another_credential_both_report() {
+    let ns = TestNamespace::new("usage-two").await;
+    let _controller = controller(&ns);
+    let servers = [token_server(&ns, COARSE), token_server(&ns, COARSE)];
+    for s in &servers {
+        s.wait_ready().await;
+    }
+    let http = http();
+    credential(&ns, "left", "");
+    credential(&ns, "right", "");
+    credential(&ns, "both", "");
+    let left = secret_at(&ns, "left", 1).await;
+    let right = secret_at(&ns, "right", 1).await;
+    let both = secret_at(&ns, "both", 1).await;
+    let start = Utc::now();
+    use_until_accepted(&http, &servers[0].url, &left.0, &left.1).await;
+    use_until_accepted(&http, &servers[1].url, &right.0, &right.1).await;
+    last_used_reaches(&ns, "left", start, FINE + SLACK).await;
+    last_used_reaches(&ns, "right", start, FINE + SLACK).await;
+
+    // One credential used through both replicas for a while: the status
+    // follows the latest use and neither replica writes more than once
+    // per interval.
+    let until = std::time::Instant::now() + COARSE * 3;
+    let mut last = start;
+    while std::time::Instant::now() < until {
+        for s in &servers {
+            assert!(use_secret(&http, &s.url, &both.0, &both.1).await || last == start);
+        }
+        last = Utc::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cred = last_used_reaches(&ns, "both", last - COARSE, COARSE + SLACK).await;
+    assert_eq!(version_usage(&cred).len(), 1);
+    let mut writes = 0.0;
+    for s in &servers {
+        let m = http
+            .get(format!("{}/metrics", s.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let ok: f64 = m
+            .lines()
+            .find(|l| l.starts_with("m2m_usage_writes_total{outcome=\"ok\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0.0);
+        writes += ok;
+    }
+    // 3 credentials, first use each, then "both" at most once per interval
+    // per replica over ~3 intervals (+ a tick).
+    println!("usage writes by both replicas: {writes}");
+    assert!(writes <= 3.0 + 2.0 * 4.0, "{writes} writes");
+}
+
+#[tokio::test]
+async fn a_token_server_restart_loses_at_most_one_interval() {
+    let ns = TestNamespace::new("usage-restart").await;
+    let _controller = controller(&ns);
+    let http = http();
+    credential(&ns, "app", "");
+    let (id, secret) = secret_at(&ns, "app", 1).await;
+
+    // Graceful stop: the use the interval held back is written on the way out.
+    let mut server = token_server(&ns, Duration::from_secs(600));
+    server.wait_ready().await;
+    let first = Utc::now();
+    use_until_accepted(&http, &server.url, &id, &secret).await;
+    last_used_reaches(&ns, "app", first, FINE + SLACK).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held_back = Utc::now();
+    assert!(use_secret(&http, &server.url, &id, &secret).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        last_used(&get(&ns, "app").await).unwrap().timestamp() < held_back.timestamp(),
+        "within the 600s interval nothing more is written"
+    );
+    server.terminate();
+    server.wait_exit(Duration::from_secs(15)).await;
+    last_used_reaches(&ns, "app", held_back, SLACK).await;
+
+    // A crash (SIGKILL) loses at most the last interval.
+    let mut server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let until = std::time::Instant::now() + COARSE * 3;
+    let mut last = Utc::now();
+    while std::time::Instant::now() < until {
+        if use_secret(&http, &server.url, &id, &secret).await {
+            last = Utc::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill();
+    tokio::time::sleep(SLACK).await;
+    let kept = last_used(&get(&ns, "app").await).unwrap();
+    // The interval plus its spread (at most half an interval) plus one tick.
+    let bound = COARSE + COARSE / 2 + FINE + Duration::from_secs(1);
+    assert!(
+        (last - kept).to_std().unwrap_or_default() <= bound,
+        "last use {last}, status {kept}"
+    );
+}
+
+#[tokio::test]
+async fn a_usage_write_from_an_outdated_view_conflicts_instead_of_clobbering() {
+    use m2m_operator::server::usage::{UsageWrite, UsageWriteError, apply_usage};
+    let ns = TestNamespace::new("usage-rv").await;
+    credential(&ns, "app", "");
+    let seen = get(&ns, "app").await;
+    let write = |rv: Option<String>, t: i64| UsageWrite {
+        resource_version: rv,
+        last_used: t,
+        versions: [(1, t)].into(),
+    };
+    let rv = seen.metadata.resource_version.clone();
+    apply_usage(
+        &ns.client,
+        &ns.name,
+        "app",
+        &write(rv.clone(), 2_000_000_000),
+    )
+    .await
+    .expect("first write");
+    // Another replica, still holding the old view, must not move it back.
+    let stale = apply_usage(&ns.client, &ns.name, "app", &write(rv, 1_900_000_000)).await;
+    assert!(matches!(stale, Err(UsageWriteError::Conflict)), "{stale:?}");
+    let cred = get(&ns, "app").await;
+    assert_eq!(last_used(&cred).unwrap().timestamp(), 2_000_000_000);
+    let gone = apply_usage(&ns.client, &ns.name, "nope", &write(None, 1)).await;
+    assert!(matches!(gone, Err(UsageWriteError::Gone)), "{gone:?}");
+}
