@@ -12,8 +12,8 @@
 mod support;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{ListParams, Patch, PatchParams};
 use m2m_operator::crd::M2MCredential;
 use serde_json::json;
 use std::time::Duration;
@@ -384,4 +384,228 @@ async fn a_usage_write_from_an_outdated_view_conflicts_instead_of_clobbering() {
     assert_eq!(last_used(&cred).unwrap().timestamp(), 2_000_000_000);
     let gone = apply_usage(&ns.client, &ns.name, "nope", &write(None, 1)).await;
     assert!(matches!(gone, Err(UsageWriteError::Gone)), "{gone:?}");
+}
+
+async fn events(ns: &TestNamespace, reason: &str) -> Vec<Event> {
+    ns.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+async fn verifier_versions(ns: &TestNamespace, name: &str) -> Vec<i64> {
+    get(ns, name)
+        .await
+        .status
+        .map(|s| s.verifiers.iter().map(|v| v.version).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn retirement_comes_early_when_the_old_version_goes_unused_and_not_while_used() {
+    let ns = TestNamespace::new("usage-retire").await;
+    let _controller = controller(&ns);
+    let server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let http = http();
+    let spec = ", rotation: { gracePeriod: 10m, retireWhenUnusedFor: 6s }";
+    credential(&ns, "idle", spec);
+    credential(&ns, "busy", spec);
+    let (idle_id, idle_old) = secret_at(&ns, "idle", 1).await;
+    let (busy_id, busy_old) = secret_at(&ns, "busy", 1).await;
+    use_until_accepted(&http, &server.url, &busy_id, &busy_old).await;
+    for name in ["idle", "busy"] {
+        ns.api::<M2MCredential>()
+            .patch(name, &PatchParams::default(), &rotate("r1"))
+            .await
+            .unwrap();
+    }
+    secret_at(&ns, "idle", 2).await;
+    secret_at(&ns, "busy", 2).await;
+    let rotated = std::time::Instant::now();
+
+    // "busy" keeps presenting its old secret for 12s: twice retireWhenUnusedFor.
+    while rotated.elapsed() < Duration::from_secs(12) {
+        assert!(
+            use_secret(&http, &server.url, &busy_id, &busy_old).await,
+            "the old secret of a credential in use keeps working"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(verifier_versions(&ns, "busy").await, vec![2, 1]);
+    // "idle" was retired 6s after the rotation, long before its 10m grace.
+    assert_eq!(verifier_versions(&ns, "idle").await, vec![2]);
+    assert!(!use_secret(&http, &server.url, &idle_id, &idle_old).await);
+    assert!(!events(&ns, "PreviousSecretRetired").await.is_empty());
+
+    // Once "busy" stops using it, its old version goes too.
+    let stopped = std::time::Instant::now();
+    eventually(
+        "busy retires its old version",
+        Duration::from_secs(20),
+        || async { (verifier_versions(&ns, "busy").await == vec![2]).then_some(()) },
+    )
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(4),
+        "not before it went unused"
+    );
+    assert!(!use_secret(&http, &server.url, &busy_id, &busy_old).await);
+    assert!(events(&ns, "StaleSecretInUse").await.is_empty());
+}
+
+#[tokio::test]
+async fn stale_secret_in_use_fires_when_the_grace_period_ends_in_use() {
+    let ns = TestNamespace::new("usage-stale").await;
+    let controller = controller(&ns);
+    let server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let http = http();
+    credential(&ns, "app", ", rotation: { gracePeriod: 8s }");
+    let (id, old) = secret_at(&ns, "app", 1).await;
+    use_until_accepted(&http, &server.url, &id, &old).await;
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r1"))
+        .await
+        .unwrap();
+    secret_at(&ns, "app", 2).await;
+    // A consumer that never re-reads its Secret.
+    while use_secret(&http, &server.url, &id, &old).await {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let warning = eventually("StaleSecretInUse", Duration::from_secs(15), || async {
+        events(&ns, "StaleSecretInUse").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let note = warning.message.unwrap_or_default();
+    assert!(
+        note.contains(&format!("{}/app", ns.name)) && note.contains("secret version 1"),
+        "{note}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", controller.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("m2m_stale_secret_in_use_total 1"),
+        "{metrics}"
+    );
+}
+
+fn condition(cred: &M2MCredential, type_: &str) -> Option<(String, String)> {
+    cred.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (format!("{:?}", c.status), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn dormant_appears_when_unused_and_clears_on_use() {
+    let ns = TestNamespace::new("usage-dormant").await;
+    let _controller = controller(&ns);
+    let server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let http = http();
+    credential(&ns, "app", ", dormantAfter: 5s");
+    let (id, secret) = secret_at(&ns, "app", 1).await;
+    assert_eq!(
+        condition(&get(&ns, "app").await, "Dormant"),
+        Some(("False".into(), "InUse".into()))
+    );
+    eventually("Dormant=True", Duration::from_secs(15), || async {
+        let c = condition(&get(&ns, "app").await, "Dormant")?;
+        (c == ("True".into(), "Unused".into())).then_some(())
+    })
+    .await;
+    let warning = eventually("Dormant event", Duration::from_secs(5), || async {
+        events(&ns, "Dormant").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    use_until_accepted(&http, &server.url, &id, &secret).await;
+    eventually("Dormant clears on use", FINE + SLACK + SLACK, || async {
+        let c = condition(&get(&ns, "app").await, "Dormant")?;
+        (c == ("False".into(), "InUse".into())).then_some(())
+    })
+    .await;
+}
+
+/// The controller's "zero writes when converged" with every feature of
+/// this issue in use: usage written by the token server wakes the
+/// controller, which writes nothing; a controller restart (a full resync)
+/// writes nothing either.
+#[tokio::test]
+async fn a_converged_cluster_resync_writes_nothing() {
+    let ns = TestNamespace::new("usage-quiet").await;
+    let mut ctrl = controller(&ns);
+    let server = token_server(&ns, COARSE);
+    server.wait_ready().await;
+    let http = http();
+    credential(
+        &ns,
+        "app",
+        ", dormantAfter: 1h, rotation: { gracePeriod: 10m, retireWhenUnusedFor: 5m }",
+    );
+    let (id, s1) = secret_at(&ns, "app", 1).await;
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r1"))
+        .await
+        .unwrap();
+    let (_, s2) = secret_at(&ns, "app", 2).await;
+    // Usage of both versions, written by the token server, several times.
+    let start = Utc::now();
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        use_secret(&http, &server.url, &id, &s1).await;
+        use_secret(&http, &server.url, &id, &s2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cred = last_used_reaches(&ns, "app", start + chrono::Duration::seconds(2), SLACK).await;
+    assert_eq!(version_usage(&cred).len(), 2);
+    tokio::time::sleep(SLACK).await;
+    // Nothing the controller manages moved because of the usage writes.
+    let by_operator = |cred: &M2MCredential| {
+        cred.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some("m2m-operator"))
+            .map(|m| {
+                (
+                    m.subresource.clone(),
+                    m.time.clone().map(|t| t.0.to_string()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = get(&ns, "app").await;
+    let secret_rv = |s: Secret| s.metadata.resource_version;
+    let secret_before = secret_rv(ns.api::<Secret>().get("app-credentials").await.unwrap());
+    drop(server);
+    tokio::time::sleep(SLACK).await;
+    let quiet = get(&ns, "app").await;
+    ctrl.kill();
+    let _ctrl = controller(&ns);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = get(&ns, "app").await;
+    assert_eq!(by_operator(&after), by_operator(&before));
+    assert_eq!(
+        after.metadata.resource_version,
+        quiet.metadata.resource_version
+    );
+    assert_eq!(
+        secret_rv(ns.api::<Secret>().get("app-credentials").await.unwrap()),
+        secret_before
+    );
 }

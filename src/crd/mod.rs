@@ -11,7 +11,8 @@ mod service_account;
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use credential::{
     CredentialMode, CredentialRotation, M2MCredential, M2MCredentialSpec, M2MCredentialStatus,
-    SecretTemplate, SecretVerifier, VersionUsage, WorkloadIdentity, WorkloadIdentityStatus,
+    RestartKind, RestartTarget, SecretTemplate, SecretVerifier, VersionUsage, WorkloadIdentity,
+    WorkloadIdentityStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
 pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
