@@ -609,3 +609,94 @@ async fn a_converged_cluster_resync_writes_nothing() {
         secret_before
     );
 }
+
+#[tokio::test]
+async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let ns = TestNamespace::new("usage-restart-targets").await;
+    let mut ctrl = controller(&ns);
+    apply(
+        &ns,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web }\nspec:\n  selector: { matchLabels: { app: web } }\n  template:\n    metadata: { labels: { app: web } }\n    spec: { containers: [{ name: app, image: example.invalid/app }] }\n",
+    );
+    credential(
+        &ns,
+        "app",
+        ", rotation: { gracePeriod: 1m, restartTargets: [{ kind: Deployment, name: web }, { kind: StatefulSet, name: missing }] }",
+    );
+    secret_at(&ns, "app", 1).await;
+    let deployments = ns.api::<Deployment>();
+    let template_annotation = |d: &Deployment| {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get("kubectl.kubernetes.io/restartedAt")
+            .cloned()
+    };
+    let web = deployments.get("web").await.unwrap();
+    assert_eq!(
+        template_annotation(&web),
+        None,
+        "creating a credential restarts nothing"
+    );
+    let generation = web.metadata.generation;
+
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r1"))
+        .await
+        .unwrap();
+    secret_at(&ns, "app", 2).await;
+    let web = eventually("web restarted", Duration::from_secs(15), || async {
+        let d = deployments.get("web").await.ok()?;
+        template_annotation(&d).is_some().then_some(d)
+    })
+    .await;
+    assert_eq!(web.metadata.generation, generation.map(|g| g + 1));
+    assert_eq!(
+        web.metadata.annotations.unwrap()["m2m.dev/restarted-for"],
+        r#"{"app":2}"#
+    );
+    eventually(
+        "restartedVersion recorded",
+        Duration::from_secs(10),
+        || async { (get(&ns, "app").await.status?.restarted_version == Some(2)).then_some(()) },
+    )
+    .await;
+    let restarted = events(&ns, "RolloutRestarted").await;
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert!(
+        restarted[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Deployment/web") && m.contains("secret version 2"))
+    );
+    assert_eq!(events(&ns, "RestartTargetNotFound").await.len(), 1);
+
+    // A controller restart (a full resync) restarts nothing.
+    ctrl.kill();
+    let _ctrl = controller(&ns);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let again = deployments.get("web").await.unwrap();
+    assert_eq!(again.metadata.generation, web.metadata.generation);
+    assert_eq!(
+        again.metadata.resource_version,
+        web.metadata.resource_version
+    );
+    assert_eq!(events(&ns, "RolloutRestarted").await.len(), 1);
+
+    // The next rotation restarts it once more.
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r2"))
+        .await
+        .unwrap();
+    secret_at(&ns, "app", 3).await;
+    eventually("web restarted again", Duration::from_secs(15), || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.metadata.generation == generation.map(|g| g + 2)).then_some(())
+    })
+    .await;
+}

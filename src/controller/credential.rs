@@ -166,6 +166,9 @@ pub(crate) struct Plan {
     /// Grace periods ending now while their version is still in use
     /// (`StaleSecretInUse`, counted in a metric).
     pub stale_in_use: u64,
+    /// Restart `rotation.restartTargets` for this secret version, after the
+    /// status is written; then record it in `status.restartedVersion`.
+    pub restart_for: Option<i64>,
 }
 
 /// The credential's identity: namespace, name, UID.
@@ -257,6 +260,23 @@ async fn apply(
     for (type_, reason, note) in plan.events {
         ctx.event(cred, type_, reason, note).await;
     }
+    if let Some(version) = plan.restart_for {
+        // After the Secret and the verifiers: restarted pods read a secret
+        // the token servers already accept.
+        let targets = &cred.spec.rotation.restart_targets;
+        let now = chrono::Utc::now();
+        if let Some(wait) =
+            super::restart::restart_targets(ctx, cred, version, targets, now).await?
+        {
+            return Ok(Action::requeue(wait.min(plan.requeue)));
+        }
+        let mut status = plan
+            .status
+            .or_else(|| cred.status.clone())
+            .unwrap_or_default();
+        status.restarted_version = Some(version);
+        patch_status(ctx, cred, &status).await?;
+    }
     Ok(Action::requeue(plan.requeue))
 }
 
@@ -313,6 +333,15 @@ pub(crate) fn plan(
         }
     };
     let settings = rotation.ok();
+    let targets = &o.cred.spec.rotation.restart_targets;
+    let (recorded, restart_for) = super::restart::restart_due(
+        !targets.is_empty(),
+        status.restarted_version,
+        old_status.secret_version,
+        status.secret_version,
+    );
+    status.restarted_version = recorded;
+    plan.restart_for = restart_for;
     finish_status(o, &binding, &old_status, status, ready, settings, &mut plan);
     Ok(plan)
 }
@@ -1448,6 +1477,30 @@ mod plan_tests {
         w.cred.spec.dormant_after = None;
         w.step();
         assert!(w.status().conditions.iter().all(|c| c.type_ != DORMANT));
+    }
+
+    #[test]
+    fn restart_targets_restart_once_per_rotation() {
+        let mut w = World::new();
+        w.cred.spec.rotation.restart_targets = vec![crate::crd::RestartTarget {
+            kind: crate::crd::RestartKind::Deployment,
+            name: "web".into(),
+        }];
+        let p = w.step();
+        assert_eq!(p.restart_for, None, "the first secret restarts nothing");
+        assert_eq!(w.status().restarted_version, Some(1));
+        w.cred.metadata.annotations = Some([(ROTATE_ANNOTATION.into(), "r1".into())].into());
+        w.now = at(10);
+        let p = w.step();
+        assert_eq!(p.restart_for, Some(2));
+        assert_eq!(w.status().restarted_version, Some(1), "recorded once done");
+        // Interrupted before the record: the next reconcile tries again
+        // (each target's own annotation keeps it to one restart).
+        assert_eq!(w.plan().restart_for, Some(2));
+        w.cred.status.as_mut().unwrap().restarted_version = Some(2);
+        let p = w.plan();
+        assert_eq!(p.restart_for, None, "resync: nothing");
+        assert!(p.status.is_none());
     }
 
     #[test]

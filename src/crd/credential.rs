@@ -195,7 +195,7 @@ pub struct CredentialRotation {
     /// environment variable, a client built at start-up): each gets one
     /// rollout restart per rotation, as `kubectl rollout restart` does, never
     /// on an operator restart or resync. Needs the chart value
-    /// `controller.rbac.restartTargets` (off by default).
+    /// `rbac.restartTargets` (off by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]

@@ -230,7 +230,13 @@ def main():
         {"serviceaccounts.m2m.dev", "m2mcredentials.m2m.dev"} <= crds,
         crds,
     )
+    restart_kinds = ("deployments", "statefulsets", "daemonsets")
     if mode == "default":
+        for res in restart_kinds:
+            check(
+                f"controller: no `patch` on {res} by default (rbac.restartTargets off)",
+                not rules_granting(docs, "ClusterRole", ctrl_sa, res, "patch"),
+            )
         check("no HPA by default", hpa is None)
         check("no NetworkPolicy by default", not nps)
         check("no ServiceMonitor by default", not sms)
@@ -239,6 +245,17 @@ def main():
         check("plain HTTP issuer by default", env_of(tsc)["M2M_ISSUER"]["value"].startswith("http://"))
         check("no TLS flags by default", not any(a.startswith("--tls") for a in tsc["args"]))
     else:
+        for res in restart_kinds:
+            check(
+                f"controller: get and patch on {res} with rbac.restartTargets",
+                rules_granting(docs, "ClusterRole", ctrl_sa, res, "patch")
+                and rules_granting(docs, "ClusterRole", ctrl_sa, res, "get"),
+            )
+            for verb in ("create", "update", "delete", "list"):
+                check(
+                    f"controller: no `{verb}` on {res}",
+                    not rules_granting(docs, "ClusterRole", ctrl_sa, res, verb),
+                )
         check("HPA targets the token server", hpa and hpa["spec"]["scaleTargetRef"]["name"] == ts["metadata"]["name"])
         check("token-server: no replicas field under HPA", "replicas" not in ts["spec"])
         check("NetworkPolicy for both components", len(nps) == 2)
