@@ -503,10 +503,10 @@ YAML
     -n "$NS" delete configmap m2m-revoked-tokens-rbac-probe
   as_sa "$TS_CFG" forbidden "token server is refused ConfigMaps in other namespaces" \
     -n "$OTHER_NS" get configmaps
-  as_sa "$TS_CFG" ok "token server applies usage to credential status (field manager m2m-token-server)" \
-    -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=apply \
-    --field-manager=m2m-token-server \
-    -p '{"apiVersion":"m2m.dev/v1alpha1","kind":"M2MCredential","metadata":{"name":"rbac-probe"},"status":{"lastUsedTime":"2026-01-01T00:00:00Z"}}' \
+  # (kubectl patch has no apply type; the server-side apply itself runs in tests/usage.rs)
+  as_sa "$TS_CFG" ok "token server patches usage into credential status" \
+    -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=merge \
+    --field-manager=m2m-token-server -p '{"status":{"lastUsedTime":"2026-01-01T00:00:00Z"}}' \
     --dry-run=server
   as_sa "$TS_CFG" forbidden "token server is refused replacing credential status (update)" \
     -n "$OTHER_NS" replace --subresource=status --dry-run=server -f - <<YAML
