@@ -669,24 +669,35 @@ fn dormancy(
     dormant_after: Option<Duration>,
     plan: &mut Plan,
 ) -> Option<DateTime<Utc>> {
+    dormancy_of(o.cred, status, dormant_after, o.now, &mut plan.events)
+}
+
+/// [`dormancy`] for any mode (the workload-identity reconcile calls it too).
+pub(super) fn dormancy_of(
+    cred: &M2MCredential,
+    status: &mut M2MCredentialStatus,
+    dormant_after: Option<Duration>,
+    now: DateTime<Utc>,
+    events: &mut Vec<PlannedEvent>,
+) -> Option<DateTime<Utc>> {
     let Some(after) = dormant_after else {
         status.conditions.retain(|c| c.type_ != DORMANT);
         return None;
     };
-    let created = o
-        .cred
+    let generation = cred.metadata.generation;
+    let created = cred
         .metadata
         .creation_timestamp
         .as_ref()
         .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
-    let since = status.last_used_time.max(created).unwrap_or(o.now);
-    let after_text = o.cred.spec.dormant_after.as_deref().unwrap_or_default();
+    let since = status.last_used_time.max(created).unwrap_or(now);
+    let after_text = cred.spec.dormant_after.as_deref().unwrap_or_default();
     let due = since.checked_add_signed(chrono::Duration::from_std(after).ok()?)?;
     let was_dormant = status
         .conditions
         .iter()
         .any(|c| c.type_ == DORMANT && c.status == ConditionStatus::True);
-    if due <= o.now {
+    if due <= now {
         let what = if status.last_used_time.is_some() {
             "not used since"
         } else {
@@ -697,27 +708,22 @@ fn dormancy(
             since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
         if !was_dormant {
-            plan.events
-                .push((EventType::Warning, "Dormant", msg.clone()));
+            events.push((EventType::Warning, "Dormant", msg.clone()));
         }
-        set_condition(
-            &mut status.conditions,
-            cond(DORMANT, true, "Unused", &msg, o),
-        );
+        let c = cond_at(DORMANT, true, "Unused", &msg, generation, now);
+        set_condition(&mut status.conditions, c);
         None
     } else {
         let msg = format!("used within spec.dormantAfter ({after_text}), or created since");
         if was_dormant {
-            plan.events.push((
+            events.push((
                 EventType::Normal,
                 "InUse",
                 "used again: no longer dormant".into(),
             ));
         }
-        set_condition(
-            &mut status.conditions,
-            cond(DORMANT, false, "InUse", &msg, o),
-        );
+        let c = cond_at(DORMANT, false, "InUse", &msg, generation, now);
+        set_condition(&mut status.conditions, c);
         Some(due)
     }
 }
