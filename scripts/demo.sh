@@ -164,7 +164,7 @@ echo "    HTTP $code $(cat "$STATE/wi-other.json")"
 [[ "$code" == 401 ]] || die "another ServiceAccount's token was accepted"
 
 step "Adoption-aware retirement: rotation.retireWhenUnusedFor"
-cat <<'YAML' | tee /dev/stderr | kubectl apply -f - | sed 's/^/    /'
+AD_YAML="$(cat <<'YAML'
 apiVersion: m2m.dev/v1alpha1
 kind: M2MCredential
 metadata:
@@ -176,6 +176,10 @@ spec:
     gracePeriod: 1h            # the upper bound
     retireWhenUnusedFor: 20s   # ...ended early once the old secret goes unused
 YAML
+)"
+printf '%s\n' "$AD_YAML" | sed 's/^/    /'
+kubectl -n "$NS" delete m2mcred adoption-demo --ignore-not-found --wait >/dev/null   # a fresh one on re-runs
+printf '%s\n' "$AD_YAML" | kubectl apply -f - | sed 's/^/    /'
 kubectl -n "$NS" wait --for=condition=Ready --timeout=60s m2mcredential/adoption-demo
 ad_field() { kubectl -n "$NS" get secret adoption-demo-credentials -o "jsonpath={.data.$1}" | base64 -d; }
 AD_ID="$(ad_field client_id)"
@@ -192,7 +196,7 @@ kubectl m2m status -n "$NS" | sed 's/^/    /'
 step "Rotating adoption-demo; its clients switch to the new secret at once"
 kubectl -n "$NS" annotate m2mcred adoption-demo --overwrite "m2m.dev/rotate=demo-$(date +%s)"
 for _ in $(seq 1 100); do
-  [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.secretVersion}')" == 2 ]] && break
+  [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.secretVersion}')" == 2 ]] && [[ "$(ad_field client_secret)" != "$AD_OLD" ]] && break
   sleep 0.2
 done
 sleep 1
