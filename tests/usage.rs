@@ -244,6 +244,33 @@ async fn last_used_reaches_status_for_the_version_used_only() {
     );
     assert_eq!(status.verifiers.len(), 2);
 
+    // `kubectl m2m status` shows the real usage: the current version's and
+    // the previous one's, in its grace period.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-m2m"))
+        .args(["status", "-n", &ns.name, "-o", "json"])
+        .env("KUBECONFIG", support::kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let item = &json["items"][0];
+    let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        item["lastUsedTime"],
+        t(status.last_used_time.unwrap()),
+        "{item}"
+    );
+    assert_eq!(item["previousVersions"][0]["version"], 1, "{item}");
+    assert_eq!(
+        item["previousVersions"][0]["lastUsedTime"],
+        t(v1_time),
+        "{item}"
+    );
+
     // Nothing new, nothing written: the object stays as it is.
     tokio::time::sleep(COARSE + SLACK).await;
     let rv = get(&ns, "app").await.metadata.resource_version;
