@@ -6,8 +6,11 @@
 //! - [`UsageRecorder`] is what the request path touches: a sharded map of
 //!   atomics, outside the immutable index snapshot. Recording a use is a
 //!   shared (read) lock on one of [`SHARDS`] shards, two hash lookups and an
-//!   `AtomicI64::fetch_max`; only the first use of a (credential, version)
-//!   allocates. No API call, no write per request.
+//!   `AtomicI64::fetch_max` (plus a flag store when the second changed);
+//!   only the first use of a (credential, version) allocates. No API call,
+//!   no write per request. The flusher looks only at credentials used
+//!   since it last looked (or still holding unwritten news): idle
+//!   credentials cost nothing per tick.
 //! - [`SeenUsage`] is what this replica's watch last saw of a credential's
 //!   usage status (and its `resourceVersion`).
 //! - [`UsageWriter`] decides, purely, which credentials get a status write
@@ -47,7 +50,7 @@ use kube::{Client, Resource};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -58,8 +61,22 @@ pub use crate::labels::USAGE_FIELD_MANAGER as FIELD_MANAGER;
 /// touch the same lock word.
 pub const SHARDS: usize = 64;
 
-/// Uses of one credential: secret version → last use (Unix seconds).
-type VersionTimes = HashMap<i64, AtomicI64>;
+/// Uses of one credential: secret version → last use (Unix seconds), and
+/// whether one of them moved since the flusher last looked.
+#[derive(Debug, Default)]
+struct VersionTimes {
+    dirty: AtomicBool,
+    times: HashMap<i64, AtomicI64>,
+}
+
+impl VersionTimes {
+    fn record(&self, t: &AtomicI64, at: i64) {
+        // At most one store per second and version: times are in seconds.
+        if t.fetch_max(at, Ordering::Relaxed) < at {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 /// The request path's record of successful authentications.
 #[derive(Debug)]
@@ -90,33 +107,55 @@ impl UsageRecorder {
         let shard = self.shard(client_id);
         {
             let map = shard.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(t) = map.get(client_id).and_then(|v| v.get(&version)) {
-                t.fetch_max(at, Ordering::Relaxed);
+            if let Some(uses) = map.get(client_id)
+                && let Some(t) = uses.times.get(&version)
+            {
+                uses.record(t, at);
                 return;
             }
         }
         let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(client_id.to_owned())
-            .or_default()
+        let uses = map.entry(client_id.to_owned()).or_default();
+        uses.times
             .entry(version)
-            .or_insert_with(|| AtomicI64::new(at))
-            .fetch_max(at, Ordering::Relaxed);
+            .or_insert_with(|| AtomicI64::new(i64::MIN));
+        if let Some(t) = uses.times.get(&version) {
+            uses.record(t, at);
+        }
     }
 
-    /// Every credential with recorded uses: client id → version → last use.
-    pub fn snapshot(&self) -> Vec<(String, BTreeMap<i64, i64>)> {
+    /// The credentials with uses recorded since the last call (`all`:
+    /// every credential with recorded uses): client id → version → last
+    /// use. Idle credentials cost a flag check, nothing else.
+    pub fn snapshot(&self, all: bool) -> Vec<(String, BTreeMap<i64, i64>)> {
         let mut out = Vec::new();
         for shard in &*self.shards {
             let map = shard.read().unwrap_or_else(|e| e.into_inner());
-            out.extend(map.iter().map(|(id, versions)| {
-                let times = versions
+            for (id, uses) in map.iter() {
+                if !uses.dirty.swap(false, Ordering::Relaxed) && !all {
+                    continue;
+                }
+                let times = uses
+                    .times
                     .iter()
                     .map(|(v, t)| (*v, t.load(Ordering::Relaxed)))
                     .collect();
-                (id.clone(), times)
-            }));
+                out.push((id.clone(), times));
+            }
         }
         out
+    }
+
+    /// Hand `client_id` to the next [`UsageRecorder::snapshot`] again (its
+    /// news was not written yet).
+    pub fn mark_dirty(&self, client_id: &str) {
+        let map = self
+            .shard(client_id)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(uses) = map.get(client_id) {
+            uses.dirty.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Keep only `live` versions of `client_id` (all of it goes when none is live).
@@ -125,9 +164,9 @@ impl UsageRecorder {
             .shard(client_id)
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(versions) = map.get_mut(client_id) {
-            versions.retain(|v, _| live.contains(v));
-            if versions.is_empty() {
+        if let Some(uses) = map.get_mut(client_id) {
+            uses.times.retain(|v, _| live.contains(v));
+            if uses.times.is_empty() {
                 map.remove(client_id);
             }
         }
@@ -413,6 +452,29 @@ impl UsageWriter {
         })
     }
 
+    /// Whether this replica holds uses of `client_id` that neither the
+    /// status it saw nor its own writes carry yet (written later, or by the
+    /// final flush).
+    pub fn pending(
+        &self,
+        client_id: &str,
+        own: &BTreeMap<i64, i64>,
+        seen: &SeenUsage,
+        subject: &UsageSubject,
+    ) -> bool {
+        let written = self.written.get(client_id);
+        own.iter()
+            .filter(|(v, _)| subject.live.contains(v))
+            .any(|(v, t)| {
+                let known = seen
+                    .versions
+                    .get(v)
+                    .copied()
+                    .max(written.and_then(|w| w.versions.get(v).copied()));
+                known.is_none_or(|k| *t > k)
+            })
+    }
+
     /// `write` for `client_id` succeeded at `now`.
     pub fn wrote(&mut self, client_id: &str, write: &UsageWrite, now: i64) {
         self.written.insert(
@@ -506,7 +568,7 @@ pub async fn flush(
     let index = state.credentials();
     let usage = state.usage();
     let mut unwritten = 0;
-    for (client_id, own) in usage.recorder.snapshot() {
+    for (client_id, own) in usage.recorder.snapshot(force) {
         let Some(entry) = index.get(&client_id) else {
             usage.recorder.retain(&client_id, &[]);
             writer.forget(&client_id);
@@ -519,6 +581,9 @@ pub async fn flush(
         let seen = usage.seen.get(&client_id);
         let Some(write) = writer.plan(&client_id, &own, &seen, &subject, now.timestamp(), force)
         else {
+            if writer.pending(&client_id, &own, &seen, &subject) {
+                usage.recorder.mark_dirty(&client_id);
+            }
             continue;
         };
         let outcome = match apply_usage(client, &entry.namespace, &entry.name, &write).await {
@@ -530,6 +595,7 @@ pub async fn flush(
                 // Retry after one interval, with the fresher view: usually
                 // the write that won already carries this news.
                 writer.failed(&client_id, now.timestamp());
+                usage.recorder.mark_dirty(&client_id);
                 unwritten += 1;
                 "conflict"
             }
@@ -540,6 +606,7 @@ pub async fn flush(
             Err(UsageWriteError::Api(error)) => {
                 tracing::warn!(namespace = %entry.namespace, credential = %entry.name, %error, "could not write usage; retrying in one interval");
                 writer.failed(&client_id, now.timestamp());
+                usage.recorder.mark_dirty(&client_id);
                 unwritten += 1;
                 "error"
             }
@@ -586,7 +653,7 @@ mod tests {
         r.record("a", 1, 90);
         r.record("a", 2, 95);
         r.record("b", 0, 7);
-        let mut snap = r.snapshot();
+        let mut snap = r.snapshot(false);
         snap.sort();
         assert_eq!(
             snap,
@@ -595,9 +662,19 @@ mod tests {
                 ("b".into(), own(&[(0, 7)]))
             ]
         );
+        assert!(r.snapshot(false).is_empty(), "nothing new since");
+        r.record("a", 1, 100);
+        assert!(
+            r.snapshot(false).is_empty(),
+            "a use in the same second is nothing new"
+        );
+        r.record("b", 0, 8);
+        assert_eq!(r.snapshot(false), vec![("b".into(), own(&[(0, 8)]))]);
+        r.mark_dirty("a");
+        assert_eq!(r.snapshot(false).len(), 1);
         r.retain("a", &[2]);
         r.retain("b", &[]);
-        assert_eq!(r.snapshot(), vec![("a".into(), own(&[(2, 95)]))]);
+        assert_eq!(r.snapshot(true), vec![("a".into(), own(&[(2, 95)]))]);
     }
 
     #[test]
