@@ -398,6 +398,10 @@ impl UsageWriter {
         } else {
             self.resolution.coarse
         });
+        // Never without the precondition: an unguarded write could move
+        // another replica's newer time back. (The watch delivers a
+        // credential's status before the index can authenticate it.)
+        seen.resource_version.as_ref()?;
         let written = self.written.get(client_id);
         if !force
             && written
@@ -687,7 +691,7 @@ mod tests {
             UsageSubject,
             bool,
         );
-        let cases: [Case; 9] = [
+        let cases: [Case; 10] = [
             (
                 "first use",
                 own(&[(1, 1000)]),
@@ -750,6 +754,13 @@ mod tests {
                 seen(None, &[]),
                 subject(&[0], false),
                 true,
+            ),
+            (
+                "not seen by the watch yet",
+                own(&[(1, 1000)]),
+                SeenUsage::default(),
+                subject(&[1], false),
+                false,
             ),
         ];
         for (what, own, seen, subject, want) in cases {
