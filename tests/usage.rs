@@ -727,3 +727,131 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     })
     .await;
 }
+
+/// Sum of `m2m_usage_writes_total{outcome=…}` over `servers`.
+async fn usage_writes(http: &reqwest::Client, servers: &[Operator], outcome: &str) -> f64 {
+    let mut sum = 0.0;
+    for s in servers {
+        let m = http
+            .get(format!("{}/metrics", s.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("m2m_usage_writes_total{{outcome=\"{outcome}\"}}");
+        sum += m
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    }
+    sum
+}
+
+/// The write bound against the real apiserver: 1,000 credentials (or
+/// `M2M_USAGE_BENCH_CREDENTIALS`) each used every few seconds through both
+/// of 2 token-server replicas at the default resolution (60s), measured
+/// over `M2M_USAGE_BENCH_MINUTES` (default 3) after a warm-up. Prints the
+/// figures docs/rotation.md quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "several minutes; run with: cargo test --features test-hooks --test usage -- --ignored --nocapture"]
+async fn usage_writes_per_minute_at_1000_credentials_and_2_replicas() {
+    use futures::StreamExt;
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("M2M_USAGE_BENCH_CREDENTIALS", 1000);
+    let minutes = env("M2M_USAGE_BENCH_MINUTES", 3) as u64;
+    let ns = TestNamespace::new("usage-bound").await;
+    let _controller = controller(&ns);
+    apply(
+        &ns,
+        "apiVersion: m2m.dev/v1alpha1\nkind: ServiceAccount\nmetadata: { name: bot }\nspec: { scopes: [\"read\"] }\n",
+    );
+    let creds = ns.api::<M2MCredential>();
+    futures::stream::iter(0..n)
+        .for_each_concurrent(16, |i| {
+            let creds = creds.clone();
+            async move {
+                let c: M2MCredential = serde_json::from_value(json!({
+                    "apiVersion": "m2m.dev/v1alpha1", "kind": "M2MCredential",
+                    "metadata": { "name": format!("c{i}") },
+                    "spec": { "serviceAccountName": "bot" },
+                }))
+                .unwrap();
+                creds.create(&Default::default(), &c).await.unwrap();
+            }
+        })
+        .await;
+    let secrets: Vec<(String, String)> = eventually(
+        "every credential Secret",
+        Duration::from_secs(600),
+        || async {
+            let list = ns.api::<Secret>().list(&ListParams::default()).await.ok()?;
+            let found: Vec<(String, String)> = list
+                .items
+                .into_iter()
+                .filter_map(|s| {
+                    let d = s.data?;
+                    let get = |k: &str| String::from_utf8(d.get(k)?.0.clone()).ok();
+                    Some((get("client_id")?, get("client_secret")?))
+                })
+                .collect();
+            (found.len() >= n).then_some(found)
+        },
+    )
+    .await;
+    let servers = [
+        token_server(&ns, Duration::from_secs(60)),
+        token_server(&ns, Duration::from_secs(60)),
+    ];
+    for s in &servers {
+        s.wait_ready().await;
+    }
+    let http = http();
+    let start = std::time::Instant::now();
+    let warmup = Duration::from_secs(70);
+    let end = warmup + Duration::from_secs(60 * minutes);
+    let mut at_warmup = None;
+    let mut requests = 0u64;
+    while start.elapsed() < end {
+        if at_warmup.is_none() && start.elapsed() >= warmup {
+            at_warmup = Some((
+                usage_writes(&http, &servers, "ok").await,
+                usage_writes(&http, &servers, "conflict").await,
+                std::time::Instant::now(),
+            ));
+        }
+        // Every credential through both replicas, then the next round.
+        let round: Vec<_> = secrets
+            .iter()
+            .flat_map(|c| servers.iter().map(move |s| (s.url.clone(), c)))
+            .collect();
+        let ok = futures::stream::iter(round)
+            .map(|(url, (id, secret))| {
+                let http = http.clone();
+                async move { use_secret(&http, &url, id, secret).await }
+            })
+            .buffer_unordered(32)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        requests += ok as u64;
+    }
+    let (ok0, conflict0, t0) = at_warmup.expect("warm-up passed");
+    let elapsed = t0.elapsed().as_secs_f64() / 60.0;
+    let ok = usage_writes(&http, &servers, "ok").await - ok0;
+    let conflicts = usage_writes(&http, &servers, "conflict").await - conflict0;
+    let per_min = ok / elapsed;
+    println!(
+        "{n} credentials, 2 replicas, resolution 60s: {per_min:.0} usage writes/min, \
+         {:.0} conflicts/min over {elapsed:.1} min ({requests} successful token requests in all)",
+        conflicts / elapsed
+    );
+    assert!(per_min <= 2.0 * n as f64 * 1.05, "{per_min} writes/min");
+}
