@@ -246,7 +246,7 @@ def cleanup(kube):
 def main():
     kube = Kube()
     results = {}
-    subprocess.run(["kubectl", "apply", "--server-side", "-f", os.path.join(os.path.dirname(HERE), "crds")],
+    subprocess.run(["kubectl", "apply", "--server-side", "--force-conflicts", "-f", os.path.join(os.path.dirname(HERE), "crds")],
                    check=True, capture_output=True)
     log("removing earlier bench namespaces (if any)")
     cleanup(kube)

@@ -140,7 +140,7 @@ pub async fn serve(
 }
 
 /// [`serve`] with explicit limits.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     addr: SocketAddr,
     state: AdminState,
     limits: HttpLimits,
@@ -162,7 +162,7 @@ pub async fn serve_with(
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -112,6 +112,12 @@ pub struct CommonArgs {
     #[arg(long, env = "M2M_DEFAULT_ALLOWED_SCOPES", default_value = "*")]
     pub default_allowed_scopes: String,
 
+    /// A `ClusterM2MRole` granted to every ServiceAccount (m2m.dev). While
+    /// it does not exist every ServiceAccount is `Ready=False`
+    /// (`RoleNotFound`) and gets no token [default: none].
+    #[arg(long, env = "M2M_DEFAULT_ROLE")]
+    pub default_role: Option<String>,
+
     /// Log format.
     #[arg(long, env = "M2M_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -222,7 +228,7 @@ impl TokenServerOptions {
     }
 
     /// The assertion cache bounds the flags describe.
-    pub fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
+    pub(crate) fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
         crate::server::assertion::CacheBounds {
             ttl: self.assertion_cache_ttl,
             entries: self.assertion_cache_entries,
@@ -240,7 +246,7 @@ fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {
 
 impl TokenServerOptions {
     /// The token endpoint's connection and request limits.
-    pub fn limits(&self) -> crate::http::HttpLimits {
+    pub(crate) fn limits(&self) -> crate::http::HttpLimits {
         let defaults = crate::http::HttpLimits::token_endpoint();
         crate::http::HttpLimits {
             max_connections: self.max_connections,

@@ -19,15 +19,32 @@ const FALLBACK_NAMESPACE: &str = "m2m-system";
 
 /// Why the configuration is refused at start-up.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// `--default-allowed-scopes` does not parse.
     #[error("--default-allowed-scopes")]
     DefaultPolicy(#[source] ScopePolicyError),
+    /// `--default-role` cannot name a ClusterM2MRole: no role would ever be
+    /// found and every ServiceAccount would be refused.
+    #[error("--default-role {0:?} is not a valid object name (DNS-1123 subdomain)")]
+    DefaultRole(String),
+}
+
+/// A DNS-1123 subdomain: what Kubernetes accepts as a ClusterM2MRole name.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && alnum(b[0])
+                && alnum(b[b.len() - 1])
+                && b.iter().all(|&c| alnum(c) || c == b'-')
+        })
 }
 
 /// What the process environment contributes beyond the flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Environment {
+pub(crate) struct Environment {
     /// The namespace in the pod's service-account mount, if any.
     pub pod_namespace: Option<String>,
     /// This replica's name: `POD_NAME`, else `HOSTNAME`.
@@ -65,6 +82,8 @@ pub struct Config {
     pub issuer: String,
     /// Scope policy of namespaces without the `m2m.dev/allowed-scopes` annotation.
     pub default_policy: ScopePolicy,
+    /// The `ClusterM2MRole` granted to every ServiceAccount, if any.
+    pub default_role: Option<String>,
     /// Log format.
     pub log_format: LogFormat,
     /// This replica's name (Events, Lease identity).
@@ -73,7 +92,7 @@ pub struct Config {
 
 impl Config {
     /// Resolve the shared flags against `env`.
-    pub fn resolve(common: &CommonArgs, env: &Environment) -> Result<Self, ConfigError> {
+    pub(crate) fn resolve(common: &CommonArgs, env: &Environment) -> Result<Self, ConfigError> {
         let operator_namespace = common
             .namespace
             .clone()
@@ -92,6 +111,11 @@ impl Config {
             operator_namespace,
             watch_namespace: common.watch_namespace.clone(),
             admin_listen: common.admin_listen,
+            default_role: match common.default_role.as_deref() {
+                None | Some("") => None,
+                Some(r) if is_dns1123_subdomain(r) => Some(r.to_owned()),
+                Some(r) => return Err(ConfigError::DefaultRole(r.to_owned())),
+            },
             issuer,
             log_format: common.log_format,
             instance: env.instance.clone(),
@@ -110,11 +134,12 @@ impl Config {
             issuer: self.issuer.clone(),
             default_policy: self.default_policy.clone(),
             instance: self.instance.clone(),
+            default_role: self.default_role.clone(),
         }
     }
 
     /// Where the operator key Secret lives and how its keys rotate.
-    pub fn key_secret(&self, opts: &ControllerOptions) -> KeySecretConfig {
+    pub(crate) fn key_secret(&self, opts: &ControllerOptions) -> KeySecretConfig {
         KeySecretConfig::new(
             self.operator_namespace.clone(),
             opts.signing_alg,
@@ -131,6 +156,7 @@ impl Config {
                 .unwrap_or_else(|| self.issuer.clone()),
             issuer: self.issuer.clone(),
             default_policy: self.default_policy.clone(),
+            default_role: self.default_role.clone(),
             operator_namespace: self.operator_namespace.clone(),
             limits: opts.limits(),
         }
@@ -181,6 +207,30 @@ mod tests {
         let run = run_args(&["--namespace", "ops", "--service-name", "auth"]);
         let cfg = Config::resolve(&run.common, &in_pod).unwrap();
         assert_eq!(cfg.issuer, "http://auth.ops.svc:8080");
+    }
+
+    /// The controller and the token server get the same default role; an
+    /// empty value (the chart's default) means none.
+    #[test]
+    fn default_role_reaches_both_components() {
+        for (args, want) in [
+            (vec![], None),
+            (vec!["--default-role", ""], None),
+            (vec!["--default-role", "baseline"], Some("baseline")),
+        ] {
+            let run = run_args(&args);
+            let cfg = Config::resolve(&run.common, &Environment::default()).unwrap();
+            assert_eq!(
+                cfg.controller(&run.controller).default_role.as_deref(),
+                want
+            );
+            assert_eq!(cfg.server(&run.server).default_role.as_deref(), want);
+        }
+        for bad in ["Baseline", "base_line", "-base", "base.", "a..b"] {
+            let run = run_args(&[&format!("--default-role={bad}")]);
+            let err = Config::resolve(&run.common, &Environment::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::DefaultRole(_)), "{bad}");
+        }
     }
 
     #[test]

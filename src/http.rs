@@ -54,7 +54,7 @@ pub struct HttpLimits {
 
 impl HttpLimits {
     /// The token endpoint's defaults.
-    pub fn token_endpoint() -> Self {
+    pub(crate) fn token_endpoint() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -67,7 +67,7 @@ impl HttpLimits {
     }
 
     /// The admin endpoint's defaults: probes and scrapes only.
-    pub fn admin_endpoint() -> Self {
+    pub(crate) fn admin_endpoint() -> Self {
         Self {
             max_connections: 64,
             max_concurrent_requests: 32,
@@ -83,7 +83,7 @@ impl Default for HttpLimits {
 }
 
 /// How long in-flight connections get to finish after shutdown.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serve `app` on `listener` (over TLS when `tls` is set) until `shutdown`
 /// resolves, then drain for at most [`DRAIN_TIMEOUT`]. `name` labels the

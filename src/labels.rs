@@ -8,27 +8,27 @@
 
 /// Field manager of every write the operator makes (server-side apply,
 /// creates, merge patches).
-pub const FIELD_MANAGER: &str = "m2m-operator";
+pub(crate) const FIELD_MANAGER: &str = "m2m-operator";
 
 /// Field manager of the token server's usage writes (`status.lastUsedTime`,
 /// `status.versionUsage`); the controller never sends those fields.
 pub const USAGE_FIELD_MANAGER: &str = "m2m-token-server";
 
 /// The label (key, value) every object the operator manages carries.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "m2m-operator");
+pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "m2m-operator");
 
 /// Label of a generated Secret naming the owning credential.
-pub const LABEL_CREDENTIAL: &str = "m2m.dev/credential";
+pub(crate) const LABEL_CREDENTIAL: &str = "m2m.dev/credential";
 /// Annotation of a generated Secret: the secret version held.
-pub const ANN_VERSION: &str = "m2m.dev/secret-version";
+pub(crate) const ANN_VERSION: &str = "m2m.dev/secret-version";
 /// Annotation of a generated Secret: HMAC of the held secret (the same
 /// digest as its verifier).
-pub const ANN_DIGEST: &str = "m2m.dev/secret-digest";
+pub(crate) const ANN_DIGEST: &str = "m2m.dev/secret-digest";
 /// Annotation of a generated Secret: when the held secret was generated.
-pub const ANN_ROTATED_AT: &str = "m2m.dev/rotated-at";
+pub(crate) const ANN_ROTATED_AT: &str = "m2m.dev/rotated-at";
 /// Annotation of a generated Secret: until when the previous secret stays
 /// valid (absent: not at all).
-pub const ANN_PREVIOUS_NOT_AFTER: &str = "m2m.dev/previous-not-after";
+pub(crate) const ANN_PREVIOUS_NOT_AFTER: &str = "m2m.dev/previous-not-after";
 /// Annotation of a generated Secret: the `m2m.dev/rotate` value handled by
 /// this secret's rotation.
-pub const ANN_HANDLED_ROTATE: &str = "m2m.dev/rotate-handled";
+pub(crate) const ANN_HANDLED_ROTATE: &str = "m2m.dev/rotate-handled";

@@ -18,11 +18,11 @@ use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
 
 /// The tracing target of audit lines.
-pub const AUDIT_TARGET: &str = "audit";
+pub(crate) const AUDIT_TARGET: &str = "audit";
 
 /// Install the global tracing subscriber. The filter comes from `RUST_LOG`
 /// (default `info`). Calling it twice is harmless (the second call is ignored).
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -298,7 +298,7 @@ impl Metrics {
     }
 
     /// Count one token-server request and its latency.
-    pub fn observe_request(&self, endpoint: Endpoint, outcome: &'static str, seconds: f64) {
+    pub(crate) fn observe_request(&self, endpoint: Endpoint, outcome: &'static str, seconds: f64) {
         self.token_requests
             .get_or_create(&RequestLabels { endpoint, outcome })
             .inc();
@@ -308,21 +308,21 @@ impl Metrics {
     }
 
     /// Count one client authentication at the token endpoint.
-    pub fn observe_client_auth(&self, method: &'static str, outcome: &'static str) {
+    pub(crate) fn observe_client_auth(&self, method: &'static str, outcome: &'static str) {
         self.client_auth
             .get_or_create(&ClientAuthLabels { method, outcome })
             .inc();
     }
 
     /// Count one workload-identity assertion check.
-    pub fn observe_assertion(&self, result: &'static str) {
+    pub(crate) fn observe_assertion(&self, result: &'static str) {
         self.assertion_checks
             .get_or_create(&AssertionLabels { result })
             .inc();
     }
 
     /// Record one reconcile of `controller`; `error` is the failure reason, if any.
-    pub fn observe_reconcile(&self, controller: &str, seconds: f64, error: Option<&str>) {
+    pub(crate) fn observe_reconcile(&self, controller: &str, seconds: f64, error: Option<&str>) {
         self.reconcile_duration
             .get_or_create(&ControllerLabels {
                 controller: controller.to_owned(),
@@ -339,21 +339,21 @@ impl Metrics {
     }
 
     /// The open-connections gauge of `listener`.
-    pub fn http_connections(&self, listener: &'static str) -> Gauge {
+    pub(crate) fn http_connections(&self, listener: &'static str) -> Gauge {
         self.http_connections
             .get_or_create(&ListenerLabels { listener })
             .clone()
     }
 
     /// Count one time `listener` reached its connection limit.
-    pub fn http_connection_limit_reached(&self, listener: &'static str) {
+    pub(crate) fn http_connection_limit_reached(&self, listener: &'static str) {
         self.http_connection_limit
             .get_or_create(&ListenerLabels { listener })
             .inc();
     }
 
     /// Set the number of credentials in `state`.
-    pub fn set_credentials(&self, state: &str, count: i64) {
+    pub(crate) fn set_credentials(&self, state: &str, count: i64) {
         self.credentials
             .get_or_create(&CredentialStateLabels {
                 state: state.to_owned(),
@@ -362,12 +362,12 @@ impl Metrics {
     }
 
     /// Set the age of the token server's state.
-    pub fn set_token_server_state_age(&self, seconds: f64) {
+    pub(crate) fn set_token_server_state_age(&self, seconds: f64) {
         self.token_server_state_age.set(seconds);
     }
 
     /// Set the number of credentials the token server serves.
-    pub fn set_token_server_credentials(&self, count: i64) {
+    pub(crate) fn set_token_server_credentials(&self, count: i64) {
         self.token_server_credentials.set(count);
     }
 

@@ -24,6 +24,28 @@ async fn every_example_applies_and_its_credentials_become_ready() {
         },
     );
 
+    // Cluster-scoped objects outlive the namespace: the examples name them
+    // `m2m-demo-…`, localised to this run's namespace, and they are deleted
+    // at the end.
+    struct ClusterObjects(String);
+    impl Drop for ClusterObjects {
+        fn drop(&mut self) {
+            let yaml = localise(
+                &std::fs::read_to_string("examples/07-roles.yaml").unwrap_or_default(),
+                &self.0,
+            );
+            let cluster_scoped: Vec<&str> = yaml
+                .split("\n---\n")
+                .filter(|d| d.contains("kind: ClusterM2MRole"))
+                .collect();
+            kubectl_stdin(
+                &["delete", "--ignore-not-found", "-f", "-"],
+                &cluster_scoped.join("\n---\n"),
+            );
+        }
+    }
+    let _cluster_objects = ClusterObjects(ns.name.clone());
+
     let mut files: Vec<_> = std::fs::read_dir("examples")
         .expect("examples/")
         .map(|e| e.expect("entry").path())
@@ -107,6 +129,25 @@ async fn every_example_applies_and_its_credentials_become_ready() {
     if result.is_err() {
         panic!("examples did not converge: {:?}", not_ready().await);
     }
+    // 07-roles.yaml: the roles' scopes are granted on top of the account's.
+    let release_bot = accounts.get("release-bot").await.expect("07-roles.yaml");
+    let status = release_bot.status.expect("status");
+    assert_eq!(
+        status.effective_scopes,
+        [
+            "artifacts:read",
+            "deploy:staging",
+            "repo:read",
+            "reports:read"
+        ]
+    );
+    assert_eq!(
+        status.roles,
+        [
+            format!("{}-reporting", ns.name),
+            "release-manager".to_owned()
+        ]
+    );
     let all = creds.list(&ListParams::default()).await.unwrap().items;
     assert!(
         all.len() >= 5,

@@ -11,6 +11,7 @@ use super::{Context, Error, Step, failpoint, kube_err};
 use crate::core::client_secret::{ClientSecret, RandomnessError, client_id_for_uid};
 use crate::core::duration::{DurationError, parse_duration};
 use crate::core::grant::{Grant, ScopePolicy, ScopePolicyError, resolve_grant};
+use crate::core::roles::{RoleGrant, RoleResolution};
 use crate::core::rotation::{
     DEFAULT_IN_USE_WINDOW, RotationInputs, early_retirement, next_scheduled, prune_verifiers,
     retire_unused as retire_unused_versions, rotate_verifiers, rotation_due, still_in_use,
@@ -34,7 +35,7 @@ use std::time::Duration;
 /// Condition type: the credential can be used to obtain tokens.
 pub const READY: &str = "Ready";
 /// Condition type: the Secret exists and matches the verification state.
-pub const SECRET_SYNCED: &str = "SecretSynced";
+pub(crate) const SECRET_SYNCED: &str = "SecretSynced";
 
 /// Requeue when nothing is scheduled sooner: a safety net, not a clock.
 const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
@@ -133,6 +134,8 @@ pub(crate) struct Observed<'a> {
     pub cred: &'a M2MCredential,
     /// Its ServiceAccount's spec, if the account exists.
     pub account: Option<&'a ServiceAccountSpec>,
+    /// The roles of its ServiceAccount.
+    pub roles: &'a RoleResolution,
     /// The scope policy of its namespace.
     pub policy: Result<&'a ScopePolicy, &'a ScopePolicyError>,
     /// The Secret at its `secretName`, if any.
@@ -181,7 +184,10 @@ fn identity(cred: &M2MCredential) -> Result<(String, String, String), Error> {
 }
 
 /// Reconcile one credential: dereference, [`plan`], apply.
-pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    cred: Arc<M2MCredential>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if cred.metadata.deletion_timestamp.is_some() {
         // The Secret is garbage-collected through its owner reference and
         // token servers drop the credential from their index: nothing to do.
@@ -194,6 +200,10 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         .accounts
         .get(&ObjectRef::new(&cred.spec.service_account_name).within(&ns));
     let policy = ctx.policy_for(&ns);
+    let roles = match &account {
+        Some(a) => ctx.roles_for(&ns, &a.spec),
+        None => Ok(RoleGrant::none()),
+    };
     let now = Utc::now();
 
     // Workload identity hook: no secret, no Secret (see super::workload).
@@ -201,6 +211,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
         let grant = resolve_grant(
             &cred.spec,
             account.as_ref().map(|a| &a.spec),
+            &roles,
             policy.as_ref(),
             now,
         );
@@ -223,6 +234,7 @@ pub async fn reconcile(cred: Arc<M2MCredential>, ctx: Arc<Context>) -> Result<Ac
     let observed = Observed {
         cred: &cred,
         account: account.as_ref().map(|a| &a.spec),
+        roles: &roles,
         policy: policy.as_ref(),
         existing: existing.as_ref(),
         key: &key,
@@ -364,7 +376,7 @@ fn validate(
         set_condition(&mut status.conditions, c);
         return Err(("SecretNameConflict", msg));
     }
-    let grant = resolve_grant(&o.cred.spec, o.account, o.policy, o.now)
+    let grant = resolve_grant(&o.cred.spec, o.account, o.roles, o.policy, o.now)
         .map_err(|e| (e.reason(), e.to_string()))?;
     let settings = rotation.clone()?;
     Ok((grant, observed, settings))
@@ -998,7 +1010,7 @@ pub(super) fn next_requeue(
 }
 
 /// Error policy: log, count, and retry after a delay chosen by the error kind.
-pub fn error_policy(cred: Arc<M2MCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(cred: Arc<M2MCredential>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(credential = %cred.name_any(), namespace = cred.namespace().unwrap_or_default(), error = %error, "reconcile failed");
     Action::requeue(error.retry_after())
 }
@@ -1258,6 +1270,7 @@ mod plan_tests {
             let o = Observed {
                 cred: &self.cred,
                 account: self.account.as_ref(),
+                roles: &Ok(RoleGrant::none()),
                 policy: self.policy.as_ref(),
                 existing: self.secret.as_ref(),
                 key: &self.key,

@@ -13,8 +13,11 @@ pub mod workload;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
 use crate::core::policy::namespace_policy;
+use crate::core::roles::{RoleResolution, resolve_roles};
 use crate::core::verifier::VerifierKey;
-use crate::crd::{M2MCredential, ServiceAccount};
+use crate::crd::{
+    ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount, ServiceAccountSpec,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -49,7 +52,7 @@ pub enum Error {
 
 impl Error {
     /// Short label for the reconcile-errors metric.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube { step, .. } => step.metric_label(),
             Self::MissingField(_) => "missing_field",
@@ -61,7 +64,7 @@ impl Error {
 
     /// How long to wait before retrying: conflicts resolve fast, the key
     /// Secret appears within seconds, anything else backs off further.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             Self::Kube {
                 source: kube::Error::Api(s),
@@ -95,7 +98,7 @@ pub enum Step {
 
 impl Step {
     /// The `reason` label of `m2m_reconcile_errors_total`.
-    pub fn metric_label(self) -> &'static str {
+    pub(crate) fn metric_label(self) -> &'static str {
         match self {
             Self::ReadSecret => "read_secret",
             Self::ApplySecret => "apply_secret",
@@ -108,7 +111,7 @@ impl Step {
     }
 
     /// What the controller was doing, for logs.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Self::ReadSecret => "read Secret",
             Self::ApplySecret => "apply Secret",
@@ -141,10 +144,12 @@ pub struct ControllerConfig {
     pub default_policy: ScopePolicy,
     /// This replica's name (Events, Lease identity).
     pub instance: Option<String>,
+    /// The `ClusterM2MRole` granted to every ServiceAccount (`--default-role`).
+    pub default_role: Option<String>,
 }
 
 /// Shared state of the reconcilers.
-pub struct Context {
+pub(crate) struct Context {
     /// API client.
     pub client: Client,
     /// Configuration.
@@ -157,6 +162,10 @@ pub struct Context {
     pub credentials: Store<M2MCredential>,
     /// Namespaces (for the scope policy annotation).
     pub namespaces: Store<Namespace>,
+    /// M2MRoles, kept current by a reflector.
+    pub roles: Store<M2MRole>,
+    /// ClusterM2MRoles, kept current by a reflector.
+    pub cluster_roles: Store<ClusterM2MRole>,
     /// The HMAC key of the verification state.
     pub verifier_key: arc_swap::ArcSwapOption<VerifierKey>,
     /// Reconcile and credential metrics.
@@ -165,12 +174,29 @@ pub struct Context {
 
 impl Context {
     /// The scope policy of `namespace`: its annotation, else the default.
-    pub fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
+    pub(crate) fn policy_for(&self, namespace: &str) -> Result<ScopePolicy, ScopePolicyError> {
         let ns = self.namespaces.get(&ObjectRef::new(namespace));
         namespace_policy(
             ns.as_ref().map(|n| &n.metadata),
             &self.config.default_policy,
         )
+    }
+
+    /// The roles of `account` in `namespace`: its `roleRefs` and the
+    /// default role, from the reflector stores.
+    pub fn roles_for(&self, namespace: &str, account: &ServiceAccountSpec) -> RoleResolution {
+        resolve_roles(account, self.config.default_role.as_deref(), |r| {
+            match r.kind {
+                RoleKind::M2MRole => self
+                    .roles
+                    .get(&ObjectRef::new(&r.name).within(namespace))
+                    .map(|role| role.spec.scopes.iter().cloned().collect()),
+                RoleKind::ClusterM2MRole => self
+                    .cluster_roles
+                    .get(&ObjectRef::new(&r.name))
+                    .map(|role| role.spec.scopes.iter().cloned().collect()),
+            }
+        })
     }
 
     /// Publish an event about `obj`; failures are logged, never fatal.
@@ -195,7 +221,7 @@ impl Context {
 }
 
 /// The event reporter identity of replica `instance`.
-pub fn reporter(instance: Option<String>) -> Reporter {
+pub(crate) fn reporter(instance: Option<String>) -> Reporter {
     Reporter {
         controller: "m2m-operator".into(),
         instance,

@@ -142,7 +142,7 @@ pub enum RestartOutcome {
 /// Restart every target for `version`, publishing an Event per target.
 /// Returns `Ok(None)` when all are handled, `Ok(Some(wait))` when the rate
 /// limit held some back.
-pub async fn restart_targets(
+pub(crate) async fn restart_targets(
     ctx: &Context,
     cred: &M2MCredential,
     version: i64,

@@ -1,13 +1,13 @@
 //! Wiring of the controllers: shared reflectors for the objects reconciles
 //! read (so a trigger never sees an older cache than the event that caused
-//! it), watch mappings (a ServiceAccount or Namespace change re-reconciles
-//! what it affects), and leader election — only the Lease holder runs the
+//! it), watch mappings (a ServiceAccount, Namespace or role change
+//! re-reconciles what it affects), and leader election — only the Lease holder runs the
 //! reconcilers, so exactly one replica writes.
 
 use super::keys::reconcile_keys;
 use super::{Context, ControllerConfig, Error, credential, reporter, service_account};
 use crate::admin::ReadyFlag;
-use crate::crd::{M2MCredential, ServiceAccount};
+use crate::crd::{ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount};
 use crate::labels::MANAGED_BY;
 use crate::signing::store::KeySecretConfig;
 use crate::telemetry::Metrics;
@@ -106,8 +106,83 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     })
 }
 
+/// A role that was applied or deleted (kind, namespace of an `M2MRole`,
+/// name), or `None` after a relist (a role may have vanished unseen).
+type RoleChange = Option<(RoleKind, Option<String>, String)>;
+
+/// The role stores, and the changes the ServiceAccount controller maps to
+/// the accounts granted each role.
+struct RoleReflectors {
+    roles: Store<M2MRole>,
+    cluster_roles: Store<ClusterM2MRole>,
+    changes: futures::channel::mpsc::UnboundedReceiver<RoleChange>,
+    task: tokio::task::JoinHandle<((), ())>,
+}
+
+/// Start the reflectors of M2MRoles (in the watched namespace) and
+/// ClusterM2MRoles (cluster-scoped: always all of them). Changes are
+/// reported after the store has applied them (so a reconcile they trigger
+/// sees them), deletions included — which a shared reflector's
+/// subscribers never see.
+fn start_role_reflectors(client: &Client, watch_ns: Option<&str>) -> RoleReflectors {
+    let (roles, role_writer) = reflector::store::<M2MRole>();
+    let (cluster_roles, cluster_writer) = reflector::store::<ClusterM2MRole>();
+    let (tx, changes) = futures::channel::mpsc::unbounded::<RoleChange>();
+    fn report<K: kube::Resource>(
+        tx: &futures::channel::mpsc::UnboundedSender<RoleChange>,
+        kind: RoleKind,
+        event: &watcher::Event<K>,
+    ) {
+        let change = match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some((
+                kind,
+                o.meta().namespace.clone(),
+                o.meta().name.clone().unwrap_or_default(),
+            )),
+            watcher::Event::InitDone => None,
+            watcher::Event::Init | watcher::Event::InitApply(_) => return,
+        };
+        let _ = tx.unbounded_send(change);
+    }
+    let tx2 = tx.clone();
+    let reflectors = future::join(
+        watcher(
+            api_for::<M2MRole>(client, watch_ns),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(role_writer)
+        .for_each(move |e| {
+            if let Ok(e) = e {
+                report(&tx, RoleKind::M2MRole, &e);
+            }
+            future::ready(())
+        }),
+        watcher(
+            Api::<ClusterM2MRole>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(cluster_writer)
+        .for_each(move |e| {
+            if let Ok(e) = e {
+                report(&tx2, RoleKind::ClusterM2MRole, &e);
+            }
+            future::ready(())
+        }),
+    );
+    RoleReflectors {
+        roles,
+        cluster_roles,
+        changes,
+        task: tokio::spawn(reflectors),
+    }
+}
+
 /// Run the reconcilers until `stop` resolves. Call only while holding the Lease.
-pub async fn run_controllers(
+pub(crate) async fn run_controllers(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,
@@ -121,6 +196,7 @@ pub async fn run_controllers(
         _ = stop_early(&mut stop_rx) => return Ok(()),
     };
     let r = start_reflectors(&client, config.watch_namespace.as_deref())?;
+    let roles = start_role_reflectors(&client, config.watch_namespace.as_deref());
     // Reconciles start only once every store has listed, so no reconcile
     // mistakes an unsynced cache for absence (and writes a wrong status on
     // every restart).
@@ -129,8 +205,12 @@ pub async fn run_controllers(
         r.accounts.wait_until_ready(),
         r.namespaces.wait_until_ready(),
     );
+    let roles_ready = future::try_join(
+        roles.roles.wait_until_ready(),
+        roles.cluster_roles.wait_until_ready(),
+    );
     tokio::select! {
-        r = ready => { r?; }
+        r = future::try_join(ready, roles_ready) => { r?; }
         _ = stop_early(&mut stop_rx) => return Ok(()),
     }
 
@@ -142,6 +222,8 @@ pub async fn run_controllers(
         accounts: r.accounts.clone(),
         credentials: r.credentials.clone(),
         namespaces: r.namespaces.clone(),
+        roles: roles.roles.clone(),
+        cluster_roles: roles.cluster_roles.clone(),
         verifier_key: arc_swap::ArcSwapOption::from_pointee(first.verifier_key.clone()),
         metrics: metrics.clone(),
     });
@@ -153,9 +235,10 @@ pub async fn run_controllers(
     ));
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
     let reflector_task = r.task.abort_handle();
+    let role_task = roles.task.abort_handle();
     let controllers = future::join(
         credential_controller(&ctx, &client, &r, stop.clone()),
-        account_controller(&ctx, r, stop.clone()),
+        account_controller(&ctx, r, roles, stop.clone()),
     );
     tracing::info!("controllers started");
     tokio::select! {
@@ -163,6 +246,7 @@ pub async fn run_controllers(
         _ = stop => {}
     }
     reflector_task.abort();
+    role_task.abort();
     key_loop.abort();
     gauge_loop.abort();
     tracing::info!("controllers stopped");
@@ -224,13 +308,17 @@ where
 }
 
 /// The ServiceAccount controller: an account reconciles when it, one of
-/// its credentials or its Namespace changes.
+/// its credentials, its Namespace or one of its roles changes (the
+/// default role: every account).
 fn account_controller(
     ctx: &Arc<Context>,
     r: Reflectors,
+    roles: RoleReflectors,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> impl Future<Output = ()> {
     let accounts = r.accounts.clone();
+    let role_accounts = r.accounts.clone();
+    let default_role = ctx.config.default_role.clone();
     Controller::for_shared_stream(r.account_for_accounts, r.accounts)
         .watches_shared_stream(r.cred_for_accounts, |cred: Arc<M2MCredential>| {
             let ns = cred.namespace().unwrap_or_default();
@@ -244,6 +332,9 @@ fn account_controller(
                 .filter(move |a| a.namespace().as_deref() == Some(name.as_str()))
                 .map(|a| ObjectRef::from_obj(&*a))
         })
+        .reconcile_on(roles.changes.flat_map(move |change| {
+            futures::stream::iter(granted(&role_accounts, default_role.as_deref(), change))
+        }))
         .graceful_shutdown_on(stop)
         .run(
             |account, ctx: Arc<Context>| async move {
@@ -256,6 +347,33 @@ fn account_controller(
             ctx.clone(),
         )
         .for_each(|_| future::ready(()))
+}
+
+/// The accounts a role change affects: those whose `roleRefs` name the
+/// role, every account for the default role or after a relist.
+fn granted(
+    accounts: &Store<ServiceAccount>,
+    default_role: Option<&str>,
+    change: RoleChange,
+) -> Vec<ObjectRef<ServiceAccount>> {
+    accounts
+        .state()
+        .into_iter()
+        .filter(|a| match &change {
+            None => true,
+            Some((RoleKind::ClusterM2MRole, _, name)) if default_role == Some(name.as_str()) => {
+                true
+            }
+            Some((kind, ns, name)) => {
+                (*kind == RoleKind::ClusterM2MRole || a.namespace() == *ns)
+                    && a.spec
+                        .role_refs
+                        .iter()
+                        .any(|r| r.kind == *kind && r.name == *name)
+            }
+        })
+        .map(|a| ObjectRef::from_obj(&*a))
+        .collect()
 }
 
 fn observe<T>(metrics: &Metrics, controller: &str, start: Instant, result: &Result<T, Error>) {
@@ -351,7 +469,7 @@ const LEASE_DURATION_SECS: u64 = 15;
 const LEASE_GRACE_SECS: u64 = 5;
 
 /// Run the controllers whenever this replica holds the Lease, until `shutdown`.
-pub async fn run_with_leader_election(
+pub(crate) async fn run_with_leader_election(
     client: Client,
     config: ControllerConfig,
     keys: KeySecretConfig,

@@ -18,10 +18,10 @@ use kube::Resource;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `type` of every generated Secret.
-pub const SECRET_TYPE: &str = "m2m.dev/client-credentials";
+pub(crate) const SECRET_TYPE: &str = "m2m.dev/client-credentials";
 /// Everything the controller writes into a credential Secret.
 #[derive(Debug, Clone)]
-pub struct SecretContents<'a> {
+pub(crate) struct SecretContents<'a> {
     /// The client id.
     pub client_id: &'a str,
     /// The client secret.
@@ -45,7 +45,7 @@ pub struct SecretContents<'a> {
 }
 
 /// The desired Secret, ready for server-side apply.
-pub fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) -> Secret {
+pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) -> Secret {
     let cred_name = cred.metadata.name.clone().unwrap_or_default();
     let template = &cred.spec.secret_template;
     let mut labels = template.labels.clone();
@@ -91,7 +91,7 @@ pub fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<'_>) ->
 
 /// What an existing Secret at the credential's `secretName` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ObservedSecret {
+pub(crate) enum ObservedSecret {
     /// No Secret of that name.
     Missing,
     /// A Secret this credential does not control: never touched.
@@ -105,7 +105,7 @@ pub enum ObservedSecret {
 
 /// The facts an authentic Secret carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthenticSecret {
+pub(crate) struct AuthenticSecret {
     /// The secret itself.
     pub secret: ClientSecret,
     /// Its version.
@@ -121,7 +121,7 @@ pub struct AuthenticSecret {
 }
 
 /// Classify the Secret found at the credential's `secretName`.
-pub fn observe(
+pub(crate) fn observe(
     existing: Option<&Secret>,
     cred_uid: &str,
     key: &VerifierKey,
@@ -222,7 +222,7 @@ fn owned_keys(secret: &Secret, manager: &str, path: &[&str]) -> BTreeSet<String>
 /// Whether applying `desired` would change `existing`: a differing value we
 /// set, or a label/annotation/data key we own but no longer want. Keeps a
 /// converged cluster free of writes.
-pub fn differs(existing: &Secret, desired: &Secret) -> bool {
+pub(crate) fn differs(existing: &Secret, desired: &Secret) -> bool {
     if existing.type_ != desired.type_ {
         return true;
     }

@@ -1,6 +1,9 @@
-//! Reconcile one m2m `ServiceAccount` into its status: is it valid under
-//! the namespace's scope policy, is it enabled, how many credentials use it.
-//! Its credentials react to its changes through their own watch mapping.
+//! Reconcile one m2m `ServiceAccount` into its status: do its roles exist,
+//! is it valid under the namespace's scope policy, is it enabled, which
+//! scopes and roles it is effectively granted, how many credentials use it.
+//! Its credentials react to its changes through their own watch mapping —
+//! including role changes, which change this status (effective scopes,
+//! roles or `Ready`) whenever they change a credential's grant.
 
 use super::{Context, Error, Step, kube_err};
 use crate::core::grant::resolve_account;
@@ -15,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Reconcile one ServiceAccount.
-pub async fn reconcile(account: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    account: Arc<ServiceAccount>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if account.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -38,7 +44,12 @@ pub async fn reconcile(account: Arc<ServiceAccount>, ctx: Arc<Context>) -> Resul
         .unwrap_or(i32::MAX);
 
     let policy = ctx.policy_for(&ns);
-    let valid = resolve_account(&account.spec, policy.as_ref());
+    let roles = ctx.roles_for(&ns, &account.spec);
+    let valid = resolve_account(&account.spec, &roles, policy.as_ref());
+    (status.effective_scopes, status.roles) = match &valid {
+        Ok(g) => (g.scopes.iter().cloned().collect(), g.roles.names()),
+        Err(_) => (vec![], vec![]),
+    };
     let c = |t: &str, ok: bool, reason: &str, msg: String| {
         let s = if ok {
             ConditionStatus::True
@@ -136,7 +147,11 @@ async fn patch_status(
 }
 
 /// Error policy of the ServiceAccount controller.
-pub fn error_policy(account: Arc<ServiceAccount>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    account: Arc<ServiceAccount>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     tracing::warn!(serviceaccount = %account.name_any(), error = %error, "reconcile failed");
     Action::requeue(error.retry_after())
 }

@@ -135,7 +135,7 @@ pub fn plan(
 }
 
 /// Apply [`plan`] for `cred`.
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     cred: &M2MCredential,
     ctx: &Context,
     input: &WorkloadInputs<'_>,
@@ -192,6 +192,7 @@ mod tests {
             audiences: vec![],
             token_ttl: Duration::from_secs(60),
             expires_at: None,
+            roles: Default::default(),
         }
     }
 

@@ -7,16 +7,16 @@ use rand::rngs::OsRng;
 use std::fmt;
 
 /// Prefix of every client secret.
-pub const SECRET_PREFIX: &str = "m2ms_";
+pub(crate) const SECRET_PREFIX: &str = "m2ms_";
 /// Prefix of every client id.
-pub const CLIENT_ID_PREFIX: &str = "m2mc_";
+pub(crate) const CLIENT_ID_PREFIX: &str = "m2mc_";
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /// 44 base62 characters carry 44·log2(62) ≈ 262 bits of entropy.
 const BODY_LEN: usize = 44;
 const CHECKSUM_LEN: usize = 6;
 /// Total length of a client secret.
-pub const SECRET_LEN: usize = SECRET_PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
+pub(crate) const SECRET_LEN: usize = SECRET_PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
 
 /// The OS random generator failed; nothing safe can be generated.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub const SECRET_LEN: usize = SECRET_PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
 pub struct RandomnessError(#[source] rand::rand_core::OsError);
 
 /// Fill `buf` from the OS CSPRNG (getrandom), never from a userspace PRNG.
-pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomnessError> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomnessError> {
     OsRng.try_fill_bytes(buf).map_err(RandomnessError)
 }
 
@@ -59,7 +59,7 @@ impl ClientSecret {
     }
 
     /// Wrap a secret read back from a Secret, whatever its shape.
-    pub fn from_stored(value: String) -> Self {
+    pub(crate) fn from_stored(value: String) -> Self {
         Self(value)
     }
 

@@ -5,18 +5,19 @@
 //! widen a grant.
 
 use crate::core::duration::parse_duration;
+use crate::core::roles::{RoleGrant, RoleResolution};
 use crate::crd::{M2MCredentialSpec, ServiceAccountSpec};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Token lifetime when neither the credential nor its account sets one.
-pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// No access token lives longer than this.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shortest `tokenTTL` (ServiceAccount or credential): shorter tokens would
 /// be expired, or nearly, when they arrive.
-pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
+pub(crate) const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// One entry of a scope policy: an exact scope, a `prefix*` pattern
 /// (`repo:*` allows `repo:read`), or `*` for everything.
@@ -46,14 +47,16 @@ pub struct ScopePolicyError {
 
 impl ScopePolicy {
     /// A policy that allows every scope (the unsafe-for-shared-clusters default).
-    pub fn allow_all() -> Self {
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn allow_all() -> Self {
         Self {
             patterns: vec![ScopePattern::Prefix(String::new())],
         }
     }
 
     /// A policy that allows nothing.
-    pub fn deny_all() -> Self {
+    #[cfg(test)]
+    pub(crate) fn deny_all() -> Self {
         Self { patterns: vec![] }
     }
 
@@ -118,6 +121,10 @@ pub enum GrantError {
     /// The namespace annotation `m2m.dev/allowed-scopes` is malformed.
     #[error("namespace annotation m2m.dev/allowed-scopes is invalid: {0}")]
     InvalidNamespacePolicy(ScopePolicyError),
+    /// Roles the account is granted (`spec.roleRefs` or the operator's
+    /// default role) do not exist; each listed as `Kind/name`.
+    #[error("roles not found: {}", .0.join(", "))]
+    RoleNotFound(Vec<String>),
     /// The account holds scopes its namespace does not allow.
     #[error("scopes not allowed in this namespace by m2m.dev/allowed-scopes: {}", .0.join(", "))]
     ScopesNotAllowedInNamespace(Vec<String>),
@@ -170,6 +177,7 @@ impl GrantError {
             Self::ServiceAccountNotFound(_) => "ServiceAccountNotFound",
             Self::ServiceAccountDisabled(_) => "ServiceAccountDisabled",
             Self::InvalidNamespacePolicy(_) => "InvalidNamespacePolicy",
+            Self::RoleNotFound(_) => "RoleNotFound",
             Self::ScopesNotAllowedInNamespace(_) => "ScopesNotAllowedInNamespace",
             Self::ScopesOutsideServiceAccount { .. } => "ScopesOutsideServiceAccount",
             Self::InvalidTokenTTL { .. } => "InvalidTokenTTL",
@@ -182,9 +190,12 @@ impl GrantError {
 
 /// What an account may hand to its credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccountGrant {
-    /// The account's scopes (all allowed by the namespace policy).
+pub(crate) struct AccountGrant {
+    /// The account's effective scopes: its own and its roles' (all allowed
+    /// by the namespace policy).
     pub scopes: BTreeSet<String>,
+    /// The roles it is granted.
+    pub roles: RoleGrant,
     /// The account's token lifetime, the credentials' default and maximum.
     pub token_ttl: Duration,
 }
@@ -200,6 +211,9 @@ pub struct Grant {
     pub token_ttl: Duration,
     /// When the credential stops working.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The roles of the account; a token claims those whose every scope it
+    /// holds ([`RoleGrant::held_with`]).
+    pub roles: RoleGrant,
 }
 
 fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
@@ -221,14 +235,19 @@ fn parse_ttl(field: &'static str, value: &str) -> Result<Duration, GrantError> {
     }
 }
 
-/// Validate an account against the namespace policy, ignoring `disabled`
-/// (an account can be valid and disabled).
-pub fn resolve_account(
+/// Validate an account and its roles (resolved by
+/// [`crate::core::roles::resolve_roles`]) against the namespace policy,
+/// ignoring `disabled` (an account can be valid and disabled).
+pub(crate) fn resolve_account(
     account: &ServiceAccountSpec,
+    roles: &RoleResolution,
     policy: Result<&ScopePolicy, &ScopePolicyError>,
 ) -> Result<AccountGrant, GrantError> {
     let policy = policy.map_err(|e| GrantError::InvalidNamespacePolicy(e.clone()))?;
-    let refused = policy.refused(&account.scopes);
+    let roles = roles.clone()?;
+    let mut scopes: BTreeSet<String> = account.scopes.iter().cloned().collect();
+    scopes.extend(roles.scopes());
+    let refused = policy.refused(&scopes);
     if !refused.is_empty() {
         return Err(GrantError::ScopesNotAllowedInNamespace(refused));
     }
@@ -247,23 +266,25 @@ pub fn resolve_account(
         }
     };
     Ok(AccountGrant {
-        scopes: account.scopes.iter().cloned().collect(),
+        scopes,
+        roles,
         token_ttl,
     })
 }
 
 /// Everything a credential may be granted right now, or the precise reason
 /// it may be granted nothing. `account` is `None` when the referenced
-/// ServiceAccount does not exist.
-pub fn resolve_grant(
+/// ServiceAccount does not exist; `roles` are that account's roles.
+pub(crate) fn resolve_grant(
     credential: &M2MCredentialSpec,
     account: Option<&ServiceAccountSpec>,
+    roles: &RoleResolution,
     policy: Result<&ScopePolicy, &ScopePolicyError>,
     now: DateTime<Utc>,
 ) -> Result<Grant, GrantError> {
     let name = &credential.service_account_name;
     let account = account.ok_or_else(|| GrantError::ServiceAccountNotFound(name.clone()))?;
-    let account_grant = resolve_account(account, policy)?;
+    let account_grant = resolve_account(account, roles, policy)?;
     let outside: BTreeSet<_> = credential
         .scopes
         .iter()
@@ -312,6 +333,7 @@ pub fn resolve_grant(
         audiences: audiences.into_iter().collect(),
         token_ttl,
         expires_at: credential.expires_at,
+        roles: account_grant.roles,
     })
 }
 
@@ -345,6 +367,48 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
+    fn no_roles() -> RoleResolution {
+        Ok(RoleGrant::none())
+    }
+
+    fn roles(roles: &[(&str, &[&str])]) -> RoleResolution {
+        Ok(RoleGrant {
+            roles: roles
+                .iter()
+                .map(|(name, scopes)| crate::core::roles::GrantedRole {
+                    name: (*name).into(),
+                    scopes: set(scopes),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn roles_widen_the_account_within_the_namespace_policy() {
+        let all = ScopePolicy::allow_all();
+        let repo_only = ScopePolicy::parse("repo:*").unwrap();
+        let acc = account(&["repo:read"]);
+        let ops = roles(&[("ops", &["repo:write", "admin"])]);
+        // Effective scopes: own ∪ roles; a credential may ask for a role's scope.
+        let g = resolve_grant(&cred(&[]), Some(&acc), &ops, Ok(&all), now()).unwrap();
+        assert_eq!(g.scopes, set(&["admin", "repo:read", "repo:write"]));
+        assert_eq!(g.roles.names(), ["ops"]);
+        let g = resolve_grant(&cred(&["admin"]), Some(&acc), &ops, Ok(&all), now()).unwrap();
+        assert_eq!(g.scopes, set(&["admin"]));
+        // A role scope the namespace forbids makes the account invalid, as
+        // its own scope would.
+        let e = resolve_account(&acc, &ops, Ok(&repo_only)).unwrap_err();
+        assert_eq!(e.reason(), "ScopesNotAllowedInNamespace");
+        assert!(e.to_string().ends_with(": admin"), "{e}");
+        // A missing role grants nothing, even the account's own scopes.
+        let missing = Err(GrantError::RoleNotFound(vec!["M2MRole/ops".into()]));
+        let e = resolve_grant(&cred(&["repo:read"]), Some(&acc), &missing, Ok(&all), now());
+        assert_eq!(e.unwrap_err().to_string(), "roles not found: M2MRole/ops");
+        // Without roles, a role's scope is outside the account.
+        let e = resolve_grant(&cred(&["admin"]), Some(&acc), &no_roles(), Ok(&all), now());
+        assert_eq!(e.unwrap_err().reason(), "ScopesOutsideServiceAccount");
+    }
+
     #[test]
     fn policy_matching() {
         let p = ScopePolicy::parse("repo:*, artifacts:write ,").unwrap();
@@ -371,7 +435,13 @@ mod tests {
             assert!(ScopePolicy::parse(bad).is_err(), "{bad:?}");
         }
         let err = ScopePolicy::parse("repo:*,a*b").unwrap_err();
-        let grant = resolve_grant(&cred(&[]), Some(&account(&["repo:read"])), Err(&err), now());
+        let grant = resolve_grant(
+            &cred(&[]),
+            Some(&account(&["repo:read"])),
+            &no_roles(),
+            Err(&err),
+            now(),
+        );
         assert_eq!(grant.unwrap_err().reason(), "InvalidNamespacePolicy");
     }
 
@@ -501,7 +571,7 @@ mod tests {
             ),
         ];
         for (name, c, a, policy, want) in cases {
-            let got = resolve_grant(&c, a.as_ref(), Ok(policy), now());
+            let got = resolve_grant(&c, a.as_ref(), &no_roles(), Ok(policy), now());
             match (got, want) {
                 (Ok(g), Ok(scopes)) => assert_eq!(g.scopes, scopes, "{name}"),
                 (Err(e), Err(reason)) => assert_eq!(e.reason(), reason, "{name}: {e}"),
@@ -513,19 +583,26 @@ mod tests {
     #[test]
     fn ttl_defaults_and_caps() {
         let all = ScopePolicy::allow_all();
-        let g = resolve_grant(&cred(&[]), Some(&account(&["a"])), Ok(&all), now()).unwrap();
+        let g = resolve_grant(
+            &cred(&[]),
+            Some(&account(&["a"])),
+            &no_roles(),
+            Ok(&all),
+            now(),
+        )
+        .unwrap();
         assert_eq!(g.token_ttl, DEFAULT_TOKEN_TTL);
         let acc = ServiceAccountSpec {
             token_ttl: Some("24h".into()),
             ..account(&["a"])
         };
-        let g = resolve_grant(&cred(&[]), Some(&acc), Ok(&all), now()).unwrap();
+        let g = resolve_grant(&cred(&[]), Some(&acc), &no_roles(), Ok(&all), now()).unwrap();
         assert_eq!(g.token_ttl, MAX_TOKEN_TTL);
         let c = M2MCredentialSpec {
             token_ttl: Some("15m".into()),
             ..cred(&[])
         };
-        let g = resolve_grant(&c, Some(&acc), Ok(&all), now()).unwrap();
+        let g = resolve_grant(&c, Some(&acc), &no_roles(), Ok(&all), now()).unwrap();
         assert_eq!(g.token_ttl, Duration::from_secs(900));
     }
 
@@ -538,29 +615,37 @@ mod tests {
                 token_ttl: Some(ttl.into()),
                 ..cred(&[])
             };
-            let e = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap_err();
+            let e = resolve_grant(&c, Some(&account(&["a"])), &no_roles(), Ok(&all), now())
+                .unwrap_err();
             assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
             assert!(e.to_string().contains("below the minimum of 1m"), "{e}");
             let acc = ServiceAccountSpec {
                 token_ttl: Some(ttl.into()),
                 ..account(&["a"])
             };
-            let e = resolve_grant(&cred(&[]), Some(&acc), Ok(&all), now()).unwrap_err();
+            let e =
+                resolve_grant(&cred(&[]), Some(&acc), &no_roles(), Ok(&all), now()).unwrap_err();
             assert_eq!(e.reason(), "TokenTTLTooShort", "{ttl}");
         }
         let c = M2MCredentialSpec {
             token_ttl: Some("1m".into()),
             ..cred(&[])
         };
-        let g = resolve_grant(&c, Some(&account(&["a"])), Ok(&all), now()).unwrap();
+        let g = resolve_grant(&c, Some(&account(&["a"])), &no_roles(), Ok(&all), now()).unwrap();
         assert_eq!(g.token_ttl, MIN_TOKEN_TTL);
     }
 
     #[test]
     fn error_messages_name_the_problem() {
         let all = ScopePolicy::allow_all();
-        let e =
-            resolve_grant(&cred(&["x", "a"]), Some(&account(&["a"])), Ok(&all), now()).unwrap_err();
+        let e = resolve_grant(
+            &cred(&["x", "a"]),
+            Some(&account(&["a"])),
+            &no_roles(),
+            Ok(&all),
+            now(),
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "scopes not held by ServiceAccount \"ci-bot\": x"
@@ -584,6 +669,10 @@ mod proptests {
 
     fn now() -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000, 0).single().unwrap()
+    }
+
+    fn no_roles() -> RoleResolution {
+        Ok(RoleGrant::none())
     }
 
     fn scopes() -> impl Strategy<Value = Vec<String>> {
@@ -638,7 +727,7 @@ mod proptests {
             policy in policy(),
         ) {
             let policy = ScopePolicy::parse(&policy).expect("patterns are valid");
-            let Ok(g) = resolve_grant(&cred, Some(&acc), Ok(&policy), now()) else {
+            let Ok(g) = resolve_grant(&cred, Some(&acc), &no_roles(), Ok(&policy), now()) else {
                 return Ok(());
             };
             for s in &g.scopes {
@@ -655,7 +744,7 @@ mod proptests {
             prop_assert!(!acc.disabled);
             prop_assert!(cred.expires_at.is_none_or(|t| t > now()));
             prop_assert!(!g.token_ttl.is_zero() && g.token_ttl <= MAX_TOKEN_TTL);
-            let account_ttl = resolve_account(&acc, Ok(&policy)).expect("account valid").token_ttl;
+            let account_ttl = resolve_account(&acc, &no_roles(), Ok(&policy)).expect("account valid").token_ttl;
             prop_assert!(g.token_ttl <= account_ttl);
             prop_assert!(g.audiences.windows(2).all(|w| w[0] < w[1]), "sorted, deduplicated");
         }
@@ -677,7 +766,7 @@ mod proptests {
             let acc_ttl = acc.token_ttl.as_deref().and_then(|t| parse_duration(t).ok()).unwrap_or(DEFAULT_TOKEN_TTL);
             let cred_ttl_ok = ttl_ok(&cred.token_ttl, acc_ttl);
             let live = cred.expires_at.is_none_or(|t| t > now());
-            let got = resolve_grant(&cred, Some(&acc), Ok(&policy), now());
+            let got = resolve_grant(&cred, Some(&acc), &no_roles(), Ok(&policy), now());
             let should = in_policy && in_account && acc_ttl_ok && cred_ttl_ok && live && !acc.disabled;
             prop_assert_eq!(got.is_ok(), should, "{:?}", got);
             if let Err(e) = got {
@@ -709,12 +798,12 @@ mod proptests {
         ) {
             let all = ScopePolicy::allow_all();
             prop_assert_eq!(
-                resolve_grant(&cred, None, Ok(&all), now()).map_err(|e| e.reason()),
+                resolve_grant(&cred, None, &no_roles(), Ok(&all), now()).map_err(|e| e.reason()),
                 Err("ServiceAccountNotFound")
             );
             let broken = ScopePolicy::parse("a*b").unwrap_err();
             prop_assert_eq!(
-                resolve_grant(&cred, Some(&acc), Err(&broken), now()).map_err(|e| e.reason()),
+                resolve_grant(&cred, Some(&acc), &no_roles(), Err(&broken), now()).map_err(|e| e.reason()),
                 Err("InvalidNamespacePolicy")
             );
         }

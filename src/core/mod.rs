@@ -6,6 +6,7 @@ pub mod client_secret;
 pub mod duration;
 pub mod grant;
 pub mod policy;
+pub mod roles;
 pub mod rotation;
 pub mod verifier;
 pub mod workload;

@@ -8,7 +8,9 @@ use crate::crd::ALLOWED_SCOPES_ANNOTATION;
 use kube::api::ObjectMeta;
 
 /// The policy a Namespace's annotation sets, or `None` when it has none.
-pub fn annotated_policy(namespace: &ObjectMeta) -> Option<Result<ScopePolicy, ScopePolicyError>> {
+pub(crate) fn annotated_policy(
+    namespace: &ObjectMeta,
+) -> Option<Result<ScopePolicy, ScopePolicyError>> {
     let value = namespace
         .annotations
         .as_ref()?
@@ -18,7 +20,7 @@ pub fn annotated_policy(namespace: &ObjectMeta) -> Option<Result<ScopePolicy, Sc
 
 /// The policy of a namespace (`None`: not known yet): its annotation, else
 /// `default`.
-pub fn namespace_policy(
+pub(crate) fn namespace_policy(
     namespace: Option<&ObjectMeta>,
     default: &ScopePolicy,
 ) -> Result<ScopePolicy, ScopePolicyError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Why a credential's secret is replaced now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RotationTrigger {
+pub(crate) enum RotationTrigger {
     /// `m2m.dev/rotate` has a value not handled before.
     Annotation(String),
     /// `rotation.every` elapsed since the last rotation.
@@ -38,7 +38,7 @@ impl RotationTrigger {
 
 /// The rotation-relevant facts of one credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RotationInputs<'a> {
+pub(crate) struct RotationInputs<'a> {
     /// Current value of the `m2m.dev/rotate` annotation.
     pub annotation: Option<&'a str>,
     /// `status.lastHandledRotateAnnotation`.
@@ -50,7 +50,7 @@ pub struct RotationInputs<'a> {
 }
 
 /// When the next scheduled rotation is due, if one is scheduled.
-pub fn next_scheduled(inputs: &RotationInputs<'_>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_scheduled(inputs: &RotationInputs<'_>) -> Option<DateTime<Utc>> {
     let every = chrono::Duration::from_std(inputs.every?).ok()?;
     if every.is_zero() {
         return None;
@@ -60,7 +60,10 @@ pub fn next_scheduled(inputs: &RotationInputs<'_>) -> Option<DateTime<Utc>> {
 
 /// Whether the secret must be replaced at `now`, and why. An annotation
 /// change wins over the schedule: it is what a human asked for.
-pub fn rotation_due(inputs: &RotationInputs<'_>, now: DateTime<Utc>) -> Option<RotationTrigger> {
+pub(crate) fn rotation_due(
+    inputs: &RotationInputs<'_>,
+    now: DateTime<Utc>,
+) -> Option<RotationTrigger> {
     if let Some(value) = inputs.annotation
         && inputs.last_handled_annotation != Some(value)
     {
@@ -74,7 +77,7 @@ pub fn rotation_due(inputs: &RotationInputs<'_>, now: DateTime<Utc>) -> Option<R
 /// The verifiers after a new secret version became current at `now`: the new
 /// one, the previous current one until `now + grace` (dropped at once when
 /// `grace` is zero), and earlier ones whose grace has not ended yet.
-pub fn rotate_verifiers(
+pub(crate) fn rotate_verifiers(
     existing: &[SecretVerifier],
     new_current: SecretVerifier,
     now: DateTime<Utc>,
@@ -106,7 +109,10 @@ pub fn rotate_verifiers(
 }
 
 /// Drop verifiers whose grace period has ended.
-pub fn prune_verifiers(existing: &[SecretVerifier], now: DateTime<Utc>) -> Vec<SecretVerifier> {
+pub(crate) fn prune_verifiers(
+    existing: &[SecretVerifier],
+    now: DateTime<Utc>,
+) -> Vec<SecretVerifier> {
     existing
         .iter()
         .filter(|v| crate::core::verifier::is_accepted(v, now))

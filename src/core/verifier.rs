@@ -15,11 +15,27 @@ use std::fmt;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Length of the verifier key in bytes.
-pub const VERIFIER_KEY_LEN: usize = 32;
+pub(crate) const VERIFIER_KEY_LEN: usize = 32;
 
 /// The HMAC key of the verification state. `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct VerifierKey([u8; VERIFIER_KEY_LEN]);
+///
+/// It keeps the HMAC state with the key already absorbed (cloned per MAC:
+/// two SHA-256 blocks fewer each time) and a non-secret [`id`](Self::id)
+/// so results that depend only on the key can be reused.
+#[derive(Clone)]
+pub struct VerifierKey {
+    bytes: [u8; VERIFIER_KEY_LEN],
+    keyed: HmacSha256,
+    id: u64,
+}
+
+impl PartialEq for VerifierKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for VerifierKey {}
 
 impl fmt::Debug for VerifierKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +53,7 @@ impl VerifierKey {
     pub fn generate() -> Result<Self, crate::core::client_secret::RandomnessError> {
         let mut key = [0u8; VERIFIER_KEY_LEN];
         crate::core::client_secret::fill_random(&mut key)?;
-        Ok(Self(key))
+        Ok(Self::new(key))
     }
 
     /// Load a key from its stored bytes.
@@ -45,19 +61,42 @@ impl VerifierKey {
         let key: [u8; VERIFIER_KEY_LEN] = bytes
             .try_into()
             .map_err(|_| VerifierKeyLengthError(bytes.len()))?;
-        Ok(Self(key))
+        Ok(Self::new(key))
+    }
+
+    fn new(bytes: [u8; VERIFIER_KEY_LEN]) -> Self {
+        use sha2::Digest;
+        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
+        let keyed = <HmacSha256 as Mac>::new_from_slice(&bytes)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        let fingerprint = Sha256::new()
+            .chain_update(KEY_ID_DOMAIN.as_bytes())
+            .chain_update(bytes)
+            .finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&fingerprint[..8]);
+        Self {
+            bytes,
+            keyed,
+            id: u64::from_be_bytes(id),
+        }
+    }
+
+    /// A non-secret identifier of this key (a truncated hash of it): equal
+    /// ids mean the same key, so what was computed under one id can be
+    /// reused, and a reloaded different key is never confused with it.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The raw key, for storing in the operator's key Secret.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// HMAC over length-prefixed fields: no two different inputs share bytes.
     fn mac(&self, domain: &str, binding: &SecretBinding<'_>, last: &[&str]) -> HmacSha256 {
-        // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
+        let mut mac = self.keyed.clone();
         let version = binding.version.to_string();
         let fields = [
             domain,
@@ -116,7 +155,7 @@ impl VerifierKey {
     }
 
     /// Whether the verifier carries a valid seal (constant-time comparison).
-    pub fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
+    pub(crate) fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
         verifier
             .seal
             .as_deref()
@@ -126,6 +165,7 @@ impl VerifierKey {
 
 const DIGEST_DOMAIN: &str = "m2m.dev/secret-verifier/v1";
 const SEAL_DOMAIN: &str = "m2m.dev/verifier-seal/v1";
+const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 
 /// What a digest is bound to besides the secret itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,25 +184,31 @@ pub struct SecretBinding<'a> {
 
 impl SecretBinding<'_> {
     /// The same binding for another version.
-    pub fn with_version(&self, version: i64) -> Self {
+    pub(crate) fn with_version(&self, version: i64) -> Self {
         Self { version, ..*self }
     }
 }
 
 /// Whether a verifier is accepted at `now`: the current one always, a
 /// replaced one until the end of its grace period.
-pub fn is_accepted(verifier: &SecretVerifier, now: DateTime<Utc>) -> bool {
+pub(crate) fn is_accepted(verifier: &SecretVerifier, now: DateTime<Utc>) -> bool {
     verifier.not_after.is_none_or(|end| now < end)
 }
 
 /// The verifiers accepted at `now`.
-pub fn accepted_at(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Vec<&SecretVerifier> {
+pub(crate) fn accepted_at(
+    verifiers: &[SecretVerifier],
+    now: DateTime<Utc>,
+) -> Vec<&SecretVerifier> {
     verifiers.iter().filter(|v| is_accepted(v, now)).collect()
 }
 
 /// The earliest future moment at which the accepted set changes, so the
 /// controller can requeue exactly then to prune.
-pub fn next_expiry(verifiers: &[SecretVerifier], now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_expiry(
+    verifiers: &[SecretVerifier],
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     verifiers
         .iter()
         .filter_map(|v| v.not_after)

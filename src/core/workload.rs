@@ -17,21 +17,21 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// `client_assertion_type` of RFC 7523 §2.2 client authentication.
-pub const JWT_BEARER_ASSERTION_TYPE: &str =
+pub(crate) const JWT_BEARER_ASSERTION_TYPE: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// The `m2m_sv` claim of tokens obtained with a service-account token: no
 /// secret version authenticated them. Stable; introspection accepts it only
 /// while the credential is in workload-identity mode.
-pub const WORKLOAD_IDENTITY_VERSION: i64 = 0;
+pub(crate) const WORKLOAD_IDENTITY_VERSION: i64 = 0;
 
 /// Default bound of a cached TokenReview result.
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Default maximum number of cached TokenReview results.
-pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 /// A refused assertion is remembered at most this long (protects the
 /// apiserver from a client retrying a bad token in a loop).
-pub const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(2);
 
 /// The mode a credential spec asks for.
 pub fn mode(spec: &M2MCredentialSpec) -> CredentialMode {
@@ -60,13 +60,13 @@ impl WorkloadBinding {
     }
 
     /// The audience, defaulting to `issuer`.
-    pub fn audience_or<'a>(&'a self, issuer: &'a str) -> &'a str {
+    pub(crate) fn audience_or<'a>(&'a self, issuer: &'a str) -> &'a str {
         self.audience.as_deref().unwrap_or(issuer)
     }
 }
 
 /// `system:serviceaccount:<namespace>:<name>`.
-pub fn service_account_subject(namespace: &str, name: &str) -> String {
+pub(crate) fn service_account_subject(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
 }
 
@@ -90,7 +90,7 @@ impl WorkloadError {
 }
 
 /// The binding `wi` declares in `namespace`, or why it is refused.
-pub fn resolve_binding(
+pub(crate) fn resolve_binding(
     namespace: &str,
     wi: &WorkloadIdentity,
 ) -> Result<WorkloadBinding, WorkloadError> {
@@ -107,7 +107,7 @@ pub fn resolve_binding(
 /// The cache key of an assertion verified for `audience`: SHA-256 over
 /// both, so the cache never holds a token and a review for one audience is
 /// never reused for another.
-pub fn assertion_key(audience: &str, token: &str) -> [u8; 32] {
+pub(crate) fn assertion_key(audience: &str, token: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(audience.as_bytes());
     h.update([0u8]);
@@ -117,7 +117,7 @@ pub fn assertion_key(audience: &str, token: &str) -> [u8; 32] {
 
 /// How long a verified assertion may be served from the cache: until the
 /// token's `exp`, at most `bound` after it was verified.
-pub fn cache_until(
+pub(crate) fn cache_until(
     verified_at: DateTime<Utc>,
     exp: Option<DateTime<Utc>>,
     bound: Duration,
@@ -133,7 +133,7 @@ pub fn cache_until(
 /// What an assertion claims before anyone verified it: enough to find the
 /// credential(s) it may be for. Never trusted for a decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimedIdentity {
+pub(crate) struct ClaimedIdentity {
     /// `sub`.
     pub subject: String,
     /// `exp`, if present.
@@ -142,7 +142,7 @@ pub struct ClaimedIdentity {
 
 /// Read `sub` and `exp` from a JWT's payload without checking anything.
 /// `None` for anything that is not a three-part JWT with a JSON payload.
-pub fn claimed_identity(token: &str) -> Option<ClaimedIdentity> {
+pub(crate) fn claimed_identity(token: &str) -> Option<ClaimedIdentity> {
     #[derive(serde::Deserialize)]
     struct Claims {
         sub: String,

@@ -15,7 +15,9 @@ pub use credential::{
     WorkloadIdentityStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
-pub use service_account::{ServiceAccount, ServiceAccountSpec, ServiceAccountStatus};
+pub use service_account::{
+    RoleKind, RoleRef, ServiceAccount, ServiceAccountSpec, ServiceAccountStatus,
+};
 
 use kube::CustomResourceExt;
 

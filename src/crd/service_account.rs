@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Disabled","type":"boolean","jsonPath":".spec.disabled"}"#,
     printcolumn = r#"{"name":"Scopes","type":"string","jsonPath":".spec.scopes"}"#,
     printcolumn = r#"{"name":"Credentials","type":"integer","jsonPath":".status.credentialCount"}"#,
+    printcolumn = r#"{"name":"Roles","type":"string","jsonPath":".status.roles","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +46,16 @@ pub struct ServiceAccountSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub scopes: Vec<String>,
 
+    /// Roles whose scopes this identity is granted on top of `scopes`: an
+    /// `M2MRole` of this namespace or a `ClusterM2MRole`. Every granted scope
+    /// must still be allowed by the namespace policy. While a referenced role
+    /// does not exist the identity is `Ready=False` (`RoleNotFound`) and its
+    /// credentials get no token, never a narrower or wider grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub role_refs: Vec<RoleRef>,
+
     /// When true, every token request of every credential of this identity
     /// fails and introspection reports all its tokens inactive. Secrets are
     /// kept, so re-enabling restores access without redistributing them.
@@ -60,6 +71,45 @@ pub struct ServiceAccountSpec {
     pub token_ttl: Option<String>,
 }
 
+/// The kind of role a [`RoleRef`] names.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum RoleKind {
+    /// An `M2MRole` in the ServiceAccount's own namespace.
+    M2MRole,
+    /// A cluster-wide `ClusterM2MRole`.
+    ClusterM2MRole,
+}
+
+impl RoleKind {
+    /// The kind's name, as written in `roleRefs[].kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::M2MRole => "M2MRole",
+            Self::ClusterM2MRole => "ClusterM2MRole",
+        }
+    }
+}
+
+impl std::fmt::Display for RoleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A role granted to a ServiceAccount.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub struct RoleRef {
+    /// `M2MRole` (looked up in the ServiceAccount's namespace) or `ClusterM2MRole`.
+    pub kind: RoleKind,
+    /// Name of the role.
+    #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
 /// What the operator observed of a `ServiceAccount`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -72,8 +122,22 @@ pub struct ServiceAccountStatus {
     #[serde(default)]
     pub credential_count: i32,
 
-    /// `Ready` (the identity is valid and enabled), `ScopesAllowed` (its
-    /// scopes fit the namespace policy) and `Disabled`.
+    /// Every scope this identity's credentials may be granted: its own
+    /// `scopes` and those of its roles (the operator's default role
+    /// included), sorted. Empty while the identity is not valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective_scopes: Vec<String>,
+
+    /// Names of the roles granted to this identity (its `roleRefs` and the
+    /// operator's default role), sorted; access tokens carry those whose
+    /// every scope they hold in their `roles` claim. Empty while the
+    /// identity is not valid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+
+    /// `Ready` (the identity is valid — its roles exist and every scope fits
+    /// the namespace policy — and enabled), `ScopesAllowed` (its own and its
+    /// roles' scopes fit the namespace policy) and `Disabled`.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -89,7 +89,7 @@ impl Cluster {
     /// Credentials as plain JSON objects (every field the apiserver returns,
     /// including ones newer than this build's CRD types), in `namespace` or
     /// in all namespaces.
-    pub fn credentials_dynamic(&self, namespace: Option<&str>) -> Api<DynamicObject> {
+    pub(crate) fn credentials_dynamic(&self, namespace: Option<&str>) -> Api<DynamicObject> {
         let resource = ApiResource::erase::<M2MCredential>(&());
         match namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),

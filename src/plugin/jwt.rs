@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 
 /// The two readable parts of a compact JWS, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodedJwt {
+pub(crate) struct DecodedJwt {
     /// The JOSE header.
     pub header: Value,
     /// The claims.
@@ -30,7 +30,7 @@ pub struct DecodedJwt {
 }
 
 /// Split and decode a compact JWS (`header.claims.signature`).
-pub fn decode_unverified(token: &str) -> Result<DecodedJwt, PluginError> {
+pub(crate) fn decode_unverified(token: &str) -> Result<DecodedJwt, PluginError> {
     let token = token.trim();
     let parts: Vec<&str> = token.split('.').collect();
     if parts.len() != 3 {
@@ -63,7 +63,7 @@ pub fn decode_unverified(token: &str) -> Result<DecodedJwt, PluginError> {
 /// The result of checking a signature.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "status", rename_all = "camelCase")]
-pub enum SignatureCheck {
+pub(crate) enum SignatureCheck {
     /// A key of the JWKS verifies it.
     #[serde(rename_all = "camelCase")]
     Verified {
@@ -108,7 +108,7 @@ impl SignatureCheck {
 /// Verify `token` against a JWKS: the key named by the header's `kid`, the
 /// header's algorithm. Expiry and audience are not checked here (they are
 /// shown, not judged). Returns the kid and algorithm, or why it failed.
-pub fn verify_against(token: &str, jwks: &JwkSet) -> Result<(String, String), String> {
+pub(crate) fn verify_against(token: &str, jwks: &JwkSet) -> Result<(String, String), String> {
     let header = jsonwebtoken::decode_header(token.trim())
         .map_err(|e| format!("the header does not parse or names an unsupported alg: {e}"))?;
     let kid = header.kid.clone().ok_or("the header has no kid")?;
@@ -134,13 +134,13 @@ pub fn verify_against(token: &str, jwks: &JwkSet) -> Result<(String, String), St
 }
 
 /// `<iss>/.well-known/jwks.json`.
-pub fn default_jwks_url(claims: &Value) -> Option<String> {
+pub(crate) fn default_jwks_url(claims: &Value) -> Option<String> {
     let iss = claims.get("iss")?.as_str()?.trim_end_matches('/');
     (!iss.is_empty()).then(|| format!("{iss}/.well-known/jwks.json"))
 }
 
 /// Fetch a JWKS document.
-pub async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<JwkSet, String> {
+pub(crate) async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<JwkSet, String> {
     let response = http.get(url).send().await.map_err(|e| error_chain(&e))?;
     if !response.status().is_success() {
         return Err(format!("HTTP {} from {url}", response.status().as_u16()));
@@ -151,7 +151,7 @@ pub async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<JwkSet, Str
 
 /// Check `token`'s signature against the JWKS at `jwks_url` (else the one
 /// its `iss` names).
-pub async fn check_signature(
+pub(crate) async fn check_signature(
     token: &str,
     decoded: &DecodedJwt,
     jwks_url: Option<&str>,
@@ -197,7 +197,11 @@ fn claim_time(claims: &Value, name: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The text `decode` prints: header, claims, times, signature.
-pub fn render_text(decoded: &DecodedJwt, check: &SignatureCheck, now: DateTime<Utc>) -> String {
+pub(crate) fn render_text(
+    decoded: &DecodedJwt,
+    check: &SignatureCheck,
+    now: DateTime<Utc>,
+) -> String {
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let mut out = format!(
         "Header:\n{}\nClaims:\n{}\n",
@@ -241,7 +245,7 @@ struct DecodeDocument<'a> {
 
 /// Decode, verify and print `token`; an invalid signature is an error
 /// (exit 1) after the output is written.
-pub async fn decode_and_print(
+pub(crate) async fn decode_and_print(
     token: &str,
     jwks_url: Option<&str>,
     output: Option<OutputFormat>,

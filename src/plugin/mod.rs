@@ -105,7 +105,7 @@ pub enum PluginError {
 
 /// The source chain of an error as one line (`a: b: c`), for messages
 /// from libraries whose top-level `Display` is terse.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

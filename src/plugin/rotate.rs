@@ -17,11 +17,11 @@ use serde_json::Value;
 use std::io::Write;
 
 /// Field manager of the annotation patch.
-pub const FIELD_MANAGER: &str = "kubectl-m2m";
+pub(crate) const FIELD_MANAGER: &str = "kubectl-m2m";
 
 /// The annotation value for a rotation requested at `now`: RFC 3339,
 /// different from `current` (two rotations within one second still differ).
-pub fn annotation_value(now: DateTime<Utc>, current: Option<&str>) -> String {
+pub(crate) fn annotation_value(now: DateTime<Utc>, current: Option<&str>) -> String {
     let value = now.to_rfc3339_opts(SecondsFormat::Secs, true);
     if current == Some(value.as_str()) {
         now.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -32,7 +32,7 @@ pub fn annotation_value(now: DateTime<Utc>, current: Option<&str>) -> String {
 
 /// Whether the rotation asked for has landed: a version above `before`,
 /// Ready=True.
-pub fn rotation_done(cred: &M2MCredential, before: i64) -> bool {
+pub(crate) fn rotation_done(cred: &M2MCredential, before: i64) -> bool {
     cred.status.as_ref().is_some_and(|s| {
         s.secret_version > before
             && s.conditions
@@ -44,7 +44,7 @@ pub fn rotation_done(cred: &M2MCredential, before: i64) -> bool {
 /// What the grace period means for the previous version, now that `after`
 /// replaced `before`. `obj` is the credential's JSON (for fields newer than
 /// the CRD types, e.g. `rotation.retireWhenUnusedFor`).
-pub fn grace_message(
+pub(crate) fn grace_message(
     obj: &Value,
     summary: &CredentialSummary,
     before: i64,

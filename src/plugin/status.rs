@@ -15,7 +15,7 @@ use super::table::{relative, relative_or_dash, render};
 use super::{PluginError, write_out};
 use crate::core::rotation::{RotationInputs, next_scheduled};
 use crate::core::verifier::accepted_at;
-use crate::crd::{Condition, ConditionStatus, M2MCredential, ROTATE_ANNOTATION, SecretVerifier};
+use crate::crd::{Condition, ConditionStatus, ROTATE_ANNOTATION, SecretVerifier};
 use chrono::{DateTime, Utc};
 use kube::api::ListParams;
 use serde::Serialize;
@@ -23,13 +23,13 @@ use serde_json::Value;
 use std::io::Write;
 
 /// `kind` of the `-o json|yaml` document.
-pub const LIST_KIND: &str = "M2MCredentialStatusList";
+pub(crate) const LIST_KIND: &str = "M2MCredentialStatusList";
 /// `apiVersion` of the `-o json|yaml` document; bumped on an incompatible change.
-pub const LIST_API_VERSION: &str = "kubectl-m2m.m2m.dev/v1";
+pub(crate) const LIST_API_VERSION: &str = "kubectl-m2m.m2m.dev/v1";
 
 /// How a credential authenticates.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialType {
+pub(crate) enum CredentialType {
     /// A generated client secret (`spec.type: ClientSecret`, the default).
     ClientSecret,
     /// A long-lived opaque bearer token (`spec.type: APIToken`).
@@ -53,7 +53,7 @@ impl CredentialType {
 /// Who a credential authenticates as.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Identity {
+pub(crate) struct Identity {
     /// `m2m.dev` for the identity's ServiceAccount, `""` for a core one.
     pub api_group: String,
     /// Always `ServiceAccount`.
@@ -76,7 +76,7 @@ impl Identity {
 /// A replaced secret version that still works until its grace period ends.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct PreviousVersion {
+pub(crate) struct PreviousVersion {
     /// The secret version.
     pub version: i64,
     /// End of its grace period.
@@ -88,7 +88,7 @@ pub struct PreviousVersion {
 /// One credential, as `status` shows it. Field names are the `-o json` contract.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct CredentialSummary {
+pub(crate) struct CredentialSummary {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -136,7 +136,7 @@ pub struct CredentialSummary {
 /// The `-o json|yaml` document.
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusList {
+pub(crate) struct StatusList {
     /// [`LIST_API_VERSION`].
     pub api_version: &'static str,
     /// [`LIST_KIND`].
@@ -172,7 +172,7 @@ fn version_last_used(obj: &Value, version: i64) -> Option<DateTime<Utc>> {
 }
 
 /// Build the summary of one credential object (its JSON as the apiserver returns it).
-pub fn summarize(obj: &Value, now: DateTime<Utc>) -> CredentialSummary {
+pub(crate) fn summarize(obj: &Value, now: DateTime<Utc>) -> CredentialSummary {
     let namespace = str_at(obj, "/metadata/namespace")
         .unwrap_or_default()
         .to_owned();
@@ -296,7 +296,7 @@ fn expires_cell(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
 }
 
 /// The table `status` prints (`wide` adds client id, Secret, Ready reason).
-pub fn render_table(
+pub(crate) fn render_table(
     items: &[CredentialSummary],
     all_namespaces: bool,
     wide: bool,
@@ -360,7 +360,7 @@ pub fn render_table(
 }
 
 /// Render `items` in the format `-o` asks for.
-pub fn render_output(
+pub(crate) fn render_output(
     items: Vec<CredentialSummary>,
     output: Option<OutputFormat>,
     all_namespaces: bool,
@@ -457,17 +457,8 @@ pub async fn run(
 }
 
 /// `reading m2mcredential "x" in namespace "y"`.
-pub fn describe_get(name: &str, namespace: &str) -> String {
+pub(crate) fn describe_get(name: &str, namespace: &str) -> String {
     format!("reading m2mcredential {name:?} in namespace {namespace:?}")
-}
-
-/// Use the typed credential where only typed fields matter.
-pub fn summarize_typed(
-    cred: &M2MCredential,
-    now: DateTime<Utc>,
-) -> Result<CredentialSummary, PluginError> {
-    let value = serde_json::to_value(cred).map_err(|e| PluginError::Output(e.to_string()))?;
-    Ok(summarize(&value, now))
 }
 
 #[cfg(test)]

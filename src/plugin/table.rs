@@ -34,7 +34,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// kubectl's `HumanDuration`: two significant units for short spans, one for long ones.
-pub fn human_duration(d: chrono::Duration) -> String {
+pub(crate) fn human_duration(d: chrono::Duration) -> String {
     let secs = d.num_seconds().max(0);
     let (m, h, day) = (secs / 60, secs / 3600, secs / 86_400);
     if secs < 120 {
@@ -86,7 +86,7 @@ pub fn relative(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 /// A relative time, or `-` when unknown.
-pub fn relative_or_dash(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
+pub(crate) fn relative_or_dash(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     t.map_or_else(|| "-".to_owned(), |t| relative(t, now))
 }
 

@@ -8,7 +8,7 @@
 
 use super::cli::{GlobalArgs, TokenArgs};
 use super::cluster::{Cluster, Target};
-use super::status::{CredentialType, describe_get, summarize};
+use super::status::{CredentialSummary, CredentialType, describe_get, summarize};
 use super::{PluginError, error_chain, http_client, write_out};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -17,10 +17,10 @@ use serde::Deserialize;
 use std::io::Write;
 
 /// Path of the token endpoint (SPEC §4).
-pub const TOKEN_PATH: &str = "/oauth/token";
+pub(crate) const TOKEN_PATH: &str = "/oauth/token";
 
 /// `--token-url` as given, with `/oauth/token` added to a bare base URL.
-pub fn normalize_token_url(input: &str) -> Result<Url, String> {
+pub(crate) fn normalize_token_url(input: &str) -> Result<Url, String> {
     let mut url = Url::parse(input).map_err(|e| format!("{input:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{input:?} is not an http(s) URL"));
@@ -32,7 +32,7 @@ pub fn normalize_token_url(input: &str) -> Result<Url, String> {
 }
 
 /// The JWKS served next to a token endpoint: `<base>/.well-known/jwks.json`.
-pub fn jwks_url_for(token_url: &Url) -> String {
+pub(crate) fn jwks_url_for(token_url: &Url) -> String {
     let mut base = token_url.clone();
     let path = base
         .path()
@@ -46,7 +46,7 @@ pub fn jwks_url_for(token_url: &Url) -> String {
 
 /// How to reach an in-cluster URL (`http://<svc>.<ns>.svc[.cluster.local][:port]/…`)
 /// from outside: a `kubectl port-forward` command and the `--token-url` to pass.
-pub fn port_forward_hint(url: &Url) -> String {
+pub(crate) fn port_forward_hint(url: &Url) -> String {
     let host = url.host_str().unwrap_or_default();
     let labels: Vec<&str> = host.split('.').collect();
     let port = url.port_or_known_default().unwrap_or(80);
@@ -67,7 +67,7 @@ fn basic_part(s: &str) -> String {
 }
 
 /// The parameters of the token request.
-pub fn request_form(args: &TokenArgs) -> Vec<(&'static str, String)> {
+pub(crate) fn request_form(args: &TokenArgs) -> Vec<(&'static str, String)> {
     let mut form = vec![("grant_type", "client_credentials".to_owned())];
     let scopes: Vec<&str> = args
         .scope
@@ -112,6 +112,27 @@ pub async fn run(
 ) -> Result<(), PluginError> {
     let name = args.name.as_str();
     let ns = cluster.namespace.as_str();
+    let summary = client_secret_summary(cluster, name, ns).await?;
+    let request = read_request(cluster, args, &summary, name, ns).await?;
+    let access_token = fetch_token(&request, args, &summary, name, ns).await?;
+    if args.decode {
+        let jwks = args
+            .jwks_url
+            .clone()
+            .unwrap_or_else(|| jwks_url_for(&request.url));
+        super::jwt::decode_and_print(&access_token, Some(&jwks), g.output, out).await
+    } else {
+        write_out(out, &format!("{access_token}\n"))
+    }
+}
+
+/// The credential's summary, if it is one `token` can use (a client
+/// secret with a Secret); otherwise an error that says what to do instead.
+async fn client_secret_summary(
+    cluster: &Cluster,
+    name: &str,
+    ns: &str,
+) -> Result<CredentialSummary, PluginError> {
     let obj = cluster
         .credentials_dynamic(Some(ns))
         .get(name)
@@ -133,7 +154,7 @@ pub async fn run(
             )));
         }
     }
-    let Some(secret_name) = summary.secret_name.clone() else {
+    if summary.secret_name.is_none() {
         return Err(PluginError::Credential(format!(
             "m2mcredential {name:?} in namespace {ns:?} has no Secret yet (Ready={}{}); see kubectl m2m status -n {ns} {name}",
             summary.ready,
@@ -143,7 +164,28 @@ pub async fn run(
                 .map(|r| format!(", reason {r}"))
                 .unwrap_or_default()
         )));
-    };
+    }
+    Ok(summary)
+}
+
+/// Where and as whom `token` asks: read from the credential's Secret.
+struct ClientRequest {
+    secret_name: String,
+    client_id: String,
+    client_secret: String,
+    url: Url,
+    /// The URL came from `--token-url`, not from the Secret.
+    from_flag: bool,
+}
+
+async fn read_request(
+    cluster: &Cluster,
+    args: &TokenArgs,
+    summary: &CredentialSummary,
+    name: &str,
+    ns: &str,
+) -> Result<ClientRequest, PluginError> {
+    let secret_name = summary.secret_name.clone().unwrap_or_default();
     let secret = Api::<Secret>::namespaced(cluster.client.clone(), ns)
         .get(&secret_name)
         .await
@@ -180,25 +222,46 @@ pub async fn run(
             (url, false)
         }
     };
+    Ok(ClientRequest {
+        secret_name,
+        client_id,
+        client_secret,
+        url,
+        from_flag,
+    })
+}
 
-    let http = http_client()?;
-    let response = http
+/// POST the client_credentials request; the access token or an error
+/// naming the credential and the likely fix.
+async fn fetch_token(
+    request: &ClientRequest,
+    args: &TokenArgs,
+    summary: &CredentialSummary,
+    name: &str,
+    ns: &str,
+) -> Result<String, PluginError> {
+    let url = &request.url;
+    let response = http_client()?
         .post(url.clone())
-        .basic_auth(basic_part(&client_id), Some(basic_part(&client_secret)))
+        .basic_auth(
+            basic_part(&request.client_id),
+            Some(basic_part(&request.client_secret)),
+        )
         .header(reqwest::header::ACCEPT, "application/json")
         .form(&request_form(args))
         .send()
         .await
         .map_err(|e| {
             let reason = error_chain(&e);
-            if from_flag {
+            if request.from_flag {
                 PluginError::TokenEndpoint(format!(
                     "cannot reach the token endpoint {url} (--token-url): {reason}; is the port-forward running?"
                 ))
             } else {
                 PluginError::TokenEndpoint(format!(
-                    "cannot reach the token endpoint {url} (the in-cluster token_url of Secret {secret_name:?}) from here: {reason}; {}",
-                    port_forward_hint(&url)
+                    "cannot reach the token endpoint {url} (the in-cluster token_url of Secret {:?}) from here: {reason}; {}",
+                    request.secret_name,
+                    port_forward_hint(url)
                 ))
             }
         })?;
@@ -211,39 +274,45 @@ pub async fn run(
     })?;
     if !status.is_success() {
         let err: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
-        let hint = match err.error.as_str() {
-            "invalid_client" => format!(
-                "; the Secret may hold a secret that was just rotated or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
-            ),
-            "invalid_scope" => " ; ask only for scopes in the credential's spec.scopes".to_owned(),
-            "unauthorized_client" => format!(
-                "; its ServiceAccount may be disabled or invalid: check kubectl get m2msa -n {ns} {}",
-                summary.service_account_name
-            ),
-            _ => String::new(),
-        };
-        return Err(PluginError::TokenEndpoint(format!(
-            "the token endpoint {url} refused m2mcredential {name:?} (HTTP {}{}{}){hint}",
-            status.as_u16(),
-            if err.error.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", err.error)
-            },
-            err.error_description
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default(),
-        )));
+        return Err(refusal(url, status.as_u16(), err, summary, name, ns));
     }
     let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
         PluginError::TokenEndpoint(format!("{url} answered without an access_token: {e}"))
     })?;
-    if args.decode {
-        let jwks = args.jwks_url.clone().unwrap_or_else(|| jwks_url_for(&url));
-        super::jwt::decode_and_print(&token.access_token, Some(&jwks), g.output, out).await
-    } else {
-        write_out(out, &format!("{}\n", token.access_token))
-    }
+    Ok(token.access_token)
+}
+
+/// The error for a refused token request, with what to check next.
+fn refusal(
+    url: &Url,
+    status: u16,
+    err: ErrorResponse,
+    summary: &CredentialSummary,
+    name: &str,
+    ns: &str,
+) -> PluginError {
+    let hint = match err.error.as_str() {
+        "invalid_client" => format!(
+            "; the Secret may hold a secret that was just rotated or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
+        ),
+        "invalid_scope" => " ; ask only for scopes in the credential's spec.scopes".to_owned(),
+        "unauthorized_client" => format!(
+            "; its ServiceAccount may be disabled or invalid: check kubectl get m2msa -n {ns} {}",
+            summary.service_account_name
+        ),
+        _ => String::new(),
+    };
+    PluginError::TokenEndpoint(format!(
+        "the token endpoint {url} refused m2mcredential {name:?} (HTTP {status}{}{}){hint}",
+        if err.error.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", err.error)
+        },
+        err.error_description
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

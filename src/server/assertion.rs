@@ -41,7 +41,7 @@ use std::time::Duration;
 /// this client"; `private_key_jwt` is the registered method whose request
 /// shape (RFC 7523 `client_assertion`) is exactly this one, so generic
 /// clients send the right parameters.
-pub const METHOD: &str = "private_key_jwt";
+pub(crate) const METHOD: &str = "private_key_jwt";
 
 /// A `client_assertion` a request presented.
 #[derive(Clone, PartialEq, Eq)]
@@ -97,11 +97,11 @@ pub fn client_assertion(
 /// Why the apiserver could not be asked.
 #[derive(Debug, thiserror::Error)]
 #[error("TokenReview failed")]
-pub struct ReviewError(#[source] pub kube::Error);
+pub(crate) struct ReviewError(#[source] pub kube::Error);
 
 /// Asks Kubernetes whether a token is valid now for an audience; `Ok(Some(username))`
 /// when it is, `Ok(None)` when it is not.
-pub trait TokenReviewer: Send + Sync {
+pub(crate) trait TokenReviewer: Send + Sync {
     /// Review `token` for `audience`.
     fn review<'a>(
         &'a self,
@@ -112,7 +112,7 @@ pub trait TokenReviewer: Send + Sync {
 
 /// The TokenReview API of the cluster the token server runs in.
 #[derive(Clone)]
-pub struct KubeTokenReviewer {
+pub(crate) struct KubeTokenReviewer {
     client: kube::Client,
 }
 
@@ -162,7 +162,7 @@ impl TokenReviewer for KubeTokenReviewer {
 
 /// A reviewer for servers without a cluster (tests, benchmark): refuses everything.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RefuseAll;
+pub(crate) struct RefuseAll;
 
 impl TokenReviewer for RefuseAll {
     fn review<'a>(
@@ -195,7 +195,7 @@ impl Cached {
 
 /// Bounds of the assertion cache.
 #[derive(Debug, Clone, Copy)]
-pub struct CacheBounds {
+pub(crate) struct CacheBounds {
     /// A successful review is reused at most this long (never past `exp`).
     pub ttl: Duration,
     /// At most this many results are held.
@@ -213,14 +213,14 @@ impl Default for CacheBounds {
 
 /// TokenReview results by SHA-256 of (audience, token), bounded in time and size.
 #[derive(Debug)]
-pub struct AssertionCache {
+pub(crate) struct AssertionCache {
     entries: Mutex<HashMap<[u8; 32], Cached>>,
     bounds: CacheBounds,
 }
 
 /// How an assertion check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AssertionOutcome {
+pub(crate) enum AssertionOutcome {
     /// Valid for this subject.
     Valid(String),
     /// Not valid (or not valid for the audience).
@@ -263,18 +263,15 @@ impl AssertionCache {
     }
 
     /// Number of entries (expired ones included until evicted).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().map(|e| e.len()).unwrap_or(0)
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Record that `token` is valid for `audience` as `subject` until
     /// `until` (the benchmark pre-seeds the cache with this).
-    pub fn seed(&self, audience: &str, token: &str, subject: &str, until: DateTime<Utc>) {
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn seed(&self, audience: &str, token: &str, subject: &str, until: DateTime<Utc>) {
         self.insert(
             assertion_key(audience, token),
             Cached::Valid {
@@ -287,7 +284,7 @@ impl AssertionCache {
 }
 
 /// Checks assertions: the cache first, else a TokenReview.
-pub struct AssertionVerifier {
+pub(crate) struct AssertionVerifier {
     cache: AssertionCache,
     reviewer: Arc<dyn TokenReviewer>,
 }
@@ -310,11 +307,12 @@ impl AssertionVerifier {
     }
 
     /// A verifier that refuses every assertion not seeded into its cache.
-    pub fn refuse_all() -> Self {
+    pub(crate) fn refuse_all() -> Self {
         Self::new(Arc::new(RefuseAll), CacheBounds::default())
     }
 
     /// The cache (for seeding and inspection).
+    #[cfg(feature = "bench")]
     pub fn cache(&self) -> &AssertionCache {
         &self.cache
     }

@@ -151,6 +151,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         issuer: "https://m2m.bench.example".into(),
         default_audience: "https://m2m.bench.example".into(),
         default_policy: policy,
+        default_role: None,
         operator_namespace: "bench".into(),
         limits: crate::http::HttpLimits::token_endpoint(),
     };
@@ -219,7 +220,7 @@ async fn token_unsigned(
 }
 
 /// The production routes plus `/bench/token-unsigned`, behind the same layers.
-pub fn bench_router(server: TokenServer) -> Router {
+pub(crate) fn bench_router(server: TokenServer) -> Router {
     let limits = server.config().limits.clone();
     let metrics = server.inner.metrics.clone();
     let unsigned = Router::new()

@@ -54,7 +54,7 @@ impl OAuthError {
     }
 
     /// `invalid_request` with another status (413, 415).
-    pub fn invalid_request_status(
+    pub(crate) fn invalid_request_status(
         status: StatusCode,
         description: impl Into<Cow<'static, str>>,
     ) -> Self {
@@ -87,17 +87,17 @@ impl OAuthError {
     }
 
     /// `invalid_grant`, 400.
-    pub fn invalid_grant(description: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn invalid_grant(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new("invalid_grant", StatusCode::BAD_REQUEST, description)
     }
 
     /// `unauthorized_client`, 400.
-    pub fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn unauthorized_client(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new("unauthorized_client", StatusCode::BAD_REQUEST, description)
     }
 
     /// `unsupported_grant_type`, 400.
-    pub fn unsupported_grant_type() -> Self {
+    pub(crate) fn unsupported_grant_type() -> Self {
         Self::new(
             "unsupported_grant_type",
             StatusCode::BAD_REQUEST,
@@ -111,12 +111,12 @@ impl OAuthError {
     }
 
     /// `invalid_target`, 400 (RFC 8707).
-    pub fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new("invalid_target", StatusCode::BAD_REQUEST, description)
     }
 
     /// `temporarily_unavailable`, 503.
-    pub fn unavailable(description: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn unavailable(description: impl Into<Cow<'static, str>>) -> Self {
         Self {
             retry_after: Some(1),
             ..Self::new(
@@ -139,12 +139,12 @@ impl OAuthError {
 
 /// The outcome label of an error response, for the metrics middleware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome(pub &'static str);
+pub(crate) struct Outcome(pub &'static str);
 
 /// A bare error response made by a tower layer (the body limit's 413, the
 /// request timeout's 503, the body deadline's 408) as the RFC 6749 JSON
 /// error every token-endpoint error is. Other responses pass unchanged.
-pub fn as_oauth_error(response: Response) -> Response {
+pub(crate) fn as_oauth_error(response: Response) -> Response {
     if response.extensions().get::<Outcome>().is_some() {
         return response;
     }
@@ -165,7 +165,7 @@ pub fn as_oauth_error(response: Response) -> Response {
 
 /// `Cache-Control: no-store` and `Pragma: no-cache`, required on every
 /// token-endpoint response (RFC 6749 §5.1).
-pub fn no_store(response: &mut Response) {
+pub(crate) fn no_store(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

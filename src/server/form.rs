@@ -17,11 +17,11 @@ use base64::engine::general_purpose::STANDARD;
 /// Largest accepted request body. A client-credentials request is a few
 /// hundred bytes; an introspection or revocation request carries one token
 /// of at most [`MAX_TOKEN_BYTES`] plus client authentication.
-pub const MAX_BODY_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024;
 /// Largest access token the endpoint issues: whatever can be issued can be
 /// introspected and revoked within [`MAX_BODY_BYTES`] (1 KiB is left for
 /// `token=`, `token_type_hint` and `client_id`/`client_secret`).
-pub const MAX_TOKEN_BYTES: usize = MAX_BODY_BYTES - 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = MAX_BODY_BYTES - 1024;
 /// At most this many parameters per request.
 const MAX_PARAMS: usize = 32;
 
@@ -210,7 +210,7 @@ fn too_large() -> OAuthError {
 
 /// Read the whole body, refusing more than [`MAX_BODY_BYTES`] (also when
 /// no body-limit layer is in front).
-pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, OAuthError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, OAuthError> {
     if let Some(len) = headers.get(header::CONTENT_LENGTH) {
         let len: usize = len
             .to_str()

@@ -4,29 +4,31 @@
 //! revocation list. Requests read it through lock-free `ArcSwap` loads.
 //!
 //! The index is maintained by a [`CredentialIndexer`], one change at a time:
-//! an M2MCredential, ServiceAccount or Namespace applied, deleted, or all of
-//! one kind reset after a relist — the only code path, used by the watches
+//! an M2MCredential, ServiceAccount, Namespace, M2MRole or ClusterM2MRole
+//! applied, deleted, or all of one kind reset after a relist — the only code path, used by the watches
 //! and (through [`CredentialIndex::build`]) by tests alike. The work per
 //! change is proportional to the credentials it affects, not to the size of
 //! the cluster: the published index is a persistent map, so a new snapshot
 //! shares every entry that did not change. Only the fields a credential
 //! needs are kept ([`CredentialSource`], [`AccountSource`],
-//! [`NamespaceSource`]), never the watched objects.
+//! [`NamespaceSource`], [`RoleSource`]), never the watched objects.
 //!
 //! Nothing in a credential's status is trusted except the verifiers (keyed
 //! hashes that cannot be forged without the verifier key): the grant is
-//! recomputed from the credential spec, its ServiceAccount and the
-//! namespace's scope policy, and the client id is derived from the
+//! recomputed from the credential spec, its ServiceAccount, the account's
+//! roles and the namespace's scope policy, and the client id is derived from the
 //! credential's UID.
 
 use super::revocation::Revocations;
 use crate::core::client_secret::client_id_for_uid;
 use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::policy::annotated_policy;
+use crate::core::roles::{RoleGrant, RoleResolution, resolve_roles};
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
 use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
 use crate::crd::{
-    M2MCredential, M2MCredentialSpec, SecretVerifier, ServiceAccount, ServiceAccountSpec,
+    ClusterM2MRole, M2MCredential, M2MCredentialSpec, M2MRole, RoleKind, RoleRef, SecretVerifier,
+    ServiceAccount, ServiceAccountSpec,
 };
 use crate::signing::store::{KeySecretError, parse_key_secret};
 use crate::signing::{KeyRing, KeyRingError};
@@ -63,6 +65,34 @@ pub struct CredentialEntry {
     /// Workload identity: the bound Kubernetes ServiceAccount, or why the
     /// binding is refused; `None` for a secret-based credential.
     pub workload: Option<Result<WorkloadBinding, WorkloadError>>,
+    /// Which verifiers carry a valid seal, computed on first use.
+    pub seals: SealCache,
+}
+
+/// Which of an entry's verifiers carry a valid seal under a verifier key,
+/// computed once per entry and key: a seal depends on neither the request
+/// nor the time, so checking it per request only cost two MACs each. Not
+/// part of an entry's identity: a clone starts empty and all caches
+/// compare equal.
+#[derive(Default)]
+pub struct SealCache(std::sync::OnceLock<(u64, Vec<bool>)>);
+
+impl Clone for SealCache {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for SealCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for SealCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealCache")
+    }
 }
 
 impl CredentialEntry {
@@ -78,7 +108,7 @@ impl CredentialEntry {
     }
 
     /// The grant at `now`: the resolved one unless the credential expired since.
-    pub fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
+    pub(crate) fn grant_at(&self, now: DateTime<Utc>) -> Result<&Grant, GrantError> {
         match &self.grant {
             Ok(g) => match g.expires_at {
                 Some(at) if at <= now => Err(GrantError::Expired(at)),
@@ -88,31 +118,50 @@ impl CredentialEntry {
         }
     }
 
-    /// Whether a verifier is usable at `now`: sealed by the operator and
-    /// current or within its grace period.
-    fn usable(&self, key: &VerifierKey, v: &SecretVerifier, now: DateTime<Utc>) -> bool {
-        is_accepted(v, now) && key.is_sealed(&self.binding(v.version), v)
+    /// Whether each verifier carries a valid seal under `key`: cached for
+    /// the key first used, recomputed for any other.
+    fn seals(&self, key: &impl super::oauth::SecretCheck) -> std::borrow::Cow<'_, [bool]> {
+        let compute = || -> Vec<bool> {
+            self.verifiers
+                .iter()
+                .map(|v| key.is_sealed(&self.binding(v.version), v))
+                .collect()
+        };
+        let (id, sealed) = self.seals.0.get_or_init(|| (key.key_id(), compute()));
+        if *id == key.key_id() {
+            std::borrow::Cow::Borrowed(sealed)
+        } else {
+            std::borrow::Cow::Owned(compute())
+        }
     }
 
     /// Whether secret `version` is accepted at `now`.
-    pub fn accepts_version(&self, key: &VerifierKey, version: i64, now: DateTime<Utc>) -> bool {
+    pub(crate) fn accepts_version(
+        &self,
+        key: &VerifierKey,
+        version: i64,
+        now: DateTime<Utc>,
+    ) -> bool {
         // workload-identity hook: tokens carry version 0 while the binding is valid.
         if let Some(binding) = &self.workload {
             return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
         }
+        let sealed = self.seals(key);
         self.verifiers
             .iter()
-            .any(|v| v.version == version && self.usable(key, v, now))
+            .zip(sealed.iter())
+            .any(|(v, sealed)| v.version == version && *sealed && is_accepted(v, now))
     }
 
     /// The secret version `secret` authenticates at `now`, if any.
     ///
     /// Equal work whatever the credential: every slot up to
-    /// [`super::oauth::MAX_VERIFIERS`] costs one seal check and one digest
-    /// check (constant-time comparisons), padded with a verifier nothing
-    /// matches, so the time does not tell how many verifiers a credential
-    /// has — nor, with the padded dummy entry the token endpoint uses for
-    /// unknown ids, whether the id exists.
+    /// [`super::oauth::MAX_VERIFIERS`] costs one digest check (a MAC and a
+    /// constant-time comparison), padded with a verifier nothing matches,
+    /// so the time does not tell how many verifiers a credential has — nor,
+    /// with the padded dummy entry the token endpoint uses for unknown ids,
+    /// whether the id exists. Seals are checked once per entry and key
+    /// ([`SealCache`]); they do not depend on what the client sent.
     pub fn authenticate(
         &self,
         key: &impl super::oauth::SecretCheck,
@@ -121,16 +170,16 @@ impl CredentialEntry {
     ) -> Option<i64> {
         let pad = super::oauth::padding_verifier();
         let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
+        let seals = self.seals(key);
         let mut matched = None;
         for slot in 0..slots {
-            let (v, real) = match self.verifiers.get(slot) {
-                Some(v) => (v, true),
+            let (v, sealed) = match self.verifiers.get(slot) {
+                Some(v) => (v, seals.get(slot).copied().unwrap_or(false)),
                 None => (pad, false),
             };
             let binding = self.binding(v.version);
-            let sealed = key.is_sealed(&binding, v);
             let digest_ok = key.verify(&binding, secret, &v.digest);
-            if real && sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
+            if sealed && digest_ok && is_accepted(v, now) && matched.is_none() {
                 matched = Some(v.version);
             }
         }
@@ -139,7 +188,7 @@ impl CredentialEntry {
 }
 
 /// A scope policy as a Namespace annotation states it.
-pub type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
+pub(crate) type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
 
 /// An object's namespace and name.
 type ObjectKey = (String, String);
@@ -149,7 +198,7 @@ type ObjectKey = (String, String);
 /// its `managedFields`, annotations and the rest) is dropped as soon as it
 /// has been converted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CredentialSource {
+pub(crate) struct CredentialSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -198,7 +247,7 @@ impl CredentialSource {
 
 /// What the token server keeps of a ServiceAccount (m2m.dev).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccountSource {
+pub(crate) struct AccountSource {
     /// Namespace.
     pub namespace: String,
     /// Name.
@@ -227,7 +276,7 @@ impl AccountSource {
 
 /// A Namespace's scope policy (`m2m.dev/allowed-scopes`), parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NamespaceSource {
+pub(crate) struct NamespaceSource {
     /// The namespace.
     pub name: String,
     /// The annotation's policy; `None` without the annotation (the
@@ -242,6 +291,62 @@ impl NamespaceSource {
             name: meta.name.clone()?,
             policy: annotated_policy(meta),
         })
+    }
+}
+
+/// A role's kind, namespace (empty for a `ClusterM2MRole`) and name.
+type RoleKey = (RoleKind, String, String);
+
+/// The key of the role `r` referenced from `namespace`.
+fn role_key(namespace: &str, r: &RoleRef) -> RoleKey {
+    match r.kind {
+        RoleKind::M2MRole => (r.kind, namespace.to_owned(), r.name.clone()),
+        RoleKind::ClusterM2MRole => (r.kind, String::new(), r.name.clone()),
+    }
+}
+
+/// What the token server keeps of an `M2MRole` or a `ClusterM2MRole`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleSource {
+    /// Which kind.
+    pub kind: RoleKind,
+    /// Namespace of an `M2MRole`; empty for a `ClusterM2MRole`.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The scopes it grants.
+    pub scopes: BTreeSet<String>,
+    /// It has a `deletionTimestamp`: treated as absent.
+    pub deleting: bool,
+}
+
+impl RoleSource {
+    /// The parts of an `M2MRole` the index needs; `None` without namespace or name.
+    pub fn namespaced(role: &M2MRole) -> Option<Self> {
+        let meta = &role.metadata;
+        Some(Self {
+            kind: RoleKind::M2MRole,
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+            scopes: role.spec.scopes.iter().cloned().collect(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+
+    /// The parts of a `ClusterM2MRole` the index needs; `None` without a name.
+    pub fn cluster(role: &ClusterM2MRole) -> Option<Self> {
+        let meta = &role.metadata;
+        Some(Self {
+            kind: RoleKind::ClusterM2MRole,
+            namespace: String::new(),
+            name: meta.name.clone()?,
+            scopes: role.spec.scopes.iter().cloned().collect(),
+            deleting: meta.deletion_timestamp.is_some(),
+        })
+    }
+
+    fn key(&self) -> RoleKey {
+        (self.kind, self.namespace.clone(), self.name.clone())
     }
 }
 
@@ -269,7 +374,33 @@ impl CredentialIndex {
         default_policy: &ScopePolicy,
         now: DateTime<Utc>,
     ) -> Self {
-        let mut indexer = CredentialIndexer::new(default_policy.clone());
+        Self::build_with_roles(
+            credentials,
+            accounts,
+            namespaces,
+            [],
+            default_policy,
+            None,
+            now,
+        )
+    }
+
+    /// [`CredentialIndex::build`] with roles and the operator's default role.
+    pub fn build_with_roles<'a>(
+        credentials: impl IntoIterator<Item = &'a M2MCredential>,
+        accounts: impl IntoIterator<Item = &'a ServiceAccount>,
+        namespaces: impl IntoIterator<Item = &'a ObjectMeta>,
+        roles: impl IntoIterator<Item = RoleSource>,
+        default_policy: &ScopePolicy,
+        default_role: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut indexer = CredentialIndexer::new(default_policy.clone())
+            .with_default_role(default_role.map(str::to_owned));
+        let (namespaced, cluster): (Vec<_>, Vec<_>) =
+            roles.into_iter().partition(|r| r.kind == RoleKind::M2MRole);
+        indexer.reset_roles(RoleKind::M2MRole, namespaced, now);
+        indexer.reset_roles(RoleKind::ClusterM2MRole, cluster, now);
         indexer.reset_namespaces(namespaces.into_iter().filter_map(NamespaceSource::new), now);
         indexer.reset_accounts(accounts.into_iter().filter_map(AccountSource::new), now);
         indexer.reset_credentials(
@@ -281,7 +412,7 @@ impl CredentialIndex {
 
     /// Client ids of the credentials binding the Kubernetes ServiceAccount
     /// with this subject (workload identity).
-    pub fn by_subject(&self, subject: &str) -> &[String] {
+    pub(crate) fn by_subject(&self, subject: &str) -> &[String] {
         self.by_subject.get(subject).map_or(&[], Vec::as_slice)
     }
 
@@ -313,13 +444,15 @@ struct CredentialRecord {
 /// at a time (apply, delete, or reset after a relist, as linkerd's policy
 /// index does) and updates only the credentials the change affects. A
 /// ServiceAccount change re-resolves the credentials bound to it, a
-/// Namespace policy change those of its namespace — found through the
-/// secondary maps, never by scanning every credential.
+/// Namespace policy change those of its namespace, a role change those of
+/// the accounts referencing it — found through the secondary maps, never by
+/// scanning every credential. Only a change of the operator's default role
+/// touches every credential, as it is every account's role.
 ///
 /// The watches and [`CredentialIndex::build`] (tests, the bench server)
 /// both go through these operations.
 #[derive(Debug, Clone)]
-pub struct CredentialIndexer {
+pub(crate) struct CredentialIndexer {
     default_policy: ScopePolicy,
     credentials: HashMap<ObjectKey, CredentialRecord>,
     /// Live ServiceAccounts (those being deleted are absent).
@@ -330,6 +463,12 @@ pub struct CredentialIndexer {
     by_account: HashMap<ObjectKey, BTreeSet<String>>,
     /// namespace → names of its credentials.
     by_namespace: HashMap<String, BTreeSet<String>>,
+    /// The `ClusterM2MRole` every account is granted (`--default-role`).
+    default_role: Option<String>,
+    /// Live roles of both kinds → their scopes.
+    roles: HashMap<RoleKey, BTreeSet<String>>,
+    /// role → the accounts whose `roleRefs` name it.
+    by_role: HashMap<RoleKey, BTreeSet<ObjectKey>>,
     index: CredentialIndex,
 }
 
@@ -343,8 +482,25 @@ impl CredentialIndexer {
             policies: HashMap::new(),
             by_account: HashMap::new(),
             by_namespace: HashMap::new(),
+            default_role: None,
+            roles: HashMap::new(),
+            by_role: HashMap::new(),
             index: CredentialIndex::default(),
         }
+    }
+
+    /// Grant `role` (a `ClusterM2MRole`) to every account; set before the
+    /// first change is applied.
+    pub fn with_default_role(mut self, role: Option<String>) -> Self {
+        self.default_role = role.filter(|r| !r.is_empty());
+        self
+    }
+
+    /// The roles of `account` in `namespace`.
+    fn account_roles(&self, namespace: &str, account: &ServiceAccountSpec) -> RoleResolution {
+        resolve_roles(account, self.default_role.as_deref(), |r| {
+            self.roles.get(&role_key(namespace, r)).cloned()
+        })
     }
 
     /// The current index, to publish (cheap: structure is shared).
@@ -355,11 +511,6 @@ impl CredentialIndexer {
     /// Number of credentials in the index.
     pub fn len(&self) -> usize {
         self.index.len()
-    }
-
-    /// Whether the index is empty.
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
     }
 
     fn grant(
@@ -376,11 +527,19 @@ impl CredentialIndexer {
             Some(Err(e)) => Err(e),
             None => Ok(&self.default_policy),
         };
-        resolve_grant(spec, account, policy, now)
+        let roles = match account {
+            Some(a) => self.account_roles(namespace, a),
+            None => Ok(RoleGrant::none()),
+        };
+        resolve_grant(spec, account, &roles, policy, now)
     }
 
     /// Add or replace a credential. Returns whether the index changed.
-    pub fn apply_credential(&mut self, source: CredentialSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_credential(
+        &mut self,
+        source: CredentialSource,
+        now: DateTime<Utc>,
+    ) -> bool {
         if source.deleting {
             return self.delete_credential(&source.namespace, &source.name);
         }
@@ -428,6 +587,7 @@ impl CredentialIndexer {
                 Some(_) => vec![],
                 None => source.verifiers,
             },
+            seals: SealCache::default(),
             workload,
         });
         self.index.by_client_id.insert(client_id, entry.clone());
@@ -450,7 +610,7 @@ impl CredentialIndexer {
     }
 
     /// Remove a credential. Returns whether the index changed.
-    pub fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
+    pub(crate) fn delete_credential(&mut self, namespace: &str, name: &str) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
         let Some(record) = self.credentials.remove(&key) else {
             return false;
@@ -498,7 +658,7 @@ impl CredentialIndexer {
     /// Replace every credential with `sources` (after a relist): removes
     /// the ones no longer listed, applies the others (unchanged ones cost a
     /// comparison only).
-    pub fn reset_credentials(
+    pub(crate) fn reset_credentials(
         &mut self,
         sources: impl IntoIterator<Item = CredentialSource>,
         now: DateTime<Utc>,
@@ -522,7 +682,7 @@ impl CredentialIndexer {
     }
 
     /// Add or replace a ServiceAccount; re-resolves its credentials only.
-    pub fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_account(&mut self, source: AccountSource, now: DateTime<Utc>) -> bool {
         if source.deleting {
             return self.delete_account(&source.namespace, &source.name, now);
         }
@@ -530,21 +690,144 @@ impl CredentialIndexer {
         if self.accounts.get(&key) == Some(&source.spec) {
             return false;
         }
-        self.accounts.insert(key.clone(), source.spec);
+        self.link_roles(&key, &source.spec.role_refs);
+        if let Some(previous) = self.accounts.insert(key.clone(), source.spec) {
+            self.unlink_roles(&key, &previous.role_refs);
+        }
         self.refresh(&key.0, self.by_account.get(&key).cloned(), now)
     }
 
     /// Remove a ServiceAccount; re-resolves its credentials only.
-    pub fn delete_account(&mut self, namespace: &str, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_account(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
         let key = (namespace.to_owned(), name.to_owned());
-        if self.accounts.remove(&key).is_none() {
+        let Some(previous) = self.accounts.remove(&key) else {
             return false;
-        }
+        };
+        self.unlink_roles(&key, &previous.role_refs);
         self.refresh(namespace, self.by_account.get(&key).cloned(), now)
     }
 
+    /// Record that `account` references `refs`.
+    fn link_roles(&mut self, account: &ObjectKey, refs: &[RoleRef]) {
+        for r in refs {
+            self.by_role
+                .entry(role_key(&account.0, r))
+                .or_default()
+                .insert(account.clone());
+        }
+    }
+
+    /// Forget `account`'s references `old`, except those its current spec
+    /// (if any) still has.
+    fn unlink_roles(&mut self, account: &ObjectKey, old: &[RoleRef]) {
+        let current = self.accounts.get(account).map(|a| a.role_refs.clone());
+        for r in old {
+            if current.as_ref().is_some_and(|c| c.contains(r)) {
+                continue;
+            }
+            let key = role_key(&account.0, r);
+            if let Some(accounts) = self.by_role.get_mut(&key) {
+                accounts.remove(account);
+                if accounts.is_empty() {
+                    self.by_role.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Add or replace a role; re-resolves the credentials of the accounts
+    /// granted it only.
+    pub fn apply_role(&mut self, source: RoleSource, now: DateTime<Utc>) -> bool {
+        if source.deleting {
+            return self.delete_role(source.kind, &source.namespace, &source.name, now);
+        }
+        let key = source.key();
+        if self.roles.get(&key) == Some(&source.scopes) {
+            return false;
+        }
+        self.roles.insert(key.clone(), source.scopes);
+        self.refresh_role(&key, now)
+    }
+
+    /// Remove a role (`namespace` is ignored for a `ClusterM2MRole`);
+    /// re-resolves the credentials of the accounts granted it only.
+    pub fn delete_role(
+        &mut self,
+        kind: RoleKind,
+        namespace: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let key = role_key(
+            namespace,
+            &RoleRef {
+                kind,
+                name: name.to_owned(),
+            },
+        );
+        if self.roles.remove(&key).is_none() {
+            return false;
+        }
+        self.refresh_role(&key, now)
+    }
+
+    /// Replace every role of `kind` with `sources` (after a relist).
+    pub fn reset_roles(
+        &mut self,
+        kind: RoleKind,
+        sources: impl IntoIterator<Item = RoleSource>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let sources: Vec<_> = sources.into_iter().filter(|s| s.kind == kind).collect();
+        let listed: HashSet<RoleKey> = sources
+            .iter()
+            .filter(|s| !s.deleting)
+            .map(RoleSource::key)
+            .collect();
+        let gone: Vec<RoleKey> = self
+            .roles
+            .keys()
+            .filter(|k| k.0 == kind && !listed.contains(*k))
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for (kind, ns, name) in gone {
+            changed |= self.delete_role(kind, &ns, &name, now);
+        }
+        for source in sources {
+            changed |= self.apply_role(source, now);
+        }
+        changed
+    }
+
+    /// Re-resolve the credentials of the accounts granted the role `key`:
+    /// those referencing it, or every account for the default role.
+    fn refresh_role(&mut self, key: &RoleKey, now: DateTime<Utc>) -> bool {
+        let is_default = key.0 == RoleKind::ClusterM2MRole
+            && self.default_role.as_deref() == Some(key.2.as_str());
+        let accounts: Vec<ObjectKey> = if is_default {
+            self.accounts.keys().cloned().collect()
+        } else {
+            self.by_role
+                .get(key)
+                .map(|a| a.iter().cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut changed = false;
+        for account in accounts {
+            let names = self.by_account.get(&account).cloned();
+            changed |= self.refresh(&account.0, names, now);
+        }
+        changed
+    }
+
     /// Replace every ServiceAccount with `sources` (after a relist).
-    pub fn reset_accounts(
+    pub(crate) fn reset_accounts(
         &mut self,
         sources: impl IntoIterator<Item = AccountSource>,
         now: DateTime<Utc>,
@@ -568,7 +851,7 @@ impl CredentialIndexer {
     }
 
     /// Set a namespace's policy; re-resolves that namespace's credentials only.
-    pub fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_namespace(&mut self, source: NamespaceSource, now: DateTime<Utc>) -> bool {
         let previous = match source.policy {
             Some(policy) => {
                 if self.policies.get(&source.name) == Some(&policy) {
@@ -587,7 +870,7 @@ impl CredentialIndexer {
     }
 
     /// A namespace is gone: its credentials fall back to the default policy.
-    pub fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn delete_namespace(&mut self, name: &str, now: DateTime<Utc>) -> bool {
         self.apply_namespace(
             NamespaceSource {
                 name: name.to_owned(),
@@ -598,7 +881,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every namespace policy with `sources` (after a relist).
-    pub fn reset_namespaces(
+    pub(crate) fn reset_namespaces(
         &mut self,
         sources: impl IntoIterator<Item = NamespaceSource>,
         now: DateTime<Utc>,
@@ -751,12 +1034,12 @@ impl TokenState {
     }
 
     /// Replace the credential index.
-    pub fn set_credentials(&self, index: CredentialIndex) {
+    pub(crate) fn set_credentials(&self, index: CredentialIndex) {
         self.credentials.store(Arc::new(index));
     }
 
     /// Replace (or clear) the keys.
-    pub fn set_keys(&self, keys: Option<KeyMaterial>) {
+    pub(crate) fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
     }
 }
@@ -775,6 +1058,7 @@ mod tests {
     const ACCOUNTS: [&str; 3] = ["bot", "ci", "web"];
     const CREDENTIALS: [&str; 4] = ["one", "two", "three", "four"];
     const SCOPES: [&str; 4] = ["read", "write", "admin", "repo:read"];
+    const ROLES: [&str; 3] = ["base", "ops", "audit"];
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap()
@@ -811,6 +1095,8 @@ mod tests {
         credentials: BTreeMap<ObjectKey, M2MCredential>,
         accounts: BTreeMap<ObjectKey, ServiceAccount>,
         namespaces: BTreeMap<String, ObjectMeta>,
+        roles: BTreeMap<RoleKey, RoleSource>,
+        default_role: Option<String>,
         incarnation: u64,
     }
 
@@ -859,6 +1145,11 @@ mod tests {
                     scopes: scopes(rng),
                     disabled: rng.random_bool(0.1),
                     token_ttl: rng.random_bool(0.2).then(|| "15m".into()),
+                    role_refs: (0..rng.random_range(0..3))
+                        .map(|_| role_ref(rng))
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
                     ..Default::default()
                 },
                 status: None,
@@ -878,14 +1169,41 @@ mod tests {
             m
         }
 
+        fn role(&self, rng: &mut StdRng) -> RoleSource {
+            let r = role_ref(rng);
+            RoleSource {
+                kind: r.kind,
+                namespace: match r.kind {
+                    RoleKind::M2MRole => pick(rng, &NAMESPACES).into(),
+                    RoleKind::ClusterM2MRole => String::new(),
+                },
+                name: r.name,
+                scopes: scopes(rng).into_iter().collect(),
+                deleting: rng.random_bool(0.1),
+            }
+        }
+
         fn build(&self, default_policy: &ScopePolicy) -> CredentialIndex {
-            CredentialIndex::build(
+            CredentialIndex::build_with_roles(
                 self.credentials.values(),
                 self.accounts.values(),
                 self.namespaces.values(),
+                self.roles.values().filter(|r| !r.deleting).cloned(),
                 default_policy,
+                self.default_role.as_deref(),
                 now(),
             )
+        }
+    }
+
+    fn role_ref(rng: &mut StdRng) -> RoleRef {
+        RoleRef {
+            kind: if rng.random_bool(0.5) {
+                RoleKind::M2MRole
+            } else {
+                RoleKind::ClusterM2MRole
+            },
+            name: pick(rng, &ROLES).into(),
         }
     }
 
@@ -903,10 +1221,35 @@ mod tests {
         let default_policy = ScopePolicy::parse("read, write, repo:*").unwrap();
         for seed in 0..200 {
             let mut rng = StdRng::seed_from_u64(seed);
-            let mut world = World::default();
-            let mut indexer = CredentialIndexer::new(default_policy.clone());
+            let mut world = World {
+                default_role: (seed % 2 == 0).then(|| "base".to_owned()),
+                ..Default::default()
+            };
+            let mut indexer = CredentialIndexer::new(default_policy.clone())
+                .with_default_role(world.default_role.clone());
             for step in 0..60 {
-                match rng.random_range(0..9) {
+                match rng.random_range(0..12) {
+                    9 => {
+                        let r = world.role(&mut rng);
+                        indexer.apply_role(r.clone(), now());
+                        world.roles.insert(r.key(), r);
+                    }
+                    10 => {
+                        let r = world.role(&mut rng);
+                        indexer.delete_role(r.kind, &r.namespace, &r.name, now());
+                        world.roles.remove(&r.key());
+                    }
+                    11 => {
+                        let kind = role_ref(&mut rng).kind;
+                        world
+                            .roles
+                            .retain(|k, _| k.0 != kind || rng.random_bool(0.6));
+                        let r = world.role(&mut rng);
+                        if r.kind == kind {
+                            world.roles.insert(r.key(), r);
+                        }
+                        indexer.reset_roles(kind, world.roles.values().cloned(), now());
+                    }
                     0 | 1 => {
                         let c = world.credential(&mut rng);
                         indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
@@ -1007,6 +1350,116 @@ mod tests {
                 ..Default::default()
             },
             deleting: false,
+        }
+    }
+
+    /// A role change replaces the entries of the credentials of the accounts
+    /// granted that role (every account for the default role) and shares
+    /// every other one; a deleted role refuses their grant.
+    #[test]
+    fn a_role_change_touches_only_the_credentials_granted_it() {
+        let mut indexer = CredentialIndexer::new(ScopePolicy::parse("read, write, ping").unwrap())
+            .with_default_role(Some("base".into()));
+        let role = |kind, ns: &str, name: &str, scopes: &[&str]| RoleSource {
+            kind,
+            namespace: ns.into(),
+            name: name.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            deleting: false,
+        };
+        indexer.apply_role(role(RoleKind::ClusterM2MRole, "", "base", &[]), now());
+        indexer.apply_role(role(RoleKind::M2MRole, "a", "writer", &["write"]), now());
+        for ns in ["a", "b"] {
+            for acct in ["x", "y"] {
+                let mut source = account(ns, acct, &["read"]);
+                if acct == "x" {
+                    source.spec.role_refs = vec![RoleRef {
+                        kind: RoleKind::M2MRole,
+                        name: "writer".into(),
+                    }];
+                }
+                indexer.apply_account(source, now());
+                let c = credential(ns, &format!("{acct}0"), acct);
+                indexer.apply_credential(CredentialSource::new(&c).unwrap(), now());
+            }
+        }
+        let entry = |ix: &CredentialIndexer, ns: &str, name: &str| {
+            ix.snapshot()
+                .get(&client_id_for_uid(&format!("uid-{ns}-{name}")))
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(entry(&indexer, "a", "x0").default_scope, "read write");
+        assert_eq!(
+            entry(&indexer, "a", "x0")
+                .grant
+                .as_ref()
+                .unwrap()
+                .roles
+                .names(),
+            ["base", "writer"]
+        );
+        // b/x references a role its namespace does not have.
+        assert_eq!(
+            entry(&indexer, "b", "x0")
+                .grant
+                .as_ref()
+                .unwrap_err()
+                .to_string(),
+            "roles not found: M2MRole/writer"
+        );
+        let changed = |before: &CredentialIndex, after: &CredentialIndex| {
+            let mut ids: Vec<String> = after
+                .by_client_id
+                .iter()
+                .filter(|(id, e)| !before.get(id).is_some_and(|b| Arc::ptr_eq(b, e)))
+                .map(|(_, e)| format!("{}/{}", e.namespace, e.name))
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        let before = indexer.snapshot();
+        let same = role(RoleKind::M2MRole, "a", "writer", &["write"]);
+        assert!(
+            !indexer.apply_role(same, now()),
+            "an unchanged role changes nothing"
+        );
+        let edited = role(RoleKind::M2MRole, "a", "writer", &["ping"]);
+        assert!(indexer.apply_role(edited, now()));
+        assert_eq!(changed(&before, &indexer.snapshot()), ["a/x0"]);
+        assert_eq!(entry(&indexer, "a", "x0").default_scope, "ping read");
+
+        // The default role reaches every account.
+        let before = indexer.snapshot();
+        assert!(indexer.apply_role(role(RoleKind::ClusterM2MRole, "", "base", &["ping"]), now()));
+        assert_eq!(
+            changed(&before, &indexer.snapshot()),
+            ["a/x0", "a/y0", "b/y0"],
+            "b/x0 stays refused"
+        );
+        // Deleting a role refuses the grants of its accounts only.
+        let before = indexer.snapshot();
+        assert!(indexer.delete_role(RoleKind::M2MRole, "a", "writer", now()));
+        assert_eq!(changed(&before, &indexer.snapshot()), ["a/x0"]);
+        assert_eq!(
+            entry(&indexer, "a", "x0")
+                .grant_at(now())
+                .unwrap_err()
+                .reason(),
+            "RoleNotFound"
+        );
+        // A deleted default role refuses everyone, never a narrower grant.
+        assert!(indexer.delete_role(RoleKind::ClusterM2MRole, "", "base", now()));
+        for (ns, name) in [("a", "y0"), ("b", "y0")] {
+            assert_eq!(
+                entry(&indexer, ns, name)
+                    .grant
+                    .as_ref()
+                    .unwrap_err()
+                    .to_string(),
+                "roles not found: ClusterM2MRole/base (the operator's default role)"
+            );
         }
     }
 

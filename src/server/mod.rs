@@ -77,6 +77,8 @@ pub struct ServerConfig {
     pub default_audience: String,
     /// Scope policy of namespaces without `m2m.dev/allowed-scopes`.
     pub default_policy: ScopePolicy,
+    /// The `ClusterM2MRole` granted to every ServiceAccount, if any.
+    pub default_role: Option<String>,
     /// Namespace of the key Secret and the revocation ConfigMap.
     pub operator_namespace: String,
     /// Connection and request limits.
@@ -119,7 +121,7 @@ impl TokenServer {
     }
 
     /// Like [`TokenServer::new`], checking workload-identity assertions with `assertions`.
-    pub fn with_assertions(
+    pub(crate) fn with_assertions(
         config: ServerConfig,
         state: Arc<TokenState>,
         metrics: Metrics,
@@ -139,7 +141,8 @@ impl TokenServer {
     }
 
     /// The workload-identity assertion verifier (and its cache).
-    pub fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
+    #[cfg(feature = "bench")]
+    pub(crate) fn assertions(&self) -> &Arc<assertion::AssertionVerifier> {
         &self.inner.assertions
     }
 
@@ -195,7 +198,11 @@ pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics)
                     })
                     .on_failure(()),
             )
-            .layer(axum::middleware::from_fn_with_state(metrics, observe))
+            // Shared, not cloned: the middleware clones its state per request.
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(metrics),
+                observe,
+            ))
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::SERVICE_UNAVAILABLE,
                 limits.request_timeout,
@@ -211,7 +218,7 @@ pub(crate) fn with_layers(routes: Router, limits: &HttpLimits, metrics: Metrics)
 /// Metrics per endpoint and outcome, and the RFC 6749 shape of errors
 /// the layers below answer themselves (413, 408, 503).
 async fn observe(
-    axum::extract::State(metrics): axum::extract::State<Metrics>,
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -281,6 +288,7 @@ pub async fn run_token_server(
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
+            default_role: config.default_role.clone(),
             watch_namespace,
         },
         state.clone(),

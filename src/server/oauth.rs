@@ -5,7 +5,9 @@
 //! Access tokens are JWTs per RFC 9068: header `typ: at+jwt`, `alg`, `kid`;
 //! claims `iss`, `sub` (`m2m:<namespace>:<serviceaccount>`, stable), `aud`
 //! (a string, or an array when several audiences were granted), `exp`,
-//! `iat`, `nbf`, `jti`, `client_id`, `scope` and [`SECRET_VERSION_CLAIM`].
+//! `iat`, `nbf`, `jti`, `client_id`, `scope`, [`SECRET_VERSION_CLAIM`] and,
+//! when the account has roles, `roles` (RFC 9068 §2.2.3.1): the roles whose
+//! every scope the token holds (see [`crate::core::roles`]).
 //!
 //! Introspection reports a token `active` only while: its signature checks
 //! against a published key, it has not expired, its `jti` is not revoked,
@@ -49,7 +51,7 @@ use std::time::Instant;
 /// service-account token (workload identity) carry
 /// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
 /// in workload-identity mode.
-pub const SECRET_VERSION_CLAIM: &str = "m2m_sv";
+pub(crate) const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The only grant type.
 const CLIENT_CREDENTIALS: &str = "client_credentials";
@@ -72,6 +74,9 @@ struct ClaimsOut<'a> {
     jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
+    /// RFC 9068 §2.2.3.1: the roles whose every scope the token holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<&'a str>,
     m2m_sv: i64,
 }
 
@@ -116,7 +121,7 @@ const DUMMY_DIGEST: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 /// grace periods) for every client id, known or not, padding with a
 /// verifier nothing matches. A credential with more verifiers costs more;
 /// the controller keeps at most a handful.
-pub const MAX_VERIFIERS: usize = 4;
+pub(crate) const MAX_VERIFIERS: usize = 4;
 
 /// The two keyed checks of authentication (a seam for counting them).
 pub trait SecretCheck {
@@ -124,6 +129,8 @@ pub trait SecretCheck {
     fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool;
     /// Whether `secret` matches `digest`.
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool;
+    /// Identifies the key: results under one id hold for that key only.
+    fn key_id(&self) -> u64;
 }
 
 impl SecretCheck for VerifierKey {
@@ -133,6 +140,10 @@ impl SecretCheck for VerifierKey {
 
     fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
         VerifierKey::verify(self, binding, secret, digest)
+    }
+
+    fn key_id(&self) -> u64 {
+        self.id()
     }
 }
 
@@ -164,6 +175,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            seals: Default::default(),
         }
     });
     &UNKNOWN
@@ -365,6 +377,7 @@ impl TokenServer {
             jti: &jti,
             client_id: &entry.client_id,
             scope: &scope,
+            roles: grant.roles.held_with(&scope),
             m2m_sv: version,
         };
         let claims_json = serde_json::to_vec(&claims)

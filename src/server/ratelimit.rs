@@ -31,13 +31,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Failures allowed back to back.
-pub const BURST: f64 = 10.0;
+pub(crate) const BURST: f64 = 10.0;
 /// One more failure allowed per this interval.
-pub const REFILL: Duration = Duration::from_secs(2);
+pub(crate) const REFILL: Duration = Duration::from_secs(2);
 /// Number of independently locked shards.
-pub const SHARDS: usize = 16;
+pub(crate) const SHARDS: usize = 16;
 /// Buckets per shard (16 × 4096 ≈ 65k keys, a few MiB at most).
-pub const SHARD_CAPACITY: usize = 4096;
+pub(crate) const SHARD_CAPACITY: usize = 4096;
 /// Longest key tracked as is; longer ones are truncated.
 const MAX_KEY_LEN: usize = 128;
 
@@ -58,7 +58,7 @@ impl Bucket {
 
 /// One token-bucket map.
 #[derive(Debug)]
-pub struct FailureLimiter {
+pub(crate) struct FailureLimiter {
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
     hasher: RandomState,
 }
@@ -103,7 +103,7 @@ impl FailureLimiter {
     }
 
     /// Record one failure for `key`.
-    pub fn record_failure(&self, key: &str, now: Instant) {
+    pub(crate) fn record_failure(&self, key: &str, now: Instant) {
         let key = self::key(key);
         let Ok(mut shard) = self.shard(key).lock() else {
             return;
@@ -134,22 +134,18 @@ impl FailureLimiter {
     }
 
     /// Number of tracked keys.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map(|s| s.len()).unwrap_or(0))
             .sum()
     }
-
-    /// Whether nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Failed-authentication limits per client id and per source address.
 #[derive(Debug, Default)]
-pub struct AuthLimiter {
+pub(crate) struct AuthLimiter {
     by_client_id: FailureLimiter,
     by_source: FailureLimiter,
 }

@@ -69,6 +69,7 @@ impl World {
             issuer: ISSUER.into(),
             default_audience: ISSUER.into(),
             default_policy: ScopePolicy::allow_all(),
+            default_role: None,
             operator_namespace: "ops".into(),
             limits,
         };
@@ -1139,6 +1140,8 @@ async fn stalled_bodies_time_out_and_every_outcome_is_counted() {
 struct CountingKey<'a> {
     key: &'a VerifierKey,
     macs: std::cell::Cell<usize>,
+    /// Poses as a key with another id (same bytes).
+    other_id: bool,
 }
 
 impl super::oauth::SecretCheck for CountingKey<'_> {
@@ -1151,11 +1154,16 @@ impl super::oauth::SecretCheck for CountingKey<'_> {
         self.macs.set(self.macs.get() + 1);
         self.key.verify(binding, secret, digest)
     }
+
+    fn key_id(&self) -> u64 {
+        self.key.id() ^ u64::from(self.other_id)
+    }
 }
 
 /// No timing oracle: the same number of MAC computations for an unknown
 /// id, a known id with one verifier, one in a grace period (two verifiers),
-/// a right and a wrong secret.
+/// a right and a wrong secret. (Seals are checked once per entry and key,
+/// before: they do not depend on the request.)
 #[tokio::test]
 async fn authentication_does_equal_work_for_every_client_id() {
     let mut world = World::new(SigningAlg::Es256);
@@ -1164,10 +1172,14 @@ async fn authentication_does_equal_work_for_every_client_id() {
     let two = world.rotate("two", Some(Utc::now() + chrono::Duration::hours(1)));
     let index = world.state.credentials();
     let now = Utc::now();
+    for id in [&one.id, &two.id] {
+        index.get(id).unwrap().authenticate(&world.key, "", now);
+    }
     let count = |entry: &super::index::CredentialEntry, secret: &str| {
         let k = CountingKey {
             key: &world.key,
             macs: std::cell::Cell::new(0),
+            other_id: false,
         };
         let matched = entry.authenticate(&k, secret, now);
         (k.macs.get(), matched.is_some())
@@ -1193,11 +1205,43 @@ async fn authentication_does_equal_work_for_every_client_id() {
             count(index.get(&two.id).unwrap(), &wrong),
         ),
     ];
-    let expected = 2 * super::oauth::MAX_VERIFIERS;
+    let expected = super::oauth::MAX_VERIFIERS;
     for (what, (macs, matched)) in cases {
         assert_eq!(macs, expected, "{what}");
         assert_eq!(matched, what.ends_with("right"), "{what}");
     }
+}
+
+/// Seal checks are reused only under the key they were made with: under
+/// a key with another id every verifier's seal is checked again, and a
+/// verifier whose seal fails under the key in use is never accepted.
+#[tokio::test]
+async fn seal_checks_are_reused_only_for_the_same_key() {
+    let mut world = World::new(SigningAlg::Es256);
+    world.simple("two");
+    let two = world.rotate("two", Some(Utc::now() + chrono::Duration::hours(1)));
+    let index = world.state.credentials();
+    let entry = index.get(&two.id).unwrap();
+    let now = Utc::now();
+    let run = |other_id| {
+        let k = CountingKey {
+            key: &world.key,
+            macs: std::cell::Cell::new(0),
+            other_id,
+        };
+        let matched = entry.authenticate(&k, &two.secret, now);
+        (k.macs.get(), matched.is_some())
+    };
+    let slots = super::oauth::MAX_VERIFIERS;
+    assert_eq!(run(false), (slots + 2, true), "first use checks both seals");
+    assert_eq!(run(false), (slots, true), "then only the digests");
+    assert_eq!(run(true), (slots + 2, true), "another key id: seals again");
+    assert_eq!(run(true), (slots + 2, true), "and every time");
+
+    // A verifier sealed under another key is refused, cached or not.
+    let other = VerifierKey::generate().unwrap();
+    assert_eq!(entry.authenticate(&other, &two.secret, now), None);
+    assert!(entry.authenticate(&world.key, &two.secret, now).is_some());
 }
 
 /// Removing an audience from a credential deactivates the tokens issued
@@ -1351,4 +1395,84 @@ async fn every_issued_token_fits_introspection_and_revocation() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!world.active(&c, &token).await);
+}
+
+/// Roles add their scopes to the grant; a token claims (RFC 9068 `roles`)
+/// only the roles whose every scope it holds; a missing role refuses every
+/// token of the account.
+#[tokio::test]
+async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
+    use super::index::RoleSource;
+    use crate::crd::{RoleKind, RoleRef};
+    let mut world = World::new(SigningAlg::Es256);
+    world.account_mut("ci-bot").spec.role_refs = vec![RoleRef {
+        kind: RoleKind::M2MRole,
+        name: "deployer".into(),
+    }];
+    let client = world.simple("with-roles");
+    let role = |kind, name: &str, scopes: &[&str]| RoleSource {
+        kind,
+        namespace: if kind == RoleKind::M2MRole {
+            NS.into()
+        } else {
+            String::new()
+        },
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        deleting: false,
+    };
+    let index = |roles: Vec<RoleSource>| {
+        CredentialIndex::build_with_roles(
+            &world.credentials,
+            &world.accounts,
+            &world.namespaces,
+            roles,
+            &ScopePolicy::allow_all(),
+            Some("base"),
+            Utc::now(),
+        )
+    };
+    world.state.set_credentials(index(vec![
+        role(
+            RoleKind::M2MRole,
+            "deployer",
+            &["deploy:staging", "repo:read"],
+        ),
+        role(RoleKind::ClusterM2MRole, "base", &[]),
+    ]));
+
+    let token = world.access_token(&client).await;
+    let claims = decode_with_jwks(&world, &token, SigningAlg::Es256).await;
+    assert_eq!(
+        claims["scope"],
+        "artifacts:read artifacts:write deploy:staging repo:read"
+    );
+    assert_eq!(claims["roles"], serde_json::json!(["base", "deployer"]));
+
+    let (status, _, body) = world.token(&client, "&scope=deploy%3Astaging").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let narrow = body["access_token"].as_str().unwrap();
+    let claims = decode_with_jwks(&world, narrow, SigningAlg::Es256).await;
+    assert_eq!(
+        claims["roles"],
+        serde_json::json!(["base"]),
+        "deployer not fully held"
+    );
+
+    // The default role is missing: nothing is granted, not even own scopes.
+    world.state.set_credentials(index(vec![role(
+        RoleKind::M2MRole,
+        "deployer",
+        &["deploy:staging"],
+    )]));
+    let refused = world.token(&client, "&scope=repo%3Aread").await;
+    assert_error(&refused, StatusCode::BAD_REQUEST, "unauthorized_client");
+    assert!(
+        refused.2["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("RoleNotFound: roles not found: ClusterM2MRole/base"),
+        "{}",
+        refused.2
+    );
 }

@@ -14,7 +14,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// How often the files are checked for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ impl ReloadingTls {
     }
 
     /// Reload now; keeps the previous configuration on failure.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let config = load(&self.cert, &self.key)?;
         self.current.store(Arc::new(config));
         Ok(())

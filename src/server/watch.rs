@@ -1,5 +1,6 @@
-//! The watches that keep [`TokenState`] current: M2MCredentials and
-//! ServiceAccounts (m2m.dev) cluster-wide, Namespace metadata (for the
+//! The watches that keep [`TokenState`] current: M2MCredentials,
+//! ServiceAccounts (m2m.dev), M2MRoles and ClusterM2MRoles cluster-wide
+//! (or in the watched namespace, except cluster roles), Namespace metadata (for the
 //! `m2m.dev/allowed-scopes` policy), the operator key Secret (watched by
 //! name with a field selector, so RBAC can restrict it with
 //! `resourceNames`) and the per-client revocation ConfigMaps (by label).
@@ -32,12 +33,13 @@
 //! serving its last state.
 
 use super::index::{
-    AccountSource, CredentialIndexer, CredentialSource, KeyMaterial, NamespaceSource, TokenState,
+    AccountSource, CredentialIndexer, CredentialSource, KeyMaterial, NamespaceSource, RoleSource,
+    TokenState,
 };
 use super::revocation::REVOCATION_SELECTOR;
 use crate::admin::ReadyFlag;
 use crate::core::grant::ScopePolicy;
-use crate::crd::{M2MCredential, ServiceAccount};
+use crate::crd::{ClusterM2MRole, M2MCredential, M2MRole, RoleKind, ServiceAccount};
 use crate::signing::store::KEY_SECRET_NAME;
 use crate::telemetry::Metrics;
 use chrono::Utc;
@@ -56,18 +58,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Longest wait before retrying a failed list or watch.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Duration of one watch request; its end and restart confirm the state.
-pub const WATCH_TIMEOUT_SECS: u32 = 30;
+pub(crate) const WATCH_TIMEOUT_SECS: u32 = 30;
 /// A watch that delivers nothing (not even its end) for this long past its
 /// timeout is taken for a dead connection.
 const WATCH_IDLE_MARGIN: Duration = Duration::from_secs(5);
 /// Objects per list page: bounds the memory a relist needs at once.
-pub const PAGE_SIZE: u32 = 500;
+pub(crate) const PAGE_SIZE: u32 = 500;
 /// Served state older than this makes the replica not ready.
-pub const STALENESS_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const STALENESS_LIMIT: Duration = Duration::from_secs(60);
 /// Most changes applied before a snapshot is published.
 const MAX_BATCH: usize = 1024;
 
@@ -79,9 +81,11 @@ enum Source {
     Namespaces = 2,
     Keys = 3,
     Revocations = 4,
+    Roles = 5,
+    ClusterRoles = 6,
 }
 
-const SOURCES: usize = 5;
+const SOURCES: usize = 7;
 
 /// What one watch reports.
 #[derive(Debug)]
@@ -104,6 +108,8 @@ enum Update {
     Namespaces(WatchItem<NamespaceSource>),
     Keys(WatchItem<Secret>),
     Revocations(WatchItem<ConfigMap>),
+    Roles(WatchItem<RoleSource>),
+    ClusterRoles(WatchItem<RoleSource>),
 }
 
 impl Update {
@@ -114,17 +120,21 @@ impl Update {
             Update::Namespaces(_) => Source::Namespaces,
             Update::Keys(_) => Source::Keys,
             Update::Revocations(_) => Source::Revocations,
+            Update::Roles(_) => Source::Roles,
+            Update::ClusterRoles(_) => Source::ClusterRoles,
         }
     }
 }
 
 /// Where and what to watch.
 #[derive(Debug, Clone)]
-pub struct WatchConfig {
+pub(crate) struct WatchConfig {
     /// The operator namespace (key Secret, revocation ConfigMap).
     pub operator_namespace: String,
     /// Scope policy of namespaces without the annotation.
     pub default_policy: ScopePolicy,
+    /// The `ClusterM2MRole` granted to every ServiceAccount, if any.
+    pub default_role: Option<String>,
     /// Watch credentials and ServiceAccounts of this namespace only
     /// (`--watch-namespace`); `None`: the whole cluster.
     pub watch_namespace: Option<String>,
@@ -132,7 +142,7 @@ pub struct WatchConfig {
 
 /// Readiness flags and metrics the watches drive.
 #[derive(Debug, Clone)]
-pub struct WatchReadiness {
+pub(crate) struct WatchReadiness {
     /// Every watch completed its initial list.
     pub synced: ReadyFlag,
     /// A signing key is loaded.
@@ -363,7 +373,7 @@ fn strip<K: Resource>(mut object: K) -> Option<K> {
 }
 
 /// Run the watches forever, keeping `state` current.
-pub async fn run_watches(
+pub(crate) async fn run_watches(
     client: kube::Client,
     cfg: WatchConfig,
     state: Arc<TokenState>,
@@ -382,6 +392,10 @@ pub async fn run_watches(
             by_name(watched),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone()), None),
+    };
+    let role_api: Api<M2MRole> = match &cfg.watch_namespace {
+        Some(watched) => Api::namespaced(client.clone(), watched),
+        None => Api::all(client.clone()),
     };
     let (tx, mut rx) = mpsc::channel(MAX_BATCH);
     let tasks = [
@@ -426,6 +440,22 @@ pub async fn run_watches(
             },
             strip,
             Update::Revocations,
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            Full(role_api),
+            "m2mroles",
+            Selector::default(),
+            |r| RoleSource::namespaced(&r),
+            Update::Roles,
+            tx.clone(),
+        )),
+        tokio::spawn(watch_kind(
+            Full(Api::<ClusterM2MRole>::all(client.clone())),
+            "clusterm2mroles",
+            Selector::default(),
+            |r| RoleSource::cluster(&r),
+            Update::ClusterRoles,
             tx,
         )),
     ];
@@ -439,7 +469,8 @@ pub async fn run_watches(
     let _tasks = AbortOnDrop(tasks);
 
     let mut applier = Applier {
-        indexer: CredentialIndexer::new(cfg.default_policy.clone()),
+        indexer: CredentialIndexer::new(cfg.default_policy.clone())
+            .with_default_role(cfg.default_role.clone()),
         keys: None,
         revocations: BTreeMap::new(),
         synced: [false; SOURCES],
@@ -478,6 +509,8 @@ pub async fn run_watches(
         if dirty[Source::Credentials as usize]
             || dirty[Source::Accounts as usize]
             || dirty[Source::Namespaces as usize]
+            || dirty[Source::Roles as usize]
+            || dirty[Source::ClusterRoles as usize]
         {
             state.set_credentials(applier.indexer.snapshot());
         }
@@ -535,6 +568,21 @@ fn observe_usage(state: &TokenState, update: &Update) {
         Update::Credentials(WatchItem::Apply(c)) => seen.set(id(c), c.usage.clone()),
         Update::Credentials(WatchItem::Delete(c)) => seen.remove(&id(c)),
         _ => {}
+    }
+}
+
+/// A watch of roles of one kind: into the index.
+fn apply_role(
+    ix: &mut CredentialIndexer,
+    kind: RoleKind,
+    item: WatchItem<RoleSource>,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    match item {
+        WatchItem::Reset(items) => ix.reset_roles(kind, items, now),
+        WatchItem::Apply(r) => ix.apply_role(r, now),
+        WatchItem::Delete(r) => ix.delete_role(r.kind, &r.namespace, &r.name, now),
+        WatchItem::Current => false,
     }
 }
 
@@ -598,6 +646,8 @@ impl Applier {
                     | Update::Namespaces(WatchItem::Reset(_))
                     | Update::Keys(WatchItem::Reset(_))
                     | Update::Revocations(WatchItem::Reset(_))
+                    | Update::Roles(WatchItem::Reset(_))
+                    | Update::ClusterRoles(WatchItem::Reset(_))
             );
         self.synced[source] |= first_list;
         let ix = &mut self.indexer;
@@ -620,6 +670,8 @@ impl Applier {
                 WatchItem::Delete(n) => ix.delete_namespace(&n.name, now),
                 WatchItem::Current => false,
             },
+            Update::Roles(item) => apply_role(ix, RoleKind::M2MRole, item, now),
+            Update::ClusterRoles(item) => apply_role(ix, RoleKind::ClusterM2MRole, item, now),
             Update::Keys(item) => apply_single(&mut self.keys, item),
             Update::Revocations(item) => apply_named(&mut self.revocations, item),
         };

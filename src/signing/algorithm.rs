@@ -16,7 +16,7 @@ pub enum SigningAlg {
 
 impl SigningAlg {
     /// Every algorithm, in the order the CLI lists them.
-    pub const ALL: [Self; 3] = [Self::Es256, Self::EdDsa, Self::Rs256];
+    pub(crate) const ALL: [Self; 3] = [Self::Es256, Self::EdDsa, Self::Rs256];
 
     /// The JOSE `alg` name (`ES256`, `EdDSA`, `RS256`).
     pub fn as_str(self) -> &'static str {
@@ -28,7 +28,7 @@ impl SigningAlg {
     }
 
     /// Parse a JOSE `alg` name; only the three algorithms this operator signs with.
-    pub fn from_jose(alg: &str) -> Option<Self> {
+    pub(crate) fn from_jose(alg: &str) -> Option<Self> {
         match alg {
             "ES256" => Some(Self::Es256),
             "EdDSA" => Some(Self::EdDsa),
@@ -38,7 +38,8 @@ impl SigningAlg {
     }
 
     /// The same algorithm as `jsonwebtoken` names it.
-    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+    #[cfg(test)]
+    pub(crate) fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
         match self {
             Self::Es256 => jsonwebtoken::Algorithm::ES256,
             Self::EdDsa => jsonwebtoken::Algorithm::EdDSA,

@@ -36,7 +36,7 @@ pub enum CryptoError {
 
 /// A fresh private key of `alg` from the OS CSPRNG (through aws-lc), as
 /// PKCS#8 v1 DER.
-pub fn generate_pkcs8(alg: SigningAlg) -> Result<Vec<u8>, CryptoError> {
+pub(crate) fn generate_pkcs8(alg: SigningAlg) -> Result<Vec<u8>, CryptoError> {
     use aws_lc_rs::encoding::AsDer;
     let failed = || CryptoError::Generate(alg.as_str());
     Ok(match alg {
@@ -157,7 +157,7 @@ pub(crate) fn public_jwk(
 }
 
 /// The RFC 7638 SHA-256 thumbprint of the public half of a PKCS#8 key: its `kid`.
-pub fn thumbprint(alg: SigningAlg, pkcs8: &[u8]) -> Result<String, CryptoError> {
+pub(crate) fn thumbprint(alg: SigningAlg, pkcs8: &[u8]) -> Result<String, CryptoError> {
     let key = parse_private(alg, "new", pkcs8)?;
     public_jwk(alg, &key, None)?
         .thumbprint(ThumbprintHash::SHA256)

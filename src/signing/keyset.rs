@@ -23,10 +23,10 @@ use std::fmt;
 use std::time::Duration;
 
 /// The version of the `signing-keys.json` format this code writes.
-pub const KEY_SET_FORMAT: u32 = 1;
+pub(crate) const KEY_SET_FORMAT: u32 = 1;
 /// Extra publication time of a retired key beyond the longest token
 /// lifetime, so resource servers with skewed clocks still find it.
-pub const PUBLICATION_SKEW: Duration = Duration::from_secs(300);
+pub(crate) const PUBLICATION_SKEW: Duration = Duration::from_secs(300);
 
 /// Why the key set could not be read, written or extended.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ mod alg_serde {
         s.serialize_str(alg.as_str())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SigningAlg, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SigningAlg, D::Error> {
         let name = String::deserialize(d)?;
         SigningAlg::from_jose(&name)
             .ok_or_else(|| D::Error::custom(format!("unsupported signing algorithm {name:?}")))
@@ -69,7 +69,7 @@ mod b64_serde {
         s.serialize_str(&STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(D::Error::custom)
     }
@@ -139,7 +139,7 @@ impl Default for KeySet {
 
 impl KeySet {
     /// Parse `signing-keys.json`.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, KeySetError> {
+    pub(crate) fn from_json(bytes: &[u8]) -> Result<Self, KeySetError> {
         let set: Self = serde_json::from_slice(bytes).map_err(KeySetError::Parse)?;
         if set.format != KEY_SET_FORMAT {
             return Err(KeySetError::UnknownFormat(set.format));
@@ -148,7 +148,7 @@ impl KeySet {
     }
 
     /// Render `signing-keys.json`.
-    pub fn to_json(&self) -> Result<Vec<u8>, KeySetError> {
+    pub(crate) fn to_json(&self) -> Result<Vec<u8>, KeySetError> {
         serde_json::to_vec_pretty(self).map_err(KeySetError::Serialize)
     }
 
@@ -237,7 +237,7 @@ fn rotation_at(key: &SigningKeyRecord, policy: &KeyPolicy) -> Option<DateTime<Ut
 }
 
 /// Whether a new key must be generated at `now`, and why.
-pub fn rotation_due(
+pub(crate) fn rotation_due(
     set: &KeySet,
     policy: &KeyPolicy,
     now: DateTime<Utc>,
@@ -261,7 +261,7 @@ pub fn rotation_due(
 
 /// The next moment at which [`plan`] would change something (a rotation or a
 /// pruning), so the controller can wake up exactly then.
-pub fn next_due(set: &KeySet, policy: &KeyPolicy) -> Option<DateTime<Utc>> {
+pub(crate) fn next_due(set: &KeySet, policy: &KeyPolicy) -> Option<DateTime<Utc>> {
     let rotation = set.active().and_then(|k| rotation_at(k, policy));
     let prunes = set.keys.iter().filter_map(publication_end);
     rotation.into_iter().chain(prunes).min()
@@ -298,7 +298,7 @@ pub fn plan(set: &KeySet, policy: &KeyPolicy, now: DateTime<Utc>) -> KeyPlan {
 
 /// Apply a plan: drop pruned keys, and when rotating retire every active key
 /// and append `new_key`. Returns the new set.
-pub fn apply_plan(
+pub(crate) fn apply_plan(
     set: &KeySet,
     plan: &KeyPlan,
     new_key: Option<SigningKeyRecord>,
@@ -324,7 +324,7 @@ pub fn apply_plan(
 
 /// The key set after applying what is due at `now` (a rotation, pruning),
 /// or `None` when nothing is due. Pure apart from key generation.
-pub fn next_key_set(
+pub(crate) fn next_key_set(
     set: &KeySet,
     policy: &KeyPolicy,
     now: DateTime<Utc>,

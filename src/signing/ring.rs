@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The JWT `typ` of access tokens (RFC 9068 §2.1).
-pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+pub(crate) const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 /// Why a key ring could not be built or a token signed.
 #[derive(Debug, thiserror::Error)]
@@ -199,12 +199,12 @@ impl KeyRing {
     }
 
     /// The JWKS document (`{"keys":[…]}`), rendered once.
-    pub fn jwks_json(&self) -> Arc<[u8]> {
+    pub(crate) fn jwks_json(&self) -> Arc<[u8]> {
         self.jwks_json.clone()
     }
 
     /// The JOSE algorithms of the published keys.
-    pub fn algorithms(&self) -> &[&'static str] {
+    pub(crate) fn algorithms(&self) -> &[&'static str] {
         &self.algs
     }
 

@@ -17,11 +17,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Name of the operator's key Secret.
-pub const KEY_SECRET_NAME: &str = "m2m-operator-keys";
+pub(crate) const KEY_SECRET_NAME: &str = "m2m-operator-keys";
 /// Data key of the verifier (HMAC) key: 32 raw bytes.
-pub const VERIFIER_KEY_DATA: &str = "verifier-key";
+pub(crate) const VERIFIER_KEY_DATA: &str = "verifier-key";
 /// Data key of the signing-key set.
-pub const SIGNING_KEYS_DATA: &str = "signing-keys.json";
+pub(crate) const SIGNING_KEYS_DATA: &str = "signing-keys.json";
 
 /// Why the key Secret's content is unusable.
 #[derive(Debug, thiserror::Error)]

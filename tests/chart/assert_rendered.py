@@ -187,8 +187,18 @@ def main():
             not rules_granting(docs, "ClusterRole", ts_sa, res, verb)
             and not rules_granting(docs, "Role", ts_sa, res, verb),
         )
-    for res in ("m2mcredentials", "serviceaccounts", "namespaces"):
+    for res in ("m2mcredentials", "serviceaccounts", "namespaces", "m2mroles", "clusterm2mroles"):
         check(f"token-server: cluster-wide watch on {res}", rules_granting(docs, "ClusterRole", ts_sa, res, "watch"))
+    # Roles are read by both components and written by neither.
+    for sa, who in ((ts_sa, "token-server"), (ctrl_sa, "controller")):
+        for res in ("m2mroles", "clusterm2mroles"):
+            check(f"{who}: cluster-wide list on {res}", rules_granting(docs, "ClusterRole", sa, res, "list"))
+            for verb in ("create", "patch", "update", "delete"):
+                check(
+                    f"{who}: no `{verb}` on {res}",
+                    not rules_granting(docs, "ClusterRole", sa, res, verb)
+                    and not rules_granting(docs, "Role", sa, res, verb),
+                )
     for res, verb in (
         ("m2mcredentials/status", "patch"),
         ("serviceaccounts/status", "patch"),
@@ -230,6 +240,13 @@ def main():
         {"serviceaccounts.m2m.dev", "m2mcredentials.m2m.dev"} <= crds,
         crds,
     )
+    for name, env in (("controller", cenv), ("token-server", env_of(tsc))):
+        want = None if mode == "default" else "m2m-default"
+        check(
+            f"{name}: M2M_DEFAULT_ROLE is config.defaultRole (unset when empty)",
+            env.get("M2M_DEFAULT_ROLE", {}).get("value") == want,
+            env.get("M2M_DEFAULT_ROLE"),
+        )
     restart_kinds = ("deployments", "statefulsets", "daemonsets")
     if mode == "default":
         for res in restart_kinds:

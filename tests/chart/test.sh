@@ -345,6 +345,10 @@ if ((installed)); then
   allowed "$TS" watch m2mcredentials.m2m.dev --all-namespaces
   allowed "$TS" watch serviceaccounts.m2m.dev --all-namespaces
   allowed "$TS" watch namespaces
+  allowed "$TS" watch m2mroles.m2m.dev --all-namespaces
+  allowed "$TS" watch clusterm2mroles.m2m.dev
+  denied "$TS" patch m2mroles.m2m.dev -n "$OTHER_NS"
+  denied "$TS" create clusterm2mroles.m2m.dev
   denied "$TS" create m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$TS" patch m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$TS" delete m2mcredentials.m2m.dev -n "$OTHER_NS"
@@ -372,6 +376,10 @@ if ((installed)); then
   allowed "$CTRL" patch m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS"
   allowed "$CTRL" patch serviceaccounts.m2m.dev --subresource=status -n "$OTHER_NS"
   allowed "$CTRL" update m2mcredentials.m2m.dev --subresource=finalizers -n "$OTHER_NS"
+  allowed "$CTRL" watch m2mroles.m2m.dev --all-namespaces
+  allowed "$CTRL" watch clusterm2mroles.m2m.dev
+  denied "$CTRL" patch m2mroles.m2m.dev -n "$OTHER_NS"
+  denied "$CTRL" delete clusterm2mroles.m2m.dev
   denied "$CTRL" create m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$CTRL" delete serviceaccounts.m2m.dev -n "$OTHER_NS"
   # Controller: credential Secrets in every namespace, and its keys Secret.
@@ -416,6 +424,11 @@ if ((installed)); then
       "$KUBECTL" auth can-i create m2mcredentials.m2m.dev -n "$OTHER_NS" --as=m2m-chart-test-user
     check "namespace editor may NOT patch m2mcredentials/status" bash -c '[[ "$("$@")" == no ]]' _ \
       "$KUBECTL" auth can-i patch m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS" --as=m2m-chart-test-user
+    check "namespace editor may create m2mroles" bash -c '[[ "$("$@")" == yes ]]' _ \
+      "$KUBECTL" auth can-i create m2mroles.m2m.dev -n "$OTHER_NS" --as=m2m-chart-test-user
+    check "namespace editor may NOT create clusterm2mroles (they widen every namespace's grants)" \
+      bash -c '[[ "$("$@")" == no ]]' _ \
+      "$KUBECTL" auth can-i create clusterm2mroles.m2m.dev --as=m2m-chart-test-user
   else
     printf 'skip aggregated edit/view roles: clusterrole-aggregation controller not running\n'
   fi
@@ -487,6 +500,8 @@ YAML
   as_sa "$TS_CFG" ok "token server lists M2MCredentials cluster-wide" get m2mcredentials.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists m2m.dev ServiceAccounts cluster-wide" get serviceaccounts.m2m.dev -A
   as_sa "$TS_CFG" ok "token server lists Namespaces" get namespaces
+  as_sa "$TS_CFG" ok "token server lists M2MRoles cluster-wide" get m2mroles.m2m.dev -A
+  as_sa "$TS_CFG" ok "token server lists ClusterM2MRoles" get clusterm2mroles.m2m.dev
   # Created and written the way the token server does it: create, then merge patches.
   as_sa "$TS_CFG" ok "token server creates a revocation ConfigMap" \
     -n "$NS" create -f - <<YAML
@@ -552,6 +567,14 @@ YAML
   as_sa "$CTRL_CFG" ok "controller patches m2m.dev ServiceAccount status" \
     -n "$OTHER_NS" patch serviceaccount.m2m.dev rbac-probe --subresource=status --type=merge \
     -p '{"status":{"credentialCount":1}}' --dry-run=server
+  as_sa "$CTRL_CFG" ok "controller lists M2MRoles cluster-wide" get m2mroles.m2m.dev -A
+  as_sa "$CTRL_CFG" ok "controller lists ClusterM2MRoles" get clusterm2mroles.m2m.dev
+  as_sa "$CTRL_CFG" forbidden "controller is refused creating a ClusterM2MRole" create -f - --dry-run=server <<YAML
+apiVersion: m2m.dev/v1alpha1
+kind: ClusterM2MRole
+metadata: { name: m2m-chart-test-probe }
+spec: { scopes: ["admin"] }
+YAML
   as_sa "$CTRL_CFG" ok "controller creates its Lease" -n "$NS" create -f - <<YAML
 apiVersion: coordination.k8s.io/v1
 kind: Lease

@@ -155,6 +155,10 @@ release namespace; M2M_SERVICE_NAME names the token-server Service.
   value: {{ include "m2m-operator.issuer" . | quote }}
 - name: M2M_DEFAULT_ALLOWED_SCOPES
   value: {{ .Values.config.defaultAllowedScopes | quote }}
+{{- with .Values.config.defaultRole }}
+- name: M2M_DEFAULT_ROLE
+  value: {{ . | quote }}
+{{- end }}
 - name: M2M_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: RUST_LOG

@@ -32,24 +32,24 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The longest token lifetime in seconds: no token outlives its issue time by more.
-pub const MAX_TTL_SECS: i64 = MAX_TOKEN_TTL.as_secs() as i64;
+pub(crate) const MAX_TTL_SECS: i64 = MAX_TOKEN_TTL.as_secs() as i64;
 
 /// Data key of the compact entry "all tokens issued before T".
-pub const CUTOFF_KEY: &str = "issued-before";
+pub(crate) const CUTOFF_KEY: &str = "issued-before";
 
 /// Label every revocation ConfigMap carries (the watch selects on it).
 pub const LIST_LABEL: (&str, &str) = ("m2m.dev/revocation-list", "v2");
 
 /// Annotation naming the client whose revocations a ConfigMap holds.
-pub const CLIENT_ID_ANNOTATION: &str = "m2m.dev/client-id";
+pub(crate) const CLIENT_ID_ANNOTATION: &str = "m2m.dev/client-id";
 
 /// Name prefix of the per-client revocation ConfigMaps.
-pub const NAME_PREFIX: &str = "m2m-revoked-tokens-";
+pub(crate) const NAME_PREFIX: &str = "m2m-revoked-tokens-";
 
 /// A replica puts back a missing entry only if its token still lives this
 /// long: below that, replicas' clocks may disagree whether it expired, and
 /// the replica keeps honouring it from memory anyway.
-pub const READD_MARGIN_SECS: i64 = 30;
+pub(crate) const READD_MARGIN_SECS: i64 = 30;
 
 const SEAL_DOMAIN: &str = "m2m.dev/revocation-seal/v1";
 
@@ -107,7 +107,7 @@ impl ClientList {
 
     /// Drop what no longer matters at `now`: expired entries and tokens the
     /// cutoff covers.
-    pub fn prune(&mut self, now: i64) {
+    pub(crate) fn prune(&mut self, now: i64) {
         if self.cutoff.is_some_and(|c| c.exp <= now) {
             self.cutoff = None;
         }
@@ -117,7 +117,7 @@ impl ClientList {
     }
 
     /// Union with `other` (the later cutoff wins), then prune.
-    pub fn merge(&mut self, other: &ClientList, now: i64) {
+    pub(crate) fn merge(&mut self, other: &ClientList, now: i64) {
         for (jti, t) in &other.tokens {
             self.tokens.entry(jti.clone()).or_insert(*t);
         }
@@ -135,7 +135,7 @@ impl ClientList {
 
     /// The sealed data this list is stored as, leaving out entries that
     /// expire within [`READD_MARGIN_SECS`] of `now`.
-    pub fn stored_data(
+    pub(crate) fn stored_data(
         &self,
         key: &VerifierKey,
         client_id: &str,
@@ -171,7 +171,13 @@ fn seal_mac(key: &VerifierKey, client_id: &str, entry: &str, a: i64, b: i64) -> 
 }
 
 /// The stored value `<a>.<b>.<seal>` of entry `entry` of `client_id`.
-pub fn sealed_value(key: &VerifierKey, client_id: &str, entry: &str, a: i64, b: i64) -> String {
+pub(crate) fn sealed_value(
+    key: &VerifierKey,
+    client_id: &str,
+    entry: &str,
+    a: i64,
+    b: i64,
+) -> String {
     let seal = URL_SAFE_NO_PAD.encode(
         seal_mac(key, client_id, entry, a, b)
             .finalize()
@@ -199,7 +205,7 @@ fn leading_number(value: &str) -> Option<i64> {
 
 /// One revocation ConfigMap as read from the API server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredList {
+pub(crate) struct StoredList {
     /// The ConfigMap's name.
     pub name: String,
     /// The client it names (annotation), if any.
@@ -336,7 +342,7 @@ impl ClientList {
 
 /// A write that brings one stored ConfigMap back to what a replica knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Repair {
+pub(crate) enum Repair {
     /// The ConfigMap is gone: create it with these entries.
     Create {
         /// Client id.
@@ -363,14 +369,14 @@ pub enum Repair {
 }
 
 /// When an unsealed entry first seen at `first_seen` may be dropped.
-pub fn unsealed_until(first_seen: i64) -> i64 {
+pub(crate) fn unsealed_until(first_seen: i64) -> i64 {
     first_seen.saturating_add(MAX_TTL_SECS)
 }
 
 /// The write (if any) that makes `stored` hold what this replica knows of
 /// the client (`known`, already pruned), drops expired and subsumed
 /// entries, and unsealed ones past their time (`first_seen` of each).
-pub fn repair(
+pub(crate) fn repair(
     key: &VerifierKey,
     client_id: &str,
     known: &ClientList,
@@ -427,7 +433,10 @@ pub fn repair(
 /// The keys that matter for lookups in unsealed entries of `stored`: token
 /// ids, and the cutoff's `before` (its leading number, or `first_seen` when
 /// it does not parse: everything issued before it was noticed).
-pub fn unsealed_effect(stored: &StoredList, first_seen: i64) -> (BTreeSet<String>, Option<i64>) {
+pub(crate) fn unsealed_effect(
+    stored: &StoredList,
+    first_seen: i64,
+) -> (BTreeSet<String>, Option<i64>) {
     let mut tokens = BTreeSet::new();
     let mut cutoff = None;
     for (k, v) in &stored.unsealed {

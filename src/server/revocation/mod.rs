@@ -39,10 +39,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Label selector of the revocation ConfigMaps (for the watch).
-pub const REVOCATION_SELECTOR: &str = "m2m.dev/revocation-list=v2";
+pub(crate) const REVOCATION_SELECTOR: &str = "m2m.dev/revocation-list=v2";
 
 /// Default `--revocation-quota`: single-token entries per client.
-pub const DEFAULT_QUOTA: usize = 256;
+pub(crate) const DEFAULT_QUOTA: usize = 256;
 
 /// Why a revocation could not be recorded.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +67,14 @@ pub trait RevocationStore: Send + Sync + 'static {
 
 /// Revocations kept in this process only (tests and the benchmark server),
 /// with the same quota and compaction as the stored ones.
+#[cfg(any(test, feature = "bench"))]
 #[derive(Debug, Clone)]
-pub struct LocalRevocations {
+pub(crate) struct LocalRevocations {
     state: Arc<TokenState>,
     quota: usize,
 }
 
+#[cfg(any(test, feature = "bench"))]
 impl LocalRevocations {
     /// Record into `state` directly, with the default quota.
     pub fn new(state: Arc<TokenState>) -> Self {
@@ -80,11 +82,12 @@ impl LocalRevocations {
     }
 
     /// Record into `state` with `quota` single entries per client.
-    pub fn with_quota(state: Arc<TokenState>, quota: usize) -> Self {
+    pub(crate) fn with_quota(state: Arc<TokenState>, quota: usize) -> Self {
         Self { state, quota }
     }
 }
 
+#[cfg(any(test, feature = "bench"))]
 impl RevocationStore for LocalRevocations {
     fn revoke<'a>(
         &'a self,
@@ -100,7 +103,7 @@ impl RevocationStore for LocalRevocations {
 
 /// Revocations in per-client ConfigMaps of the operator namespace.
 #[derive(Clone)]
-pub struct ConfigMapRevocations {
+pub(crate) struct ConfigMapRevocations {
     api: Api<ConfigMap>,
     state: Arc<TokenState>,
     quota: usize,
@@ -123,7 +126,10 @@ fn metadata(client_id: &str) -> ObjectMeta {
 
 /// The merge patch setting (`Some`) or deleting (`None`) keys of
 /// `client_id`'s ConfigMap, restoring its labels and annotation.
-pub fn merge_patch(client_id: &str, data: &BTreeMap<String, Option<String>>) -> serde_json::Value {
+pub(crate) fn merge_patch(
+    client_id: &str,
+    data: &BTreeMap<String, Option<String>>,
+) -> serde_json::Value {
     let meta = metadata(client_id);
     serde_json::json!({
         "metadata": {"labels": meta.labels, "annotations": meta.annotations},
@@ -241,7 +247,7 @@ impl ConfigMapRevocations {
 
     /// Keep the stored copies in line with what this replica knows, forever:
     /// after every change the watch delivers, and when an entry expires.
-    pub async fn run_repairs(self) {
+    pub(crate) async fn run_repairs(self) {
         const MAX_SLEEP: Duration = Duration::from_secs(60);
         let r = self.state.revocations();
         loop {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the request path reads: revoked token ids and per-client cutoffs.
 #[derive(Debug, Default)]
-pub struct RevocationView {
+pub(crate) struct RevocationView {
     tokens: HashSet<String>,
     cutoffs: HashMap<String, i64>,
 }
@@ -29,16 +29,6 @@ impl RevocationView {
     /// Whether the token `jti` of `client_id`, issued at `iat`, is revoked.
     pub fn revokes(&self, client_id: &str, jti: &str, iat: i64) -> bool {
         self.tokens.contains(jti) || self.cutoffs.get(client_id).is_some_and(|b| iat < *b)
-    }
-
-    /// Number of single-token entries.
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// Whether nothing is revoked.
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty() && self.cutoffs.is_empty()
     }
 }
 
@@ -72,13 +62,8 @@ impl Revocations {
     }
 
     /// Whether the token `jti` of `client_id`, issued at `iat`, is revoked.
-    pub fn is_revoked(&self, client_id: &str, jti: &str, iat: i64) -> bool {
+    pub(crate) fn is_revoked(&self, client_id: &str, jti: &str, iat: i64) -> bool {
         self.view.load().revokes(client_id, jti, iat)
-    }
-
-    /// The current view.
-    pub fn view(&self) -> Arc<RevocationView> {
-        self.view.load_full()
     }
 
     /// What this replica knows `client_id` has revoked, pruned at `now`.
@@ -94,7 +79,7 @@ impl Revocations {
     }
 
     /// Record a revocation of `jti` that was stored (or is kept in memory only).
-    pub fn record(&self, client_id: &str, jti: &str, plan: &Plan, now: i64) {
+    pub(crate) fn record(&self, client_id: &str, jti: &str, plan: &Plan, now: i64) {
         let mut inner = self.lock();
         inner
             .known
@@ -106,7 +91,7 @@ impl Revocations {
 
     /// Take in the revocation ConfigMaps as the watch sees them now, read
     /// with `key` (`None` until the key Secret is loaded).
-    pub fn observe<'a>(
+    pub(crate) fn observe<'a>(
         &self,
         config_maps: impl IntoIterator<Item = &'a ConfigMap>,
         key: Option<&VerifierKey>,
@@ -197,14 +182,14 @@ impl Revocations {
     }
 
     /// Drop what expired by `now` from memory and the view.
-    pub fn prune(&self, now: i64) {
+    pub(crate) fn prune(&self, now: i64) {
         let mut inner = self.lock();
         self.rebuild(&mut inner, now);
     }
 
     /// The writes that bring every stored copy in line with what this
     /// replica knows.
-    pub fn repairs(&self, key: &VerifierKey, now: i64) -> Vec<Repair> {
+    pub(crate) fn repairs(&self, key: &VerifierKey, now: i64) -> Vec<Repair> {
         let inner = self.lock();
         let mut clients: HashMap<String, String> = inner
             .known
@@ -254,7 +239,7 @@ impl Revocations {
     }
 
     /// The earliest moment (unix seconds) something known or stored expires.
-    pub fn next_expiry(&self) -> Option<i64> {
+    pub(crate) fn next_expiry(&self) -> Option<i64> {
         let inner = self.lock();
         let known = inner.known.values().flat_map(|l| {
             l.tokens
@@ -267,7 +252,8 @@ impl Revocations {
     }
 
     /// Number of unsealed entries currently stored.
-    pub fn unsealed_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn unsealed_count(&self) -> usize {
         self.lock().stored.values().map(|s| s.unsealed.len()).sum()
     }
 

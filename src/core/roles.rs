@@ -1,0 +1,284 @@
+//! Which roles a `ServiceAccount` is granted and what they add: its
+//! `spec.roleRefs` plus the operator's default role, looked up among the
+//! `M2MRole`s of its namespace and the `ClusterM2MRole`s (SPEC §7).
+//!
+//! The controller (status) and the token server (index) both resolve
+//! roles with [`resolve_roles`], each with its own lookup, so they always
+//! agree. A role that does not exist is an error ([`GrantError::RoleNotFound`]),
+//! never skipped: skipping would silently narrow the grant, and guessing
+//! would widen it. That holds for the default role too — a `--default-role`
+//! naming no `ClusterM2MRole` makes every identity `RoleNotFound` until the
+//! role exists, which is loud and quickly fixed.
+//!
+//! Whether role scopes fit the namespace policy is decided later, with the
+//! identity's own scopes, by [`crate::core::grant::resolve_account`].
+
+use crate::core::grant::GrantError;
+use crate::crd::{RoleKind, RoleRef, ServiceAccountSpec};
+use std::collections::BTreeSet;
+
+/// One role granted to an identity, with the scopes it grants.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrantedRole {
+    /// The role's name (what the `roles` claim carries).
+    pub name: String,
+    /// The scopes it grants.
+    pub scopes: BTreeSet<String>,
+}
+
+/// The roles an identity is granted, each once, sorted by kind and name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleGrant {
+    /// The granted roles.
+    pub roles: Vec<GrantedRole>,
+}
+
+/// The outcome of [`resolve_roles`]: the roles, or which are missing.
+pub type RoleResolution = Result<RoleGrant, GrantError>;
+
+impl RoleGrant {
+    /// No roles (an identity without `roleRefs` and no default role).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Every scope the roles grant.
+    pub fn scopes(&self) -> BTreeSet<String> {
+        self.roles
+            .iter()
+            .flat_map(|r| r.scopes.iter().cloned())
+            .collect()
+    }
+
+    /// The names of the granted roles, sorted and without repeats (an
+    /// `M2MRole` and a `ClusterM2MRole` may share a name).
+    pub fn names(&self) -> Vec<String> {
+        let names: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The names of the roles a token holding exactly `scope` (space
+    /// separated, as in the `scope` claim) carries in its `roles` claim:
+    /// those whose every scope it holds. A token narrowed to fewer scopes
+    /// must not claim a role it cannot exercise, or a resource server that
+    /// authorizes by role would grant more than the token's scopes allow.
+    pub fn held_with<'a>(&'a self, scope: &str) -> Vec<&'a str> {
+        if self.roles.is_empty() {
+            return vec![];
+        }
+        let scopes: BTreeSet<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
+        let held: BTreeSet<&str> = self
+            .roles
+            .iter()
+            .filter(|r| r.scopes.iter().all(|s| scopes.contains(s.as_str())))
+            .map(|r| r.name.as_str())
+            .collect();
+        held.into_iter().collect()
+    }
+}
+
+/// The roles `account` references, then the default role (a
+/// `ClusterM2MRole`), each once.
+pub fn role_refs(account: &ServiceAccountSpec, default_role: Option<&str>) -> BTreeSet<RoleRef> {
+    let mut refs: BTreeSet<RoleRef> = account.role_refs.iter().cloned().collect();
+    if let Some(name) = default_role.filter(|n| !n.is_empty()) {
+        refs.insert(RoleRef {
+            kind: RoleKind::ClusterM2MRole,
+            name: name.to_owned(),
+        });
+    }
+    refs
+}
+
+/// Resolve the roles of `account`. `lookup` answers the scopes of a role
+/// (an `M2MRole` in the account's namespace, or a `ClusterM2MRole`), or
+/// `None` when it does not exist.
+pub fn resolve_roles(
+    account: &ServiceAccountSpec,
+    default_role: Option<&str>,
+    lookup: impl Fn(&RoleRef) -> Option<BTreeSet<String>>,
+) -> RoleResolution {
+    let mut roles = Vec::new();
+    let mut missing = Vec::new();
+    let default = default_role.filter(|n| !n.is_empty());
+    for r in role_refs(account, default) {
+        match lookup(&r) {
+            Some(scopes) => roles.push(GrantedRole {
+                name: r.name,
+                scopes,
+            }),
+            None => {
+                let is_default = r.kind == RoleKind::ClusterM2MRole
+                    && default == Some(r.name.as_str())
+                    && !account.role_refs.contains(&r);
+                missing.push(if is_default {
+                    format!("{}/{} (the operator's default role)", r.kind, r.name)
+                } else {
+                    format!("{}/{}", r.kind, r.name)
+                });
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(RoleGrant { roles })
+    } else {
+        Err(GrantError::RoleNotFound(missing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn account(refs: &[(RoleKind, &str)]) -> ServiceAccountSpec {
+        ServiceAccountSpec {
+            scopes: vec!["own".into()],
+            role_refs: refs
+                .iter()
+                .map(|(kind, name)| RoleRef {
+                    kind: *kind,
+                    name: (*name).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn catalog() -> BTreeMap<(RoleKind, &'static str), Vec<String>> {
+        BTreeMap::from([
+            ((RoleKind::M2MRole, "reader"), vec!["repo:read".into()]),
+            (
+                (RoleKind::M2MRole, "writer"),
+                vec!["repo:read".into(), "repo:write".into()],
+            ),
+            (
+                (RoleKind::ClusterM2MRole, "reader"),
+                vec!["audit:read".into()],
+            ),
+            ((RoleKind::ClusterM2MRole, "basic"), vec!["ping".into()]),
+            ((RoleKind::ClusterM2MRole, "empty"), vec![]),
+        ])
+    }
+
+    fn resolve(a: &ServiceAccountSpec, default: Option<&str>) -> RoleResolution {
+        let c = catalog();
+        resolve_roles(a, default, |r| {
+            c.get(&(r.kind, r.name.as_str()))
+                .map(|s| s.iter().cloned().collect())
+        })
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn role_table() {
+        use RoleKind::{ClusterM2MRole as C, M2MRole as N};
+        type Case<'a> = (
+            &'a str,
+            Vec<(RoleKind, &'a str)>,
+            Option<&'a str>,
+            Result<(Vec<&'a str>, BTreeSet<String>), &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("no roles", vec![], None, Ok((vec![], set(&[])))),
+            (
+                "empty default name = none",
+                vec![],
+                Some(""),
+                Ok((vec![], set(&[]))),
+            ),
+            (
+                "one namespaced",
+                vec![(N, "reader")],
+                None,
+                Ok((vec!["reader"], set(&["repo:read"]))),
+            ),
+            (
+                "union of roles",
+                vec![(N, "reader"), (N, "writer")],
+                None,
+                Ok((vec!["reader", "writer"], set(&["repo:read", "repo:write"]))),
+            ),
+            (
+                "same name, both kinds: both granted, named once",
+                vec![(N, "reader"), (C, "reader")],
+                None,
+                Ok((vec!["reader"], set(&["repo:read", "audit:read"]))),
+            ),
+            (
+                "default role",
+                vec![],
+                Some("basic"),
+                Ok((vec!["basic"], set(&["ping"]))),
+            ),
+            (
+                "default role also referenced",
+                vec![(C, "basic")],
+                Some("basic"),
+                Ok((vec!["basic"], set(&["ping"]))),
+            ),
+            (
+                "role without scopes",
+                vec![(C, "empty")],
+                None,
+                Ok((vec!["empty"], set(&[]))),
+            ),
+            (
+                "kind matters",
+                vec![(C, "writer")],
+                None,
+                Err("ClusterM2MRole/writer"),
+            ),
+            (
+                "missing default",
+                vec![(N, "reader")],
+                Some("gone"),
+                Err("ClusterM2MRole/gone (the operator's default role)"),
+            ),
+            (
+                "all missing ones named",
+                vec![(N, "a"), (N, "reader"), (C, "b")],
+                None,
+                Err("M2MRole/a, ClusterM2MRole/b"),
+            ),
+        ];
+        for (name, refs, default, want) in cases {
+            let got = resolve(&account(&refs), default);
+            match (got, want) {
+                (Ok(g), Ok((names, scopes))) => {
+                    assert_eq!(g.names(), names, "{name}");
+                    assert_eq!(g.scopes(), scopes, "{name}");
+                }
+                (Err(e), Err(listed)) => {
+                    assert_eq!(e.reason(), "RoleNotFound", "{name}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!("roles not found: {listed}"),
+                        "{name}"
+                    );
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_claims_only_the_roles_whose_scopes_it_holds() {
+        let g = resolve(
+            &account(&[(RoleKind::M2MRole, "reader"), (RoleKind::M2MRole, "writer")]),
+            Some("empty"),
+        )
+        .unwrap();
+        assert_eq!(
+            g.held_with("repo:read repo:write"),
+            ["empty", "reader", "writer"]
+        );
+        assert_eq!(g.held_with("repo:read"), ["empty", "reader"]);
+        assert_eq!(g.held_with("own"), ["empty"]);
+        assert_eq!(g.held_with(""), ["empty"]);
+        assert!(RoleGrant::none().held_with("own").is_empty());
+    }
+}
