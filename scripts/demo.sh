@@ -6,6 +6,9 @@
 # Then workload identity: a credential with no secret at all, exchanging a
 # Kubernetes service-account token (minted with kubectl create token, since
 # pods do not run here) for an access token, and refusing another's.
+# Last, adoption-aware retirement: `kubectl m2m status` before and after a
+# rotation with rotation.retireWhenUnusedFor, the old version retired as soon
+# as nothing used it any more.
 #
 #   ./scripts/demo.sh          run the demo (leaves everything running)
 #   ./scripts/demo.sh stop     stop the operator and the control plane
@@ -44,9 +47,10 @@ tests/cluster/up.sh >/dev/null
 eval "$(tests/cluster/env.sh)"
 kubectl version 2>/dev/null | sed 's/^/    /' || true
 
-step "Building m2m-operator"
-cargo build --locked --bin m2m-operator
+step "Building m2m-operator and the kubectl plugin (kubectl-m2m)"
+cargo build --locked --bin m2m-operator --bin kubectl-m2m
 BIN="$ROOT/target/debug/m2m-operator"
+export PATH="$ROOT/target/debug:$PATH"   # `kubectl m2m` finds kubectl-m2m here
 
 step "Installing the CRDs (m2m-operator crds | kubectl apply)"
 "$BIN" crds | kubectl apply --server-side --field-manager=m2m-demo -f -
@@ -55,8 +59,10 @@ kubectl wait --for=condition=Established --timeout=60s crd/m2mcredentials.m2m.de
 step "Running the operator on this host (controller + token server on $ISSUER)"
 stop_operator
 kubectl get ns m2m-system >/dev/null 2>&1 || kubectl create ns m2m-system
+# Short usage resolutions so the demo need not wait (defaults: 60s, 5s).
 nohup "$BIN" run --namespace m2m-system --issuer "$ISSUER" \
   --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+  --usage-resolution 10s --usage-resolution-in-grace 2s \
   >"$STATE/operator.log" 2>&1 &
 echo $! >"$STATE/operator.pid"
 for _ in $(seq 1 100); do
@@ -156,6 +162,64 @@ code="$(printf '%s' "$OTHER_TOKEN" | curl -sS -o "$STATE/wi-other.json" -w '%{ht
   --data-urlencode client_assertion@- "$TOKEN_URL")"
 echo "    HTTP $code $(cat "$STATE/wi-other.json")"
 [[ "$code" == 401 ]] || die "another ServiceAccount's token was accepted"
+
+step "Adoption-aware retirement: rotation.retireWhenUnusedFor"
+AD_YAML="$(cat <<'YAML'
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata:
+  name: adoption-demo
+  namespace: m2m-demo
+spec:
+  serviceAccountName: ci-bot
+  rotation:
+    gracePeriod: 1h            # the upper bound
+    retireWhenUnusedFor: 20s   # ...ended early once the old secret goes unused
+YAML
+)"
+printf '%s\n' "$AD_YAML" | sed 's/^/    /'
+kubectl -n "$NS" delete m2mcred adoption-demo --ignore-not-found --wait >/dev/null   # a fresh one on re-runs
+printf '%s\n' "$AD_YAML" | kubectl apply -f - | sed 's/^/    /'
+kubectl -n "$NS" wait --for=condition=Ready --timeout=60s m2mcredential/adoption-demo
+ad_field() { kubectl -n "$NS" get secret adoption-demo-credentials -o "jsonpath={.data.$1}" | base64 -d; }
+AD_ID="$(ad_field client_id)"
+AD_OLD="$(ad_field client_secret)"
+curl -fsS -o /dev/null -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL"
+echo "    a client used secret version 1; the token server records it (no API call per request)"
+for _ in $(seq 1 50); do
+  [[ -n "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.lastUsedTime}')" ]] && break
+  sleep 0.2
+done
+echo "    kubectl m2m status -n $NS"
+kubectl m2m status -n "$NS" | sed 's/^/    /'
+
+step "Rotating adoption-demo; its clients switch to the new secret at once"
+kubectl -n "$NS" annotate m2mcred adoption-demo --overwrite "m2m.dev/rotate=demo-$(date +%s)"
+for _ in $(seq 1 100); do
+  [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.secretVersion}')" == 2 ]] && [[ "$(ad_field client_secret)" != "$AD_OLD" ]] && break
+  sleep 0.2
+done
+sleep 1
+AD_NEW="$(ad_field client_secret)"
+curl -fsS -o /dev/null -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL" \
+  && echo "    the old secret still works: version 1 is in its grace period"
+curl -fsS -o /dev/null -u "$AD_ID:$AD_NEW" -d grant_type=client_credentials "$TOKEN_URL" \
+  && echo "    the new secret works: version 2"
+sleep 3
+echo "    kubectl m2m status -n $NS   (version 1 still in grace, with its last use)"
+kubectl m2m status -n "$NS" | sed 's/^/    /'
+
+step "Nobody uses version 1 any more: retired after 20s, not after the 1h grace period"
+for _ in $(seq 1 60); do
+  [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.verifiers[*].version}')" == 2 ]] && break
+  sleep 1
+done
+kubectl -n "$NS" get events --field-selector reason=PreviousSecretRetired -o custom-columns='REASON:.reason,MESSAGE:.message' | sed 's/^/    /'
+echo "    kubectl m2m status -n $NS"
+kubectl m2m status -n "$NS" | sed 's/^/    /'
+code="$(curl -sS -o /dev/null -w '%{http_code}' -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL")"
+echo "    the old secret now: HTTP $code"
+[[ "$code" == 401 ]] || die "the unused old secret was not retired"
 
 cat <<MSG
 

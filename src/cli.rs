@@ -206,6 +206,17 @@ pub struct TokenServerOptions {
     #[arg(long, env = "M2M_REVOCATION_QUOTA", default_value_t = crate::server::revocation::DEFAULT_QUOTA,
           value_parser = parse_revocation_quota)]
     pub revocation_quota: usize,
+
+    /// How fresh `status.lastUsedTime` and `status.versionUsage` are kept
+    /// outside grace periods: at most one usage write per credential per
+    /// interval per replica.
+    #[arg(long, env = "M2M_USAGE_RESOLUTION", default_value = "60s", value_parser = parse_duration_flag)]
+    pub usage_resolution: std::time::Duration,
+
+    /// The usage resolution while a previous secret version is in its grace
+    /// period (adoption-aware retirement decides on it).
+    #[arg(long, env = "M2M_USAGE_RESOLUTION_IN_GRACE", default_value = "5s", value_parser = parse_duration_flag)]
+    pub usage_resolution_in_grace: std::time::Duration,
 }
 
 /// 1 to 10,000: a list of that many entries stays far below the ConfigMap limit.
@@ -217,6 +228,14 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
 }
 
 impl TokenServerOptions {
+    /// The usage write intervals the flags describe.
+    pub fn usage_resolution(&self) -> crate::server::usage::UsageResolution {
+        crate::server::usage::UsageResolution {
+            coarse: self.usage_resolution,
+            fine: self.usage_resolution_in_grace,
+        }
+    }
+
     /// The assertion cache bounds the flags describe.
     pub(crate) fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
         crate::server::assertion::CacheBounds {

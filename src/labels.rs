@@ -10,6 +10,10 @@
 /// creates, merge patches).
 pub(crate) const FIELD_MANAGER: &str = "m2m-operator";
 
+/// Field manager of the token server's usage writes (`status.lastUsedTime`,
+/// `status.versionUsage`); the controller never sends those fields.
+pub const USAGE_FIELD_MANAGER: &str = "m2m-token-server";
+
 /// The label (key, value) every object the operator manages carries.
 pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "m2m-operator");
 

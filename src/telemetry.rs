@@ -161,7 +161,21 @@ pub struct Metrics {
     pub token_server_state_age: Gauge<f64, AtomicU64>,
     /// `m2m_token_server_credentials`: credentials the token server serves.
     pub token_server_credentials: Gauge,
+    /// `m2m_usage_writes_total{outcome}`: usage status writes by outcome.
+    pub usage_writes: Family<OutcomeLabels, Counter>,
+    /// `m2m_usage_unwritten_credentials`: credentials whose last usage write failed.
+    pub usage_unwritten: Gauge,
+    /// `m2m_stale_secret_in_use_total`: grace periods that ended while the
+    /// previous secret version was still in use.
+    pub stale_secret_in_use: Counter,
     registry: Arc<Registry>,
+}
+
+/// Labels of a counter by outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok`, `conflict`, `gone` or `error`.
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,7 +260,28 @@ impl Metrics {
             "Credentials in the token server's index",
             token_server_credentials.clone(),
         );
+        let usage_writes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "usage_writes",
+            "Usage status writes (lastUsedTime, versionUsage) by the token server, by outcome",
+            usage_writes.clone(),
+        );
+        let usage_unwritten = Gauge::default();
+        registry.register(
+            "usage_unwritten_credentials",
+            "Credentials whose recorded usage the last flush could not write",
+            usage_unwritten.clone(),
+        );
+        let stale_secret_in_use = Counter::default();
+        registry.register(
+            "stale_secret_in_use",
+            "Grace periods that ended while the previous secret version was still in use",
+            stale_secret_in_use.clone(),
+        );
         Self {
+            usage_writes,
+            usage_unwritten,
+            stale_secret_in_use,
             http_connections,
             http_connection_limit,
             token_server_state_age,
@@ -334,6 +369,23 @@ impl Metrics {
     /// Set the number of credentials the token server serves.
     pub(crate) fn set_token_server_credentials(&self, count: i64) {
         self.token_server_credentials.set(count);
+    }
+
+    /// Count one usage status write by outcome.
+    pub fn observe_usage_write(&self, outcome: &'static str) {
+        self.usage_writes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Set the number of credentials with usage not written.
+    pub fn set_usage_unwritten(&self, count: i64) {
+        self.usage_unwritten.set(count);
+    }
+
+    /// Count a grace period that ended with its version still in use.
+    pub fn observe_stale_secret_in_use(&self) {
+        self.stale_secret_in_use.inc();
     }
 
     /// The OpenMetrics text exposition.

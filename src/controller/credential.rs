@@ -14,7 +14,8 @@ use crate::core::duration::{DurationError, parse_duration};
 use crate::core::grant::{Grant, ScopePolicy, ScopePolicyError, resolve_grant};
 use crate::core::roles::{RoleGrant, RoleResolution};
 use crate::core::rotation::{
-    RotationInputs, next_scheduled, prune_verifiers, rotate_verifiers, rotation_due,
+    DEFAULT_IN_USE_WINDOW, RotationInputs, early_retirement, next_scheduled, prune_verifiers,
+    retire_unused as retire_unused_versions, rotate_verifiers, rotation_due, still_in_use,
 };
 use crate::core::verifier::{SecretBinding, VerifierKey, next_expiry};
 use crate::crd::{
@@ -93,6 +94,10 @@ pub fn secret_name(cred: &M2MCredential) -> String {
 struct RotationSettings {
     every: Option<Duration>,
     grace: Duration,
+    /// `retireWhenUnusedFor`: adoption-aware retirement.
+    retire_unused: Option<Duration>,
+    /// `spec.dormantAfter`.
+    dormant_after: Option<Duration>,
 }
 
 fn rotation_settings(cred: &M2MCredential) -> Result<RotationSettings, NotReady> {
@@ -103,9 +108,21 @@ fn rotation_settings(cred: &M2MCredential) -> Result<RotationSettings, NotReady>
             .map_err(|e: DurationError| ("InvalidRotation", format!("spec.rotation.{field}: {e}")))
     };
     let rotation = &cred.spec.rotation;
+    let dormant_after = cred
+        .spec
+        .dormant_after
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ("InvalidDormantAfter", format!("spec.dormantAfter: {e}")))?;
     Ok(RotationSettings {
         every: parse("every", rotation.every.as_deref())?,
         grace: parse("gracePeriod", rotation.grace_period.as_deref())?.unwrap_or_default(),
+        retire_unused: parse(
+            "retireWhenUnusedFor",
+            rotation.retire_when_unused_for.as_deref(),
+        )?,
+        dormant_after,
     })
 }
 
@@ -159,6 +176,12 @@ pub(crate) struct Plan {
     pub events: Vec<PlannedEvent>,
     /// When to reconcile again at the latest.
     pub requeue: Duration,
+    /// Grace periods ending now while their version is still in use
+    /// (`StaleSecretInUse`, counted in a metric).
+    pub stale_in_use: u64,
+    /// Restart `rotation.restartTargets` for this secret version, after the
+    /// status is written; then record it in `status.restartedVersion`.
+    pub restart_for: Option<i64>,
 }
 
 /// The credential's identity: namespace, name, UID.
@@ -262,8 +285,28 @@ async fn apply(
     if let Some(status) = &plan.status {
         patch_status(ctx, cred, status).await?;
     }
+    for _ in 0..plan.stale_in_use {
+        ctx.metrics.observe_stale_secret_in_use();
+    }
     for (type_, reason, note) in plan.events {
         ctx.event(cred, type_, reason, note).await;
+    }
+    if let Some(version) = plan.restart_for {
+        // After the Secret and the verifiers: restarted pods read a secret
+        // the token servers already accept.
+        let targets = &cred.spec.rotation.restart_targets;
+        let now = chrono::Utc::now();
+        if let Some(wait) =
+            super::restart::restart_targets(ctx, cred, version, targets, now).await?
+        {
+            return Ok(Action::requeue(wait.min(plan.requeue)));
+        }
+        let mut status = plan
+            .status
+            .or_else(|| cred.status.clone())
+            .unwrap_or_default();
+        status.restarted_version = Some(version);
+        patch_status(ctx, cred, &status).await?;
     }
     Ok(Action::requeue(plan.requeue))
 }
@@ -349,8 +392,17 @@ pub(crate) fn plan(
             Ok(())
         }
     };
-    let every = rotation.ok().and_then(|r| r.every);
-    finish_status(o, &binding, &old_status, status, ready, every, &mut plan);
+    let settings = rotation.ok();
+    let targets = &o.cred.spec.rotation.restart_targets;
+    let (recorded, restart_for) = super::restart::restart_due(
+        !targets.is_empty(),
+        status.restarted_version,
+        old_status.secret_version,
+        status.secret_version,
+    );
+    status.restarted_version = recorded;
+    plan.restart_for = restart_for;
+    finish_status(o, &binding, &old_status, status, ready, settings, &mut plan);
     Ok(plan)
 }
 
@@ -700,13 +752,21 @@ fn finish_status(
     old_status: &M2MCredentialStatus,
     mut status: M2MCredentialStatus,
     ready: Result<(), NotReady>,
-    every: Option<Duration>,
+    settings: Option<RotationSettings>,
     plan: &mut Plan,
 ) {
+    let every = settings.and_then(|s| s.every);
+    let mut wake_at = retire_previous(o, &mut status, settings, plan);
     status.verifiers = prune_verifiers(&status.verifiers, o.now);
     for v in &mut status.verifiers {
         o.key.seal(binding, v);
     }
+    wake_at.extend(dormancy(
+        o,
+        &mut status,
+        settings.and_then(|s| s.dormant_after),
+        plan,
+    ));
     status.next_rotation_time = next_scheduled(&rotation_inputs(o.cred, &status, every));
     let ready = match (ready, foreign_conflict_report(o, old_status)) {
         (Ok(()), Some(report)) => Err((VERIFIER_KEY_CONFLICT, report.message.clone())),
@@ -728,8 +788,151 @@ fn finish_status(
     }
     set_condition(&mut status.conditions, ready_condition);
     plan.requeue = next_requeue(o.cred, &status, o.now);
+    if let Some(t) = wake_at.into_iter().min() {
+        let wait = (t - o.now).to_std().unwrap_or_default() + Duration::from_millis(50);
+        plan.requeue = plan.requeue.min(wait);
+    }
     if status != *old_status {
         plan.status = Some(status);
+    }
+}
+
+/// Adoption-aware retirement (`rotation.retireWhenUnusedFor`) and the
+/// `StaleSecretInUse` warning, from the usage the token servers wrote:
+/// drops the previous versions unused long enough since the rotation, warns
+/// about versions whose grace period ends while still in use. Returns when
+/// a kept previous version may retire.
+fn retire_previous(
+    o: &Observed<'_>,
+    status: &mut M2MCredentialStatus,
+    settings: Option<RotationSettings>,
+    plan: &mut Plan,
+) -> Vec<DateTime<Utc>> {
+    let Some(rotated_at) = status.last_rotation_time else {
+        return Vec::new();
+    };
+    let retire_unused = settings.and_then(|s| s.retire_unused);
+    let mut wake_at = Vec::new();
+    if let Some(unused_for) = retire_unused {
+        let (kept, retired) = retire_unused_versions(
+            &status.verifiers,
+            &status.version_usage,
+            rotated_at,
+            unused_for,
+            o.now,
+        );
+        status.verifiers = kept;
+        for r in retired {
+            plan.events.push((
+                EventType::Normal,
+                "PreviousSecretRetired",
+                format!(
+                    "retired secret version {} before the end of its grace period: unused since {} (rotation.retireWhenUnusedFor {})",
+                    r.version,
+                    r.unused_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    o.cred.spec.rotation.retire_when_unused_for.as_deref().unwrap_or_default(),
+                ),
+            ));
+        }
+        wake_at.extend(
+            status
+                .verifiers
+                .iter()
+                .filter_map(|v| early_retirement(v, &status.version_usage, rotated_at, unused_for)),
+        );
+    }
+    let window = retire_unused.unwrap_or(DEFAULT_IN_USE_WINDOW);
+    let (ns, name) = (o.cred.namespace().unwrap_or_default(), o.cred.name_any());
+    for v in &status.verifiers {
+        let Some(end) = v.not_after.filter(|end| *end <= o.now) else {
+            continue;
+        };
+        if let Some(last) = still_in_use(&status.version_usage, v.version, rotated_at, end, window)
+        {
+            plan.stale_in_use += 1;
+            plan.events.push((
+                EventType::Warning,
+                "StaleSecretInUse",
+                format!(
+                    "M2MCredential {ns}/{name}: secret version {} was still in use (last used {}) when its grace period ended; clients still presenting it are now refused: make them re-read the Secret, or list them in rotation.restartTargets",
+                    v.version,
+                    last.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ),
+            ));
+        }
+    }
+    wake_at
+}
+
+/// Condition type: unused for `spec.dormantAfter`.
+pub const DORMANT: &str = "Dormant";
+
+/// The `Dormant` condition (`spec.dormantAfter`): `True` with a Warning
+/// Event once unused that long, `False` again on the next use. Its message
+/// never carries the last-use time while `False`, so usage writes do not
+/// make the controller write. Returns when it would turn `True`.
+fn dormancy(
+    o: &Observed<'_>,
+    status: &mut M2MCredentialStatus,
+    dormant_after: Option<Duration>,
+    plan: &mut Plan,
+) -> Option<DateTime<Utc>> {
+    dormancy_of(o.cred, status, dormant_after, o.now, &mut plan.events)
+}
+
+/// [`dormancy`] for any mode (the workload-identity reconcile calls it too).
+pub(super) fn dormancy_of(
+    cred: &M2MCredential,
+    status: &mut M2MCredentialStatus,
+    dormant_after: Option<Duration>,
+    now: DateTime<Utc>,
+    events: &mut Vec<PlannedEvent>,
+) -> Option<DateTime<Utc>> {
+    let Some(after) = dormant_after else {
+        status.conditions.retain(|c| c.type_ != DORMANT);
+        return None;
+    };
+    let generation = cred.metadata.generation;
+    let created = cred
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
+    let since = status.last_used_time.max(created).unwrap_or(now);
+    let after_text = cred.spec.dormant_after.as_deref().unwrap_or_default();
+    let due = since.checked_add_signed(chrono::Duration::from_std(after).ok()?)?;
+    let was_dormant = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DORMANT && c.status == ConditionStatus::True);
+    if due <= now {
+        let what = if status.last_used_time.is_some() {
+            "not used since"
+        } else {
+            "never used since its creation at"
+        };
+        let msg = format!(
+            "{what} {} (spec.dormantAfter {after_text}): remove it if nothing needs it",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        if !was_dormant {
+            events.push((EventType::Warning, "Dormant", msg.clone()));
+        }
+        let c = cond_at(DORMANT, true, "Unused", &msg, generation, now);
+        set_condition(&mut status.conditions, c);
+        None
+    } else {
+        let msg = format!("used within spec.dormantAfter ({after_text}), or created since");
+        if was_dormant {
+            events.push((
+                EventType::Normal,
+                "InUse",
+                "used again: no longer dormant".into(),
+            ));
+        }
+        let c = cond_at(DORMANT, false, "InUse", &msg, generation, now);
+        set_condition(&mut status.conditions, c);
+        Some(due)
     }
 }
 
@@ -1371,6 +1574,156 @@ mod plan_tests {
         let p = w.step();
         assert_eq!(event_reasons(&p), ["ScheduledRotation"]);
         assert_eq!(w.status().secret_version, 3);
+    }
+
+    /// What a token server writes: `version` used at `t`.
+    fn use_version(w: &mut World, version: i64, t: i64) {
+        let status = w.cred.status.as_mut().unwrap();
+        status.last_used_time = Some(at(t));
+        status.version_usage.retain(|u| u.version != version);
+        status.version_usage.push(crate::crd::VersionUsage {
+            version,
+            last_used_time: at(t),
+        });
+    }
+
+    /// Converged, then rotated at 10 with a 600s grace period.
+    fn rotated(retire: Option<&str>) -> World {
+        let mut w = World::converged();
+        w.cred.spec.rotation.grace_period = Some("600s".into());
+        w.cred.spec.rotation.retire_when_unused_for = retire.map(str::to_owned);
+        w.cred.metadata.annotations = Some([(ROTATE_ANNOTATION.into(), "r1".into())].into());
+        w.now = at(10);
+        w.step();
+        assert_eq!(versions(&w), [(2, false), (1, true)]);
+        w
+    }
+
+    #[test]
+    fn an_unused_previous_version_retires_early() {
+        let mut w = rotated(Some("60s"));
+        // Wake up when it could retire, not only at the end of the grace period.
+        assert_eq!(w.plan().requeue, Duration::from_millis(60_050));
+        w.now = at(69);
+        assert!(w.plan().status.is_none(), "not yet");
+        w.now = at(70);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["PreviousSecretRetired"]);
+        assert!(p.secret_write.is_none(), "the Secret is not rewritten");
+        assert_eq!(versions(&w), [(2, false)]);
+        assert!(w.plan().status.is_none(), "converged again");
+    }
+
+    #[test]
+    fn a_used_previous_version_is_kept_and_the_grace_period_stays_the_bound() {
+        let mut w = rotated(Some("60s"));
+        // Used at 50: it may retire at 110 at the earliest.
+        use_version(&mut w, 1, 50);
+        w.now = at(70);
+        let p = w.plan();
+        assert!(
+            p.status.is_none(),
+            "usage alone writes nothing: {:?}",
+            p.status
+        );
+        assert_eq!(p.requeue, Duration::from_millis(40_050));
+        // Used every minute until the end of its grace period: kept, then
+        // warned about as the grace period ends.
+        for t in (100..560).step_by(60) {
+            use_version(&mut w, 1, t);
+            w.now = at(t + 30);
+            assert!(w.plan().status.is_none(), "kept at {t}");
+        }
+        use_version(&mut w, 1, 600);
+        w.now = at(610);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["StaleSecretInUse"]);
+        assert_eq!(p.stale_in_use, 1);
+        let (_, _, note) = &p.events[0];
+        assert!(
+            note.contains("team/c") && note.contains("secret version 1"),
+            "{note}"
+        );
+        assert_eq!(versions(&w), [(2, false)]);
+    }
+
+    #[test]
+    fn stale_in_use_without_early_retirement() {
+        let mut w = rotated(None);
+        use_version(&mut w, 1, 250);
+        w.now = at(610);
+        assert!(
+            event_reasons(&w.plan()).is_empty(),
+            "last use 6 minutes before the end"
+        );
+        let mut w = rotated(None);
+        use_version(&mut w, 1, 590);
+        w.now = at(610);
+        assert_eq!(event_reasons(&w.plan()), ["StaleSecretInUse"]);
+    }
+
+    #[test]
+    fn dormant_appears_after_dormant_after_and_clears_on_use() {
+        let mut w = World::converged();
+        w.cred.spec.dormant_after = Some("100s".into());
+        w.now = at(5);
+        let p = w.step();
+        let dormant = |w: &World| {
+            let c = w
+                .status()
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DORMANT)
+                .unwrap();
+            (c.status, c.reason.clone())
+        };
+        assert_eq!(dormant(&w), (ConditionStatus::False, "InUse".into()));
+        assert!(p.events.is_empty());
+        // Created at 0 (no creationTimestamp in the test: counted from now).
+        use_version(&mut w, 1, 20);
+        w.now = at(50);
+        let p = w.plan();
+        assert!(p.status.is_none(), "a use while not dormant writes nothing");
+        assert_eq!(p.requeue, Duration::from_millis(70_050));
+        w.now = at(120);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["Dormant"]);
+        assert_eq!(dormant(&w), (ConditionStatus::True, "Unused".into()));
+        w.now = at(500);
+        assert!(w.plan().status.is_none(), "dormant, converged");
+        use_version(&mut w, 1, 510);
+        w.now = at(511);
+        let p = w.step();
+        assert_eq!(event_reasons(&p), ["InUse"]);
+        assert_eq!(dormant(&w), (ConditionStatus::False, "InUse".into()));
+        // Removing dormantAfter removes the condition.
+        w.cred.spec.dormant_after = None;
+        w.step();
+        assert!(w.status().conditions.iter().all(|c| c.type_ != DORMANT));
+    }
+
+    #[test]
+    fn restart_targets_restart_once_per_rotation() {
+        let mut w = World::new();
+        w.cred.spec.rotation.restart_targets = vec![crate::crd::RestartTarget {
+            kind: crate::crd::RestartKind::Deployment,
+            name: "web".into(),
+        }];
+        let p = w.step();
+        assert_eq!(p.restart_for, None, "the first secret restarts nothing");
+        assert_eq!(w.status().restarted_version, Some(1));
+        w.cred.metadata.annotations = Some([(ROTATE_ANNOTATION.into(), "r1".into())].into());
+        w.now = at(10);
+        let p = w.step();
+        assert_eq!(p.restart_for, Some(2));
+        assert_eq!(w.status().restarted_version, Some(1), "recorded once done");
+        // Interrupted before the record: the next reconcile tries again
+        // (each target's own annotation keeps it to one restart).
+        assert_eq!(w.plan().restart_for, Some(2));
+        w.cred.status.as_mut().unwrap().restarted_version = Some(2);
+        let p = w.plan();
+        assert_eq!(p.restart_for, None, "resync: nothing");
+        assert!(p.status.is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod credential;
 pub mod keys;
 pub mod lease;
+pub mod restart;
 pub mod run;
 pub mod secret;
 pub mod service_account;
@@ -92,6 +93,8 @@ pub enum Step {
     PatchCredentialStatus,
     /// Applying a ServiceAccount's status.
     PatchServiceAccountStatus,
+    /// Reading or patching a `rotation.restartTargets` workload.
+    RestartTarget,
 }
 
 impl Step {
@@ -104,6 +107,7 @@ impl Step {
             Self::DeleteOldSecret => "delete_old_secret",
             Self::PatchCredentialStatus => "patch_credential_status",
             Self::PatchServiceAccountStatus => "patch_serviceaccount_status",
+            Self::RestartTarget => "restart_target",
         }
     }
 
@@ -116,6 +120,7 @@ impl Step {
             Self::DeleteOldSecret => "delete old Secret",
             Self::PatchCredentialStatus => "patch credential status",
             Self::PatchServiceAccountStatus => "patch ServiceAccount status",
+            Self::RestartTarget => "restart a rotation.restartTargets workload",
         }
     }
 }

@@ -143,7 +143,20 @@ pub(crate) async fn reconcile(
     now: DateTime<Utc>,
 ) -> Result<Action, Error> {
     let old = cred.status.clone().unwrap_or_default();
-    let plan = plan(&old, input, now);
+    let mut plan = plan(&old, input, now);
+    // spec.dormantAfter applies to workload identity too (usage version 0).
+    let dormant_after = cred
+        .spec
+        .dormant_after
+        .as_deref()
+        .and_then(|d| crate::core::duration::parse_duration(d).ok());
+    let dormant_due = super::credential::dormancy_of(
+        cred,
+        &mut plan.status,
+        dormant_after,
+        now,
+        &mut plan.events,
+    );
     if let Some(name) = &plan.delete_secret {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), input.namespace);
         delete_old_secret(&secrets, name, uid).await?;
@@ -154,7 +167,12 @@ pub(crate) async fn reconcile(
     for (type_, reason, note) in plan.events {
         ctx.event(cred, type_, reason, note).await;
     }
-    Ok(Action::requeue(next_requeue(cred, &plan.status, now)))
+    let mut requeue = next_requeue(cred, &plan.status, now);
+    if let Some(due) = dormant_due {
+        let wait = (due - now).to_std().unwrap_or_default() + std::time::Duration::from_millis(50);
+        requeue = requeue.min(wait);
+    }
+    Ok(Action::requeue(requeue))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! Small pure policy functions in the cert-manager style: each answers one
 //! question from the observed state and the clock, and is table-tested.
 
-use crate::crd::SecretVerifier;
+use crate::crd::{SecretVerifier, VersionUsage};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -118,6 +118,86 @@ pub(crate) fn prune_verifiers(
         .filter(|v| crate::core::verifier::is_accepted(v, now))
         .cloned()
         .collect()
+}
+
+/// How recent a use of a previous version must be, when its grace period
+/// ends, to count as "still in use" if `retireWhenUnusedFor` is not set.
+pub const DEFAULT_IN_USE_WINDOW: Duration = Duration::from_secs(300);
+
+/// The last use of `version` that counts after the rotation at
+/// `rotated_at`: its recorded last use, never earlier than the rotation (a
+/// version not used since counts as unused since the rotation).
+pub fn last_use_since(
+    usage: &[VersionUsage],
+    version: i64,
+    rotated_at: DateTime<Utc>,
+) -> DateTime<Utc> {
+    usage
+        .iter()
+        .find(|u| u.version == version)
+        .map_or(rotated_at, |u| u.last_used_time.max(rotated_at))
+}
+
+/// When a previous version may be retired before its grace period ends:
+/// `unused_for` after its last use since the rotation. `None` for the
+/// current version, or when that is not before the end of its grace period.
+pub fn early_retirement(
+    v: &SecretVerifier,
+    usage: &[VersionUsage],
+    rotated_at: DateTime<Utc>,
+    unused_for: Duration,
+) -> Option<DateTime<Utc>> {
+    let not_after = v.not_after?;
+    let at = last_use_since(usage, v.version, rotated_at)
+        .checked_add_signed(chrono::Duration::from_std(unused_for).ok()?)?;
+    (at < not_after).then_some(at)
+}
+
+/// A previous version retired early: its version and last use since the rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// The secret version.
+    pub version: i64,
+    /// Its last use since the rotation (the rotation time if none).
+    pub unused_since: DateTime<Utc>,
+}
+
+/// Adoption-aware retirement: drop the previous versions that have not
+/// been used for `unused_for` since the rotation at `rotated_at`.
+pub fn retire_unused(
+    verifiers: &[SecretVerifier],
+    usage: &[VersionUsage],
+    rotated_at: DateTime<Utc>,
+    unused_for: Duration,
+    now: DateTime<Utc>,
+) -> (Vec<SecretVerifier>, Vec<Retired>) {
+    let mut kept = Vec::with_capacity(verifiers.len());
+    let mut retired = Vec::new();
+    for v in verifiers {
+        match early_retirement(v, usage, rotated_at, unused_for) {
+            Some(at) if at <= now => retired.push(Retired {
+                version: v.version,
+                unused_since: last_use_since(usage, v.version, rotated_at),
+            }),
+            _ => kept.push(v.clone()),
+        }
+    }
+    (kept, retired)
+}
+
+/// Whether a previous version whose grace period ends at `grace_end` is
+/// still in use then: used after the rotation at `rotated_at`, and within
+/// `window` before `grace_end`. Returns that last use.
+pub fn still_in_use(
+    usage: &[VersionUsage],
+    version: i64,
+    rotated_at: DateTime<Utc>,
+    grace_end: DateTime<Utc>,
+    window: Duration,
+) -> Option<DateTime<Utc>> {
+    let last = usage.iter().find(|u| u.version == version)?.last_used_time;
+    let since = grace_end.checked_sub_signed(chrono::Duration::from_std(window).ok()?)?;
+    (last > rotated_at && last >= since).then_some(last)
 }
 
 #[cfg(test)]
@@ -477,6 +557,120 @@ mod proptests {
             if let Some(RotationTrigger::Annotation(v)) = due {
                 prop_assert_eq!(Some(v), annotation);
             }
+        }
+    }
+
+    fn in_grace(version: i64, not_after: Option<i64>) -> SecretVerifier {
+        SecretVerifier {
+            version,
+            digest: format!("d{version}"),
+            not_after: not_after.map(at),
+            seal: None,
+        }
+    }
+
+    fn used(version: i64, t: i64) -> VersionUsage {
+        VersionUsage {
+            version,
+            last_used_time: at(t),
+        }
+    }
+
+    #[test]
+    fn adoption_aware_retirement_table() {
+        // Rotated at 1000, grace until 1000 + 600, retire when unused for 60s.
+        let unused_for = Duration::from_secs(60);
+        type Case = (&'static str, Vec<VersionUsage>, i64, Option<i64>, bool);
+        let cases: [Case; 7] = [
+            (
+                "never used since: 60s after the rotation",
+                vec![],
+                1059,
+                Some(1060),
+                false,
+            ),
+            (
+                "never used since: retired at rotation + 60s",
+                vec![],
+                1060,
+                Some(1060),
+                true,
+            ),
+            (
+                "a use before the rotation counts as none",
+                vec![used(1, 900)],
+                1060,
+                Some(1060),
+                true,
+            ),
+            (
+                "still used: not retired",
+                vec![used(1, 1100)],
+                1150,
+                Some(1160),
+                false,
+            ),
+            (
+                "unused for 60s after its last use",
+                vec![used(1, 1100)],
+                1160,
+                Some(1160),
+                true,
+            ),
+            (
+                "another version's use does not count",
+                vec![used(2, 1200)],
+                1060,
+                Some(1060),
+                true,
+            ),
+            (
+                "the grace period stays the bound",
+                vec![used(1, 1590)],
+                1590,
+                None,
+                false,
+            ),
+        ];
+        for (what, usage, now, due, retired) in cases {
+            let vs = vec![in_grace(2, None), in_grace(1, Some(1600))];
+            assert_eq!(
+                early_retirement(&vs[1], &usage, at(1000), unused_for),
+                due.map(at),
+                "{what}"
+            );
+            assert_eq!(
+                early_retirement(&vs[0], &usage, at(1000), unused_for),
+                None,
+                "{what}: current"
+            );
+            let (kept, gone) = retire_unused(&vs, &usage, at(1000), unused_for, at(now));
+            assert_eq!(gone.len() == 1, retired, "{what}");
+            assert_eq!(kept.len(), if retired { 1 } else { 2 }, "{what}");
+            assert_eq!(
+                kept[0].version, 2,
+                "{what}: the current version always stays"
+            );
+        }
+    }
+
+    #[test]
+    fn still_in_use_when_the_grace_period_ends() {
+        let window = Duration::from_secs(60);
+        let end = at(1600);
+        let cases = [
+            ("used just before the end", vec![used(1, 1590)], Some(1590)),
+            ("used long before the end", vec![used(1, 1200)], None),
+            ("only used before the rotation", vec![used(1, 990)], None),
+            ("never used", vec![], None),
+            ("only the new version used", vec![used(2, 1599)], None),
+        ];
+        for (what, usage, want) in cases {
+            assert_eq!(
+                still_in_use(&usage, 1, at(1000), end, window),
+                want.map(at),
+                "{what}"
+            );
         }
     }
 }

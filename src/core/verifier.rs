@@ -20,13 +20,14 @@ pub(crate) const VERIFIER_KEY_LEN: usize = 32;
 /// The HMAC key of the verification state. `Debug` never prints it.
 ///
 /// It keeps the HMAC state with the key already absorbed (cloned per MAC:
-/// two SHA-256 blocks fewer each time) and a non-secret [`id`](Self::id)
-/// so results that depend only on the key can be reused.
+/// two SHA-256 blocks fewer each time) and its public fingerprint
+/// ([`key_id`](Self::key_id), [`id`](Self::id)).
 #[derive(Clone)]
 pub struct VerifierKey {
     bytes: [u8; VERIFIER_KEY_LEN],
     keyed: HmacSha256,
-    id: u64,
+    /// HMAC of a fixed label under the key, truncated: public.
+    fingerprint: [u8; 12],
 }
 
 impl PartialEq for VerifierKey {
@@ -65,28 +66,27 @@ impl VerifierKey {
     }
 
     fn new(bytes: [u8; VERIFIER_KEY_LEN]) -> Self {
-        use sha2::Digest;
         // new_from_slice only fails for key lengths HMAC cannot take; 32 bytes always works.
         let keyed = <HmacSha256 as Mac>::new_from_slice(&bytes)
             .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        let fingerprint = Sha256::new()
-            .chain_update(KEY_ID_DOMAIN.as_bytes())
-            .chain_update(bytes)
-            .finalize();
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&fingerprint[..8]);
+        let mut mac = keyed.clone();
+        mac.update(KEY_ID_DOMAIN.as_bytes());
+        let mut fingerprint = [0u8; 12];
+        fingerprint.copy_from_slice(&mac.finalize().into_bytes()[..12]);
         Self {
             bytes,
             keyed,
-            id: u64::from_be_bytes(id),
+            fingerprint,
         }
     }
 
-    /// A non-secret identifier of this key (a truncated hash of it): equal
-    /// ids mean the same key, so what was computed under one id can be
-    /// reused, and a reloaded different key is never confused with it.
+    /// The fingerprint as a number, for in-memory caches: equal ids mean
+    /// the same key, so what was computed under one id can be reused, and
+    /// a reloaded different key is never confused with it.
     pub fn id(&self) -> u64 {
-        self.id
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&self.fingerprint[..8]);
+        u64::from_be_bytes(id)
     }
 
     /// The raw key, for storing in the operator's key Secret.
@@ -158,11 +158,7 @@ impl VerifierKey {
     /// label under the key, so it reveals nothing about the key, yet two
     /// installations (or a replaced key Secret) are told apart by it.
     pub fn key_id(&self) -> String {
-        // 32-byte keys always work (see `mac`).
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"));
-        mac.update(KEY_ID_DOMAIN.as_bytes());
-        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..12])
+        URL_SAFE_NO_PAD.encode(self.fingerprint)
     }
 
     /// Whether the verifier carries a valid seal (constant-time comparison).
@@ -177,7 +173,6 @@ impl VerifierKey {
 const DIGEST_DOMAIN: &str = "m2m.dev/secret-verifier/v1";
 const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 const SEAL_DOMAIN: &str = "m2m.dev/verifier-seal/v1";
-const KEY_ID_DOMAIN: &str = "m2m.dev/verifier-key-id/v1";
 
 /// What a digest is bound to besides the secret itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -55,6 +55,25 @@ pub fn grace_shorter_than_every() -> Rule {
     .field_path(".gracePeriod")
 }
 
+/// `rotation.retireWhenUnusedFor` ends a grace period early, so it is at
+/// most the grace period (which stays the upper bound).
+pub fn retire_within_grace() -> Rule {
+    Rule::new(
+        "!has(self.retireWhenUnusedFor) || (has(self.gracePeriod) && duration(self.retireWhenUnusedFor) <= duration(self.gracePeriod))",
+    )
+    .message(Message::Expression(
+        "'rotation.retireWhenUnusedFor (' + self.retireWhenUnusedFor + ') must be at most rotation.gracePeriod (' + (has(self.gracePeriod) ? self.gracePeriod : 'unset: 0s') + ')'".into(),
+    ))
+    .field_path(".retireWhenUnusedFor")
+}
+
+/// A duration field is longer than `0s`.
+pub fn positive_duration(field: &str) -> Rule {
+    Rule::new("duration(self) > duration('0s')").message(Message::Expression(format!(
+        "'{field} must be longer than 0s, not ' + self"
+    )))
+}
+
 /// A workload-identity credential has no client secret, so no rotation
 /// schedule or grace period: the two are mutually exclusive.
 pub fn workload_identity_has_no_rotation() -> Rule {

@@ -117,6 +117,16 @@ pub struct M2MCredentialSpec {
     /// (there is no secret to rotate), and a Secret written before is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentity>,
+
+    /// Mark the credential `Dormant=True` (with a Warning Event) once it has
+    /// not been used for this long, e.g. `720h`, so unused credentials can be
+    /// found and removed; it clears on the next use. Counted from the last
+    /// use the token servers recorded (`status.lastUsedTime`), or from
+    /// creation when it was never used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::positive_duration("dormantAfter"))]
+    pub dormant_after: Option<String>,
 }
 
 /// Bind a core `v1/ServiceAccount` of the credential's namespace: a pod
@@ -189,6 +199,7 @@ pub struct WorkloadIdentityStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = crate::crd::cel::grace_shorter_than_every())]
+#[x_kube(validation = crate::crd::cel::retire_within_grace())]
 pub struct CredentialRotation {
     /// Rotate automatically this long after the last rotation, e.g. `720h`;
     /// longer than `0s`. Unset: rotate only when the `m2m.dev/rotate`
@@ -205,13 +216,61 @@ pub struct CredentialRotation {
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
     #[x_kube(validation = crate::crd::cel::grace_period_bounds())]
     pub grace_period: Option<String>,
+
+    /// End the grace period early once the previous secret version has not
+    /// been used for this long after the rotation (as the token servers
+    /// report it in `status.versionUsage`; a version not used since the
+    /// rotation counts from the rotation), e.g. `10m`. At most
+    /// `gracePeriod`, which stays the upper bound. Set it well above the
+    /// token server's in-grace usage resolution (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
+    #[x_kube(validation = crate::crd::cel::positive_duration("rotation.retireWhenUnusedFor"))]
+    pub retire_when_unused_for: Option<String>,
+
+    /// Workloads in this namespace that read the secret only once (an
+    /// environment variable, a client built at start-up): each gets one
+    /// rollout restart per rotation, as `kubectl rollout restart` does, never
+    /// on an operator restart or resync. Needs the chart value
+    /// `rbac.restartTargets` (off by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub restart_targets: Vec<RestartTarget>,
 }
 
 impl CredentialRotation {
-    /// Neither field is set.
+    /// No field is set.
     pub fn is_unset(&self) -> bool {
-        self.every.is_none() && self.grace_period.is_none()
+        self.every.is_none()
+            && self.grace_period.is_none()
+            && self.retire_when_unused_for.is_none()
+            && self.restart_targets.is_empty()
     }
+}
+
+/// A workload restarted after each rotation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// `Deployment`, `StatefulSet` or `DaemonSet` (group `apps`).
+    pub kind: RestartKind,
+    /// Its name, in the credential's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
+    pub name: String,
+}
+
+/// The kinds of workloads a rotation can restart.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum RestartKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
 }
 
 impl SecretTemplate {
@@ -332,7 +391,14 @@ pub struct M2MCredentialStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["version"]))]
     pub version_usage: Vec<VersionUsage>,
 
-    /// `Ready` plus specific conditions (`ServiceAccountValid`, `SecretReady`).
+    /// The secret version whose rollout restarts of `rotation.restartTargets`
+    /// are done (each target also records it in its `m2m.dev/restarted-for`
+    /// annotation, so none is restarted twice for one rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_version: Option<i64>,
+
+    /// `Ready` plus specific conditions (`ServiceAccountValid`, `SecretReady`,
+    /// and `Dormant` when `spec.dormantAfter` is set).
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

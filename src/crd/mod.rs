@@ -11,8 +11,8 @@ mod service_account;
 pub use conditions::{Condition, ConditionStatus, set_condition};
 pub use credential::{
     CredentialMode, CredentialRotation, CredentialType, M2MCredential, M2MCredentialSpec,
-    M2MCredentialStatus, SecretTemplate, SecretVerifier, VersionUsage, WorkloadIdentity,
-    WorkloadIdentityStatus,
+    M2MCredentialStatus, RestartKind, RestartTarget, SecretTemplate, SecretVerifier, VersionUsage,
+    WorkloadIdentity, WorkloadIdentityStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
 pub use service_account::{

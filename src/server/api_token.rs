@@ -73,7 +73,12 @@ impl TokenServer {
         // Unknown or malformed: the same keyed checks against the dummy entry.
         let checked: &CredentialEntry = entry.as_deref().unwrap_or_else(|| unknown_client());
         let version = checked.authenticate(&keys.verifier_key, token, now)?;
-        entry.map(|entry| (entry, version))
+        let entry = entry?;
+        // Usage tracking (introspected or exchanged, the token was used):
+        // a fetch_max in memory, no API call.
+        let usage = &self.inner.state.usage().recorder;
+        usage.record(&entry.client_id, version, now.timestamp());
+        Some((entry, version))
     }
 
     /// The RFC 7662 answer for an API token: `active` while it is a live

@@ -434,7 +434,15 @@ impl TokenServer {
             })
             .await;
         match outcome {
-            AssertionOutcome::Valid(subject) if subject == binding.subject() => Ok(entry),
+            AssertionOutcome::Valid(subject) if subject == binding.subject() => {
+                let usage = &self.inner.state.usage().recorder;
+                usage.record(
+                    &entry.client_id,
+                    crate::core::workload::WORKLOAD_IDENTITY_VERSION,
+                    now.timestamp(),
+                );
+                Ok(entry)
+            }
             AssertionOutcome::Valid(_) | AssertionOutcome::Refused => Err(fail()),
             AssertionOutcome::Unavailable => Err(OAuthError::unavailable(
                 "the client assertion could not be checked; retry",

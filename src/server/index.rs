@@ -222,6 +222,9 @@ pub(crate) struct CredentialSource {
     pub next_rotation: Option<DateTime<Utc>>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
     pub deleting: bool,
+    /// The usage status the token servers wrote (not part of the index:
+    /// the usage flusher merges with it).
+    pub usage: super::usage::SeenUsage,
 }
 
 impl CredentialSource {
@@ -257,6 +260,7 @@ impl CredentialSource {
                 CredentialType::ClientSecret => None,
             },
             deleting: meta.deletion_timestamp.is_some(),
+            usage: super::usage::SeenUsage::of(cred),
         })
     }
 }
@@ -1046,6 +1050,7 @@ pub struct TokenState {
     credentials: ArcSwap<CredentialIndex>,
     keys: ArcSwapOption<KeyMaterial>,
     revocations: Revocations,
+    usage: super::usage::UsageTracker,
 }
 
 impl TokenState {
@@ -1067,6 +1072,12 @@ impl TokenState {
     /// Revoked tokens (this replica's knowledge and the stored lists).
     pub fn revocations(&self) -> &Revocations {
         &self.revocations
+    }
+
+    /// Recorded and written usage (outside the index snapshot: recording
+    /// a use never republishes the index).
+    pub fn usage(&self) -> &super::usage::UsageTracker {
+        &self.usage
     }
 
     /// Replace the credential index.
@@ -1174,6 +1185,7 @@ mod tests {
                     rotation: crate::crd::CredentialRotation {
                         every: rng.random_bool(0.5).then(|| "720h".into()),
                         grace_period: rng.random_bool(0.5).then(|| "1h".into()),
+                        ..Default::default()
                     },
                     ..Default::default()
                 },

@@ -5,6 +5,8 @@
 //! - [`index`]: the in-memory state every request reads; [`watch`] keeps it
 //!   current from the cluster; no request makes an API call (revocation
 //!   aside, which must persist).
+//! - [`usage`]: last-used tracking, written to the credentials' status in
+//!   bounded batches, never per request.
 //! - [`revocation`]: the shared revocation list; [`ratelimit`]: failed
 //!   authentication limits; [`tls`]: optional TLS with reloading.
 //! - [`api_token`]: API tokens — introspection and RFC 8693 token exchange.
@@ -29,6 +31,7 @@ pub mod oauth;
 pub mod ratelimit;
 pub mod revocation;
 pub mod tls;
+pub mod usage;
 pub mod watch;
 
 #[cfg(test)]
@@ -272,6 +275,16 @@ pub async fn run_token_server(
         Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
         opts.assertion_cache_bounds(),
     ));
+    let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
+    let usage = tokio::spawn(usage::run_flusher(
+        client.clone(),
+        state.clone(),
+        opts.usage_resolution(),
+        metrics.clone(),
+        async move {
+            let _ = usage_stopped.await;
+        },
+    ));
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
@@ -292,6 +305,10 @@ pub async fn run_token_server(
         assertions,
     );
     let result = serve(router(server), opts, metrics, shutdown).await;
+    // Write the usage the last interval held back, while the watch still
+    // delivers (a bounded wait: shutdown must not hang on the apiserver).
+    let _ = stop_usage.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), usage).await;
     watches.abort();
     repairs.abort();
     result

@@ -236,6 +236,11 @@ impl TokenServer {
         } else {
             None
         };
+        if let Some((entry, version)) = &matched {
+            // Usage tracking: a fetch_max in memory, no API call.
+            let usage = &self.inner.state.usage().recorder;
+            usage.record(&entry.client_id, *version, now.timestamp());
+        }
         matched.ok_or_else(|| {
             match self
                 .inner

@@ -496,6 +496,7 @@ pub(crate) async fn run_watches(
         let mut pending = Some(first);
         let mut batch = 0;
         while let Some(update) = pending {
+            observe_usage(&state, &update);
             let source = update.source();
             dirty[source as usize] |= applier.apply(update, now);
             batch += 1;
@@ -553,6 +554,20 @@ pub(crate) async fn run_watches(
             .signing_key
             .set(state.keys().is_some_and(|k| k.ring.active().is_some()));
         applier.report_age(&ready);
+    }
+}
+
+/// Keep the usage status the watch delivered for the usage flusher.
+fn observe_usage(state: &TokenState, update: &Update) {
+    let seen = &state.usage().seen;
+    let id = |c: &CredentialSource| crate::core::client_secret::client_id_for_uid(&c.uid);
+    match update {
+        Update::Credentials(WatchItem::Reset(items)) => {
+            seen.reset(items.iter().map(|c| (id(c), c.usage.clone())));
+        }
+        Update::Credentials(WatchItem::Apply(c)) => seen.set(id(c), c.usage.clone()),
+        Update::Credentials(WatchItem::Delete(c)) => seen.remove(&id(c)),
+        _ => {}
     }
 }
 

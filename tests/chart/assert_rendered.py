@@ -143,10 +143,23 @@ def main():
             f"token-server: no `{verb}` on m2mcredentials",
             not rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials", verb),
         )
+    # Usage tracking: `patch` on m2mcredentials/status, no other status write.
     check(
-        "token-server: no status writes",
-        not rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials/status", "patch"),
+        "token-server: patches m2mcredentials/status (usage tracking)",
+        rules_granting(docs, "ClusterRole", ts_sa, "m2mcredentials/status", "patch"),
     )
+    for res, verb in (
+        ("m2mcredentials/status", "update"),
+        ("m2mcredentials/status", "create"),
+        ("m2mcredentials/status", "delete"),
+        ("serviceaccounts/status", "patch"),
+        ("serviceaccounts/status", "update"),
+    ):
+        check(
+            f"token-server: no `{verb}` on {res}",
+            not rules_granting(docs, "ClusterRole", ts_sa, res, verb)
+            and not rules_granting(docs, "Role", ts_sa, res, verb),
+        )
     cm_patch = rules_granting(docs, "Role", ts_sa, "configmaps", "patch")
     # Per-client revocation lists (`m2m-revoked-tokens-<hash>`) cannot be
     # named in resourceNames: ConfigMaps in the operator namespace only, never
@@ -234,7 +247,13 @@ def main():
             env.get("M2M_DEFAULT_ROLE", {}).get("value") == want,
             env.get("M2M_DEFAULT_ROLE"),
         )
+    restart_kinds = ("deployments", "statefulsets", "daemonsets")
     if mode == "default":
+        for res in restart_kinds:
+            check(
+                f"controller: no `patch` on {res} by default (rbac.restartTargets off)",
+                not rules_granting(docs, "ClusterRole", ctrl_sa, res, "patch"),
+            )
         check("no HPA by default", hpa is None)
         check("no NetworkPolicy by default", not nps)
         check("no ServiceMonitor by default", not sms)
@@ -243,6 +262,17 @@ def main():
         check("plain HTTP issuer by default", env_of(tsc)["M2M_ISSUER"]["value"].startswith("http://"))
         check("no TLS flags by default", not any(a.startswith("--tls") for a in tsc["args"]))
     else:
+        for res in restart_kinds:
+            check(
+                f"controller: get and patch on {res} with rbac.restartTargets",
+                rules_granting(docs, "ClusterRole", ctrl_sa, res, "patch")
+                and rules_granting(docs, "ClusterRole", ctrl_sa, res, "get"),
+            )
+            for verb in ("create", "update", "delete", "list"):
+                check(
+                    f"controller: no `{verb}` on {res}",
+                    not rules_granting(docs, "ClusterRole", ctrl_sa, res, verb),
+                )
         check("HPA targets the token server", hpa and hpa["spec"]["scaleTargetRef"]["name"] == ts["metadata"]["name"])
         check("token-server: no replicas field under HPA", "replicas" not in ts["spec"])
         check("NetworkPolicy for both components", len(nps) == 2)

@@ -345,7 +345,7 @@ if ((installed)); then
   denied "$TS" create serviceaccounts/token -n "$OTHER_NS"
   denied "$TS" get serviceaccounts -n "$OTHER_NS"
   denied "$TS" get pods -n "$OTHER_NS"
-  # Token server: reads the reconciled state, writes none of it.
+  # Token server: reads the reconciled state, writes only usage into credential status.
   allowed "$TS" list m2mcredentials.m2m.dev --all-namespaces
   allowed "$TS" watch m2mcredentials.m2m.dev --all-namespaces
   allowed "$TS" watch serviceaccounts.m2m.dev --all-namespaces
@@ -357,7 +357,8 @@ if ((installed)); then
   denied "$TS" create m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$TS" patch m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$TS" delete m2mcredentials.m2m.dev -n "$OTHER_NS"
-  denied "$TS" patch m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS"
+  allowed "$TS" patch m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS"
+  denied "$TS" update m2mcredentials.m2m.dev --subresource=status -n "$OTHER_NS"
   denied "$TS" patch serviceaccounts.m2m.dev --subresource=status -n "$OTHER_NS"
   denied "$TS" patch namespaces
   # Token server: the revocation list only.
@@ -522,9 +523,18 @@ YAML
     -n "$NS" delete configmap m2m-revoked-tokens-rbac-probe
   as_sa "$TS_CFG" forbidden "token server is refused ConfigMaps in other namespaces" \
     -n "$OTHER_NS" get configmaps
-  as_sa "$TS_CFG" forbidden "token server is refused writing credential status" \
+  # (kubectl patch has no apply type; the server-side apply itself runs in tests/usage.rs)
+  as_sa "$TS_CFG" ok "token server patches usage into credential status" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=merge \
-    -p '{"status":{"secretHint":"...evil"}}' --dry-run=server
+    --field-manager=m2m-token-server -p '{"status":{"lastUsedTime":"2026-01-01T00:00:00Z"}}' \
+    --dry-run=server
+  as_sa "$TS_CFG" forbidden "token server is refused replacing credential status (update)" \
+    -n "$OTHER_NS" replace --subresource=status --dry-run=server -f - <<YAML
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: { name: rbac-probe, namespace: $OTHER_NS }
+spec: { serviceAccountName: rbac-probe }
+YAML
   as_sa "$TS_CFG" forbidden "token server is refused editing credentials" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --type=merge \
     -p '{"spec":{"scopes":["a"]}}' --dry-run=server

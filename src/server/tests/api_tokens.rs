@@ -28,6 +28,7 @@ impl World {
                 rotation: crate::crd::CredentialRotation {
                     every: expires_at.is_none().then(|| "720h".into()),
                     grace_period: None,
+                    ..Default::default()
                 },
                 ..Default::default()
             },
@@ -424,4 +425,36 @@ async fn refused_exchanges_are_audited_without_the_token() {
             "a token reached the log"
         );
     }
+}
+
+/// Using an API token counts as using its credential (SPEC §8): a
+/// successful introspection or exchange records the token's version for
+/// the usage writer; a token that does not authenticate records nothing.
+#[tokio::test]
+async fn introspected_and_exchanged_api_tokens_record_usage() {
+    let mut world = World::new(SigningAlg::Es256);
+    let rs = world.simple("resource-server");
+    let token = world.api_token("reports", None);
+    let id = api_token::client_id_of(&token).unwrap();
+    let used = |world: &World| -> Vec<i64> {
+        world
+            .state
+            .usage()
+            .recorder
+            .snapshot(true)
+            .into_iter()
+            .filter(|(client, _)| *client == id)
+            .flat_map(|(_, versions)| versions.into_keys())
+            .collect()
+    };
+    let forged = api_token::generate(&id).unwrap().expose().to_owned();
+    assert_eq!(world.introspect(&rs, &forged).await["active"], false);
+    assert!(used(&world).is_empty(), "a forged token is no use");
+    assert_eq!(world.introspect(&rs, &token).await["active"], true);
+    assert_eq!(used(&world), vec![1]);
+
+    let new = world.rotate_api_token("reports", None);
+    let (status, _, body) = world.exchange_token(&new, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(used(&world), vec![1, 2]);
 }

@@ -1,0 +1,404 @@
+//! Rollout restarts of `spec.rotation.restartTargets` (SPEC §8): workloads
+//! that read their secret once (environment variables, clients built at
+//! start-up) are restarted once per rotation, the way `kubectl rollout
+//! restart` does it — a new `kubectl.kubernetes.io/restartedAt` annotation
+//! on the pod template.
+//!
+//! Once per rotation, never on an operator restart or a resync:
+//! - the credential's `status.restartedVersion` says which secret version
+//!   the restarts are done for; a new version above it (a rotation, or a
+//!   repair of a deleted or edited Secret) is what triggers them
+//!   ([`restart_due`], pure);
+//! - each target records the versions it was restarted for in its
+//!   `m2m.dev/restarted-for` annotation, written in the same patch as the
+//!   pod-template annotation (with a `resourceVersion` precondition), so a
+//!   crash between the restarts and the status write never restarts a
+//!   target twice.
+//!
+//! Restarts are rate-limited per controller process ([`RestartLimiter`]):
+//! a rotation of many credentials sharing targets must not restart a
+//! fleet at once. RBAC for it (`get`, `patch` on the three kinds) is the
+//! chart value `rbac.restartTargets`, off by default; without
+//! it the controller reports `RestartTargetForbidden` and moves on.
+
+use super::{Context, Error, Step, kube_err};
+use crate::crd::{M2MCredential, RestartKind, RestartTarget};
+use crate::labels::FIELD_MANAGER;
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Annotation on a restarted workload: credential name → secret version it
+/// was last restarted for (a JSON object).
+pub const RESTARTED_FOR: &str = "m2m.dev/restarted-for";
+
+/// The pod-template annotation `kubectl rollout restart` sets.
+pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// What to record in `status.restartedVersion`, and which secret version
+/// the targets must be restarted for now (if any).
+///
+/// `before` is the secret version at the start of this reconcile, `now`
+/// the one it ends with. Without a record yet (targets just added, or an
+/// operator upgrade) the version before this reconcile counts as done: a
+/// rotation in the same reconcile still restarts, an old one does not. A
+/// credential's first secret never restarts anything.
+pub fn restart_due(
+    has_targets: bool,
+    recorded: Option<i64>,
+    before: i64,
+    now: i64,
+) -> (Option<i64>, Option<i64>) {
+    if !has_targets {
+        return (recorded, None);
+    }
+    let done = recorded.unwrap_or(if before == 0 { now } else { before });
+    (Some(done), (done < now).then_some(now))
+}
+
+/// The version `credential` last restarted the workload with these
+/// annotations for.
+pub fn recorded_version(annotations: &BTreeMap<String, String>, credential: &str) -> Option<i64> {
+    let map: BTreeMap<String, i64> = serde_json::from_str(annotations.get(RESTARTED_FOR)?).ok()?;
+    map.get(credential).copied()
+}
+
+/// The `m2m.dev/restarted-for` value recording `version` for `credential`,
+/// keeping other credentials' entries (an unreadable value is replaced).
+pub fn restarted_for_value(
+    annotations: &BTreeMap<String, String>,
+    credential: &str,
+    version: i64,
+) -> String {
+    let mut map: BTreeMap<String, i64> = annotations
+        .get(RESTARTED_FOR)
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default();
+    map.insert(credential.to_owned(), version);
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
+/// A token bucket: `burst` restarts at once, then one per `every`.
+#[derive(Debug)]
+pub struct RestartLimiter {
+    burst: f64,
+    every: Duration,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RestartLimiter {
+    /// A full bucket.
+    pub fn new(burst: u32, every: Duration, now: Instant) -> Self {
+        Self {
+            burst: f64::from(burst),
+            every,
+            state: Mutex::new((f64::from(burst), now)),
+        }
+    }
+
+    /// Take one restart at `now`, or say how long to wait for one.
+    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = *state;
+        let refill = now.saturating_duration_since(last).as_secs_f64() / self.every.as_secs_f64();
+        let tokens = (tokens + refill).min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            Err(self.every.mul_f64(1.0 - tokens))
+        }
+    }
+}
+
+/// At most 10 restarts at once, then one every 6 s (10 a minute) per
+/// controller process.
+fn limiter() -> &'static RestartLimiter {
+    static LIMITER: std::sync::LazyLock<RestartLimiter> = std::sync::LazyLock::new(|| {
+        RestartLimiter::new(10, Duration::from_secs(6), Instant::now())
+    });
+    &LIMITER
+}
+
+/// What happened to one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartOutcome {
+    /// Its pod template was patched.
+    Restarted,
+    /// It already records this version (an earlier, interrupted attempt).
+    AlreadyDone,
+    /// It does not exist.
+    NotFound,
+    /// The controller may not read or patch it (chart value off).
+    Forbidden,
+}
+
+/// Restart every target for `version`, publishing an Event per target.
+/// Returns `Ok(None)` when all are handled, `Ok(Some(wait))` when the rate
+/// limit held some back.
+pub(crate) async fn restart_targets(
+    ctx: &Context,
+    cred: &M2MCredential,
+    version: i64,
+    targets: &[RestartTarget],
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, Error> {
+    let ns = cred.namespace().unwrap_or_default();
+    let name = cred.name_any();
+    for target in targets {
+        let kind = kind_name(target.kind);
+        let done = match target.kind {
+            RestartKind::Deployment => {
+                is_done::<Deployment>(ctx, &ns, &name, &target.name, version).await?
+            }
+            RestartKind::StatefulSet => {
+                is_done::<StatefulSet>(ctx, &ns, &name, &target.name, version).await?
+            }
+            RestartKind::DaemonSet => {
+                is_done::<DaemonSet>(ctx, &ns, &name, &target.name, version).await?
+            }
+        };
+        if done.is_some() {
+            report(ctx, cred, target, version, done).await;
+            continue;
+        }
+        if let Err(wait) = limiter().try_acquire(Instant::now()) {
+            tracing::info!(namespace = %ns, credential = %name, kind, target = %target.name, "restart rate limit reached; retrying");
+            return Ok(Some(wait));
+        }
+        let outcome = match target.kind {
+            RestartKind::Deployment => {
+                restart::<Deployment>(ctx, &ns, &name, &target.name, version, now).await?
+            }
+            RestartKind::StatefulSet => {
+                restart::<StatefulSet>(ctx, &ns, &name, &target.name, version, now).await?
+            }
+            RestartKind::DaemonSet => {
+                restart::<DaemonSet>(ctx, &ns, &name, &target.name, version, now).await?
+            }
+        };
+        report(ctx, cred, target, version, Some(outcome)).await;
+    }
+    Ok(None)
+}
+
+fn kind_name(kind: RestartKind) -> &'static str {
+    match kind {
+        RestartKind::Deployment => "Deployment",
+        RestartKind::StatefulSet => "StatefulSet",
+        RestartKind::DaemonSet => "DaemonSet",
+    }
+}
+
+async fn report(
+    ctx: &Context,
+    cred: &M2MCredential,
+    target: &RestartTarget,
+    version: i64,
+    outcome: Option<RestartOutcome>,
+) {
+    let what = format!("{}/{}", kind_name(target.kind), target.name);
+    let (type_, reason, note) = match outcome {
+        Some(RestartOutcome::Restarted) => (
+            EventType::Normal,
+            "RolloutRestarted",
+            format!("restarted {what} for secret version {version}"),
+        ),
+        Some(RestartOutcome::NotFound) => (
+            EventType::Warning,
+            "RestartTargetNotFound",
+            format!(
+                "{what} (rotation.restartTargets) does not exist in this namespace; not restarted for secret version {version}"
+            ),
+        ),
+        Some(RestartOutcome::Forbidden) => (
+            EventType::Warning,
+            "RestartTargetForbidden",
+            format!(
+                "the operator may not restart {what}: enable the chart value rbac.restartTargets; not restarted for secret version {version}"
+            ),
+        ),
+        Some(RestartOutcome::AlreadyDone) | None => return,
+    };
+    ctx.event(cred, type_, reason, note).await;
+}
+
+fn forbidden_or_missing(e: &kube::Error) -> Option<RestartOutcome> {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => Some(RestartOutcome::Forbidden),
+        kube::Error::Api(s) if s.code == 404 => Some(RestartOutcome::NotFound),
+        _ => None,
+    }
+}
+
+/// `Some` when nothing is to be done for the target (already restarted
+/// for `version`, missing, forbidden).
+async fn is_done<K>(
+    ctx: &Context,
+    ns: &str,
+    credential: &str,
+    name: &str,
+    version: i64,
+) -> Result<Option<RestartOutcome>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get(name).await {
+        Ok(obj) => {
+            let annotations = obj.meta().annotations.clone().unwrap_or_default();
+            Ok(recorded_version(&annotations, credential)
+                .is_some_and(|v| v >= version)
+                .then_some(RestartOutcome::AlreadyDone))
+        }
+        Err(e) => match forbidden_or_missing(&e) {
+            Some(outcome) => Ok(Some(outcome)),
+            None => Err(kube_err(Step::RestartTarget)(e)),
+        },
+    }
+}
+
+/// Patch the pod template and the record in one request, guarded by the
+/// `resourceVersion` just read (a concurrent change is a conflict, retried).
+async fn restart<K>(
+    ctx: &Context,
+    ns: &str,
+    credential: &str,
+    name: &str,
+    version: i64,
+    now: DateTime<Utc>,
+) -> Result<RestartOutcome, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let obj = match api.get(name).await {
+        Ok(obj) => obj,
+        Err(e) => {
+            return forbidden_or_missing(&e).ok_or_else(|| kube_err(Step::RestartTarget)(e));
+        }
+    };
+    let annotations = obj.meta().annotations.clone().unwrap_or_default();
+    if recorded_version(&annotations, credential).is_some_and(|v| v >= version) {
+        return Ok(RestartOutcome::AlreadyDone);
+    }
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": obj.meta().resource_version,
+            "annotations": { RESTARTED_FOR: restarted_for_value(&annotations, credential, version) },
+        },
+        "spec": { "template": { "metadata": { "annotations": {
+            RESTARTED_AT: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        } } } },
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match api.patch(name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(RestartOutcome::Restarted),
+        Err(e) => forbidden_or_missing(&e).ok_or_else(|| kube_err(Step::RestartTarget)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_due_table() {
+        let cases = [
+            ("no targets", false, Some(1), 1, 2, (Some(1), None)),
+            (
+                "no targets, no record: nothing recorded",
+                false,
+                None,
+                1,
+                2,
+                (None, None),
+            ),
+            (
+                "first secret: recorded, no restart",
+                true,
+                None,
+                0,
+                1,
+                (Some(1), None),
+            ),
+            (
+                "targets added later: recorded, no restart",
+                true,
+                None,
+                3,
+                3,
+                (Some(3), None),
+            ),
+            (
+                "targets added with a rotation: restart",
+                true,
+                None,
+                3,
+                4,
+                (Some(3), Some(4)),
+            ),
+            ("rotation: restart", true, Some(3), 3, 4, (Some(3), Some(4))),
+            (
+                "interrupted earlier: restart",
+                true,
+                Some(3),
+                4,
+                4,
+                (Some(3), Some(4)),
+            ),
+            (
+                "done: resync restarts nothing",
+                true,
+                Some(4),
+                4,
+                4,
+                (Some(4), None),
+            ),
+        ];
+        for (what, has, recorded, before, now, want) in cases {
+            assert_eq!(restart_due(has, recorded, before, now), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_target_records_versions_per_credential() {
+        let mut ann = BTreeMap::new();
+        assert_eq!(recorded_version(&ann, "a"), None);
+        ann.insert(RESTARTED_FOR.into(), restarted_for_value(&ann, "a", 3));
+        ann.insert(RESTARTED_FOR.into(), restarted_for_value(&ann, "b", 7));
+        assert_eq!(recorded_version(&ann, "a"), Some(3));
+        assert_eq!(recorded_version(&ann, "b"), Some(7));
+        assert_eq!(ann[RESTARTED_FOR], r#"{"a":3,"b":7}"#);
+        ann.insert(RESTARTED_FOR.into(), "garbage".into());
+        assert_eq!(recorded_version(&ann, "a"), None);
+        assert_eq!(restarted_for_value(&ann, "a", 4), r#"{"a":4}"#);
+    }
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_one_per_interval() {
+        let t0 = Instant::now();
+        let l = RestartLimiter::new(2, Duration::from_secs(6), t0);
+        assert!(l.try_acquire(t0).is_ok());
+        assert!(l.try_acquire(t0).is_ok());
+        let wait = l.try_acquire(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(6));
+        assert!(l.try_acquire(t0 + Duration::from_secs(3)).is_err());
+        assert!(l.try_acquire(t0 + Duration::from_secs(6)).is_ok());
+    }
+}
