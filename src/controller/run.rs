@@ -338,7 +338,11 @@ where
             watcher::Config::default().labels(&managed),
         )
         .watches_shared_stream(
-            r.account_for_creds.clone(),
+            changed_only(
+                r.account_for_creds.clone(),
+                r.accounts.clone(),
+                account_fingerprint,
+            ),
             move |account: Arc<ServiceAccount>| {
                 let ns = account.namespace();
                 let name = account.name_any();
@@ -386,10 +390,17 @@ fn account_controller(
     let role_accounts = r.accounts.clone();
     let default_role = ctx.config.default_role.clone();
     Controller::for_shared_stream(r.account_for_accounts, r.accounts)
-        .watches_shared_stream(r.cred_for_accounts, |cred: Arc<M2MCredential>| {
-            let ns = cred.namespace().unwrap_or_default();
-            Some(ObjectRef::new(&cred.spec.service_account_name).within(&ns))
-        })
+        .watches_shared_stream(
+            changed_only(
+                r.cred_for_accounts,
+                r.credentials.clone(),
+                |c: &M2MCredential| fingerprint(&(&c.metadata.uid, &c.spec.service_account_name)),
+            ),
+            |cred: Arc<M2MCredential>| {
+                let ns = cred.namespace().unwrap_or_default();
+                Some(ObjectRef::new(&cred.spec.service_account_name).within(&ns))
+            },
+        )
         .watches_shared_stream(r.ns_for_accounts, move |ns: Arc<Namespace>| {
             let name = ns.name_any();
             accounts
@@ -414,6 +425,67 @@ fn account_controller(
             ctx.clone(),
         )
         .for_each(|_| future::ready(()))
+}
+
+/// Only the events of objects whose `key` changed since the last event of
+/// the same object (a relist re-sends every object; unchanged ones are
+/// dropped). Without it, every status write of every credential
+/// re-reconciled its ServiceAccount (an O(credentials) count), and every
+/// ServiceAccount status write (its credential count) re-reconciled all of
+/// its credentials: quadratic work that made 50,000 credentials converge
+/// at a quarter of the rate of 5,000.
+///
+/// What it remembers is pruned to the objects still in `store` whenever it
+/// has grown to twice their number (deletions are not seen here).
+fn changed_only<K>(
+    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    key: impl Fn(&K) -> u64 + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<(String, String), u64>::new());
+    stream.filter(move |obj| {
+        let id = (obj.namespace().unwrap_or_default(), obj.name_any());
+        let k = key(obj);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = seen.insert(id, k) != Some(k);
+        if seen.len() > 1024 && seen.len() > 2 * store.len() {
+            seen.retain(|(ns, name), _| {
+                let r = ObjectRef::<K>::new(name);
+                let r = if ns.is_empty() { r } else { r.within(ns) };
+                store.get(&r).is_some()
+            });
+        }
+        future::ready(changed)
+    })
+}
+
+/// A hash of `value` (in-memory change detection only).
+fn fingerprint(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(value)
+}
+
+/// What a credential's reconcile reads of its ServiceAccount: the spec
+/// (its generation), the roles it resolved and its Ready verdict — not
+/// `status.credentialCount`, which every credential of it changes.
+fn account_fingerprint(account: &ServiceAccount) -> u64 {
+    let status = account.status.as_ref();
+    let ready = status.and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == credential::READY)
+            .map(|c| (format!("{:?}", c.status), c.reason.clone()))
+    });
+    fingerprint(&(
+        &account.metadata.uid,
+        account.metadata.generation,
+        account.metadata.deletion_timestamp.is_some(),
+        status.map(|s| (&s.effective_scopes, &s.roles)),
+        ready,
+    ))
 }
 
 /// The accounts a role change affects: those whose `roleRefs` name the
@@ -642,6 +714,50 @@ mod tests {
     use tokio::time::Instant;
 
     type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
+
+    fn account(name: &str, generation: i64, count: i32) -> Arc<ServiceAccount> {
+        let mut a = ServiceAccount::new(name, Default::default());
+        a.metadata.namespace = Some("ns".into());
+        a.metadata.uid = Some(format!("uid-{name}"));
+        a.metadata.generation = Some(generation);
+        a.status = Some(crate::crd::ServiceAccountStatus {
+            credential_count: count,
+            ..Default::default()
+        });
+        Arc::new(a)
+    }
+
+    /// A ServiceAccount's credential count changes with every credential;
+    /// only a spec (generation) change re-reconciles its credentials, and
+    /// a relist of unchanged accounts triggers nothing.
+    #[tokio::test]
+    async fn only_what_credentials_read_of_an_account_triggers_them() {
+        let (store, mut writer) = reflector::store::<ServiceAccount>();
+        for name in ["a", "b"] {
+            writer.apply_watcher_event(&watcher::Event::Apply((*account(name, 1, 0)).clone()));
+        }
+        let events = vec![
+            account("a", 1, 0),
+            account("a", 1, 1), // count only: dropped
+            account("b", 1, 0),
+            account("a", 1, 2), // count only: dropped
+            account("a", 2, 2), // spec changed
+            account("b", 1, 0), // relist, unchanged: dropped
+        ];
+        let passed: Vec<(String, i64)> =
+            changed_only(futures::stream::iter(events), store, account_fingerprint)
+                .map(|a| (a.name_any(), a.metadata.generation.unwrap_or_default()))
+                .collect()
+                .await;
+        assert_eq!(
+            passed,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 2)
+            ]
+        );
+    }
 
     /// An apiserver that answers the initial lists (empty) and then
     /// becomes unreachable: every watch request fails at once. Records
