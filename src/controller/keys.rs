@@ -101,6 +101,131 @@ pub async fn reconcile_keys(
     reconcile_keys_holding(client, cfg, now, None).await
 }
 
+/// Create the missing key Secret, from `held` when given (else fresh
+/// keys). `None` when another writer created it first.
+async fn create_key_secret(
+    api: &Api<Secret>,
+    cfg: &KeySecretConfig,
+    now: DateTime<Utc>,
+    held: Option<&HeldKeys>,
+) -> Result<Option<KeyReconcile>, KeysError> {
+    let key_set_err = |e| KeysError::KeySet(cfg.name.clone(), e);
+    let (verifier_key, base) = match held {
+        Some(h) => (h.verifier_key.clone(), h.key_set.clone()),
+        None => (
+            VerifierKey::generate().map_err(KeysError::Random)?,
+            KeySet::default(),
+        ),
+    };
+    let (plan, key_set) = match next_key_set(&base, &cfg.policy, now).map_err(key_set_err)? {
+        Some((plan, next)) => (Some(plan), next),
+        None => (None, base),
+    };
+    let secret = desired_secret(cfg, &verifier_key, &key_set, None)?;
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&pp, &secret).await {
+        Ok(_) => {
+            let reason = plan.as_ref().and_then(|p| p.rotate.as_ref());
+            if held.is_some() {
+                tracing::warn!(
+                    namespace = %cfg.namespace, name = %cfg.name,
+                    kid = key_set.active().map(|k| k.kid.as_str()),
+                    "the operator key Secret was deleted: recreated from the keys this controller holds"
+                );
+            } else {
+                tracing::info!(
+                    namespace = %cfg.namespace, name = %cfg.name,
+                    reason = reason.map(|r| r.reason()),
+                    kid = key_set.active().map(|k| k.kid.as_str()),
+                    "created the operator key Secret"
+                );
+            }
+            Ok(Some(KeyReconcile {
+                verifier_key,
+                next_due: next_due(&key_set, &cfg.policy),
+                changed: true,
+                key_set,
+            }))
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(e) => Err(KeysError::Create(cfg.name.clone(), e)),
+    }
+}
+
+/// Bring an existing key Secret to what `cfg` asks for at `now`; an
+/// unreadable one is restored from `held` when given.
+async fn update_key_secret(
+    api: &Api<Secret>,
+    cfg: &KeySecretConfig,
+    now: DateTime<Utc>,
+    held: Option<&HeldKeys>,
+    secret: Secret,
+) -> Result<KeyReconcile, KeysError> {
+    let key_set_err = |e| KeysError::KeySet(cfg.name.clone(), e);
+    let (verifier_key, key_set) = match (parse_key_secret(&secret), held) {
+        (Ok(parsed), _) => parsed,
+        (Err(error), Some(h)) => {
+            // Damaged by hand: restore what this controller holds.
+            tracing::warn!(
+                namespace = %cfg.namespace, name = %cfg.name, %error,
+                "the operator key Secret is unreadable: restoring the keys this controller holds"
+            );
+            let desired = desired_secret(
+                cfg,
+                &h.verifier_key,
+                &h.key_set,
+                secret.metadata.resource_version.clone(),
+            )?;
+            api.patch(
+                &cfg.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await
+            .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+            (h.verifier_key.clone(), h.key_set.clone())
+        }
+        (Err(error), None) => return Err(error.into()),
+    };
+    let Some((plan, next)) = next_key_set(&key_set, &cfg.policy, now).map_err(key_set_err)? else {
+        return Ok(KeyReconcile {
+            verifier_key,
+            next_due: next_due(&key_set, &cfg.policy),
+            changed: false,
+            key_set,
+        });
+    };
+    let desired = desired_secret(
+        cfg,
+        &verifier_key,
+        &next,
+        secret.metadata.resource_version.clone(),
+    )?;
+    api.patch(
+        &cfg.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+    tracing::info!(
+        namespace = %cfg.namespace, name = %cfg.name,
+        rotated = plan.rotate.as_ref().map(|r| r.message()),
+        pruned = ?plan.prune,
+        kid = next.active().map(|k| k.kid.as_str()),
+        "updated the signing keys"
+    );
+    Ok(KeyReconcile {
+        verifier_key,
+        next_due: next_due(&next, &cfg.policy),
+        changed: true,
+        key_set: next,
+    })
+}
+
 /// Bring the key Secret to what `cfg` asks for at `now`; a missing or
 /// unreadable Secret is rewritten from `held` when given.
 pub async fn reconcile_keys_holding(
@@ -110,7 +235,6 @@ pub async fn reconcile_keys_holding(
     held: Option<&HeldKeys>,
 ) -> Result<KeyReconcile, KeysError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
-    let key_set_err = |e| KeysError::KeySet(cfg.name.clone(), e);
     // Two attempts: a lost creation race is resolved by reading the winner.
     for _ in 0..2 {
         let existing = api
@@ -119,114 +243,11 @@ pub async fn reconcile_keys_holding(
             .map_err(|e| KeysError::Get(cfg.name.clone(), e))?;
         match existing {
             None => {
-                let (verifier_key, base) = match held {
-                    Some(h) => (h.verifier_key.clone(), h.key_set.clone()),
-                    None => (
-                        VerifierKey::generate().map_err(KeysError::Random)?,
-                        KeySet::default(),
-                    ),
-                };
-                let (plan, key_set) =
-                    match next_key_set(&base, &cfg.policy, now).map_err(key_set_err)? {
-                        Some((plan, next)) => (Some(plan), next),
-                        None => (None, base),
-                    };
-                let secret = desired_secret(cfg, &verifier_key, &key_set, None)?;
-                let pp = PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                };
-                match api.create(&pp, &secret).await {
-                    Ok(_) => {
-                        let reason = plan.as_ref().and_then(|p| p.rotate.as_ref());
-                        if held.is_some() {
-                            tracing::warn!(
-                                namespace = %cfg.namespace, name = %cfg.name,
-                                kid = key_set.active().map(|k| k.kid.as_str()),
-                                "the operator key Secret was deleted: recreated from the keys this controller holds"
-                            );
-                        } else {
-                            tracing::info!(
-                                namespace = %cfg.namespace, name = %cfg.name,
-                                reason = reason.map(|r| r.reason()),
-                                kid = key_set.active().map(|k| k.kid.as_str()),
-                                "created the operator key Secret"
-                            );
-                        }
-                        return Ok(KeyReconcile {
-                            verifier_key,
-                            next_due: next_due(&key_set, &cfg.policy),
-                            changed: true,
-                            key_set,
-                        });
-                    }
-                    Err(kube::Error::Api(status)) if status.code == 409 => continue,
-                    Err(e) => return Err(KeysError::Create(cfg.name.clone(), e)),
+                if let Some(done) = create_key_secret(&api, cfg, now, held).await? {
+                    return Ok(done);
                 }
             }
-            Some(secret) => {
-                let (verifier_key, key_set) = match (parse_key_secret(&secret), held) {
-                    (Ok(parsed), _) => parsed,
-                    (Err(error), Some(h)) => {
-                        // Damaged by hand: restore what this controller holds.
-                        tracing::warn!(
-                            namespace = %cfg.namespace, name = %cfg.name, %error,
-                            "the operator key Secret is unreadable: restoring the keys this controller holds"
-                        );
-                        let desired = desired_secret(
-                            cfg,
-                            &h.verifier_key,
-                            &h.key_set,
-                            secret.metadata.resource_version.clone(),
-                        )?;
-                        api.patch(
-                            &cfg.name,
-                            &PatchParams::apply(FIELD_MANAGER).force(),
-                            &Patch::Apply(&desired),
-                        )
-                        .await
-                        .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
-                        (h.verifier_key.clone(), h.key_set.clone())
-                    }
-                    (Err(error), None) => return Err(error.into()),
-                };
-                let Some((plan, next)) =
-                    next_key_set(&key_set, &cfg.policy, now).map_err(key_set_err)?
-                else {
-                    return Ok(KeyReconcile {
-                        verifier_key,
-                        next_due: next_due(&key_set, &cfg.policy),
-                        changed: false,
-                        key_set,
-                    });
-                };
-                let desired = desired_secret(
-                    cfg,
-                    &verifier_key,
-                    &next,
-                    secret.metadata.resource_version.clone(),
-                )?;
-                api.patch(
-                    &cfg.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&desired),
-                )
-                .await
-                .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
-                tracing::info!(
-                    namespace = %cfg.namespace, name = %cfg.name,
-                    rotated = plan.rotate.as_ref().map(|r| r.message()),
-                    pruned = ?plan.prune,
-                    kid = next.active().map(|k| k.kid.as_str()),
-                    "updated the signing keys"
-                );
-                return Ok(KeyReconcile {
-                    verifier_key,
-                    next_due: next_due(&next, &cfg.policy),
-                    changed: true,
-                    key_set: next,
-                });
-            }
+            Some(secret) => return update_key_secret(&api, cfg, now, held, secret).await,
         }
     }
     Err(KeysError::CreateRace(cfg.name.clone()))

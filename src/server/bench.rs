@@ -89,33 +89,17 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         },
         status: None,
     };
-    let credential = M2MCredential {
-        metadata: ObjectMeta {
-            name: Some("bench".into()),
-            namespace: Some(namespace.into()),
-            uid: Some(uid.clone()),
-            ..Default::default()
-        },
-        spec: M2MCredentialSpec {
+    let credential = sealed_credential(
+        &binding,
+        M2MCredentialSpec {
             service_account_name: "bench".into(),
             audiences: vec!["https://api.bench.example".into()],
             token_ttl: Some("15m".into()),
             ..Default::default()
         },
-        status: Some(M2MCredentialStatus {
-            verifiers: vec![{
-                let mut v = SecretVerifier {
-                    version: 1,
-                    digest: verifier_key.digest(&binding, secret.expose()),
-                    not_after: None,
-                    seal: None,
-                };
-                verifier_key.seal(&binding, &mut v);
-                v
-            }],
-            ..Default::default()
-        }),
-    };
+        &verifier_key,
+        secret.expose(),
+    );
     // Workload identity: bound to core ServiceAccount bench/bench-wi.
     let wi_credential = M2MCredential {
         metadata: ObjectMeta {
@@ -144,35 +128,19 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         client_id: &api_client_id,
         version: 1,
     };
-    let api_credential = M2MCredential {
-        metadata: ObjectMeta {
-            name: Some("bench-api".into()),
-            namespace: Some(namespace.into()),
-            uid: Some(api_uid.clone()),
-            ..Default::default()
-        },
-        spec: M2MCredentialSpec {
+    let api_credential = sealed_credential(
+        &api_binding,
+        M2MCredentialSpec {
             type_: crate::crd::CredentialType::ApiToken,
             rotation: crate::crd::CredentialRotation {
                 every: Some("720h".into()),
-                grace_period: None,
+                ..Default::default()
             },
             ..credential.spec.clone()
         },
-        status: Some(M2MCredentialStatus {
-            verifiers: vec![{
-                let mut v = SecretVerifier {
-                    version: 1,
-                    digest: verifier_key.digest(&api_binding, api_token.expose()),
-                    not_after: None,
-                    seal: None,
-                };
-                verifier_key.seal(&api_binding, &mut v);
-                v
-            }],
-            ..Default::default()
-        }),
-    };
+        &verifier_key,
+        api_token.expose(),
+    );
     let namespace_meta = ObjectMeta {
         name: Some(namespace.into()),
         ..Default::default()
@@ -192,14 +160,7 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         now,
     ));
     state.set_keys(Some(KeyMaterial::from_secret(&key_secret, now)?));
-    let config = ServerConfig {
-        issuer: "https://m2m.bench.example".into(),
-        default_audience: "https://m2m.bench.example".into(),
-        default_policy: policy,
-        default_role: None,
-        operator_namespace: "bench".into(),
-        limits: crate::http::HttpLimits::token_endpoint(),
-    };
+    let config = bench_config(policy);
     let issuer = config.issuer.clone();
     let revocations = Arc::new(LocalRevocations::new(state.clone()));
     let server = TokenServer::new(config, state, Metrics::new(), revocations);
@@ -218,6 +179,48 @@ pub fn fixture(alg: SigningAlg) -> anyhow::Result<BenchFixture> {
         assertion,
         api_token: api_token.expose().to_owned(),
     })
+}
+
+/// The bench server's configuration: production limits, an example issuer.
+fn bench_config(policy: ScopePolicy) -> ServerConfig {
+    ServerConfig {
+        issuer: "https://m2m.bench.example".into(),
+        default_audience: "https://m2m.bench.example".into(),
+        default_policy: policy,
+        default_role: None,
+        operator_namespace: "bench".into(),
+        limits: crate::http::HttpLimits::token_endpoint(),
+    }
+}
+
+/// A credential as the controller leaves it: `secret` is version 1, its
+/// verifier sealed under `key`.
+fn sealed_credential(
+    binding: &SecretBinding<'_>,
+    spec: M2MCredentialSpec,
+    key: &VerifierKey,
+    secret: &str,
+) -> M2MCredential {
+    let mut verifier = SecretVerifier {
+        version: binding.version,
+        digest: key.digest(binding, secret),
+        not_after: None,
+        seal: None,
+    };
+    key.seal(binding, &mut verifier);
+    M2MCredential {
+        metadata: ObjectMeta {
+            name: Some(binding.name.into()),
+            namespace: Some(binding.namespace.into()),
+            uid: Some(binding.uid.into()),
+            ..Default::default()
+        },
+        spec,
+        status: Some(M2MCredentialStatus {
+            verifiers: vec![verifier],
+            ..Default::default()
+        }),
+    }
 }
 
 /// A JWT shaped and sized like a projected service-account token (RS256,

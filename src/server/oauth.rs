@@ -185,6 +185,75 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
     &UNKNOWN
 }
 
+/// Scopes: a subset of the grant; default all of it.
+fn requested_scope(
+    form: &super::form::Form,
+    entry: &CredentialEntry,
+    grant: &crate::core::grant::Grant,
+) -> Result<String, OAuthError> {
+    let Some(requested) = form.get("scope") else {
+        return Ok(entry.default_scope.clone());
+    };
+    let mut wanted: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if let Some(bad) = wanted.iter().find(|s| !grant.scopes.contains(**s)) {
+        let bad: String = bad.chars().take(64).collect();
+        return Err(OAuthError::invalid_scope(format!(
+            "scope {bad:?} is not granted to this client"
+        )));
+    }
+    Ok(wanted.join(" "))
+}
+
+/// Audiences (`audience` and `resource`): a subset of the allowed ones;
+/// default all of them (the issuer's default audience when the grant
+/// names none).
+fn requested_audiences<'a>(
+    form: &'a super::form::Form,
+    grant: &'a crate::core::grant::Grant,
+    default_audience: &'a str,
+) -> Result<Vec<&'a str>, OAuthError> {
+    let allowed: Vec<&str> = if grant.audiences.is_empty() {
+        vec![default_audience]
+    } else {
+        grant.audiences.iter().map(String::as_str).collect()
+    };
+    let mut audiences: Vec<&str> = form
+        .get("audience")
+        .into_iter()
+        .chain(form.get("resource"))
+        .flat_map(|v| v.split(' '))
+        .filter(|s| !s.is_empty())
+        .collect();
+    audiences.sort_unstable();
+    audiences.dedup();
+    if let Some(bad) = audiences.iter().find(|a| !allowed.contains(a)) {
+        let bad: String = bad.chars().take(128).collect();
+        return Err(OAuthError::invalid_target(format!(
+            "audience {bad:?} is not allowed for this client"
+        )));
+    }
+    Ok(if audiences.is_empty() {
+        allowed
+    } else {
+        audiences
+    })
+}
+
+/// What a token request presented to authenticate with, and how to
+/// attribute a refusal of it.
+struct Presented<'a> {
+    form: &'a super::form::Form,
+    credentials: Option<&'a ClientCredentials>,
+    source: Option<IpAddr>,
+    refuse: &'a (dyn Fn(OAuthError) -> Refusal + Sync),
+}
+
+/// An authenticated client: its credential, the secret version that
+/// matched, the authentication method's name and the keys in use.
+type Authenticated = (Arc<CredentialEntry>, i64, &'static str, Arc<KeyMaterial>);
+
 /// How a presented client id appears in logs: in full only when it is a
 /// known client id; anything else — a secret sent in its place (client_id
 /// and client_secret swapped), a typo, garbage — as a short hash, which
@@ -289,94 +358,24 @@ impl TokenServer {
         } else {
             super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
         };
-        let (entry, version, method, keys) = match assertion {
-            // API token hook: RFC 8693 exchange, the subject token authenticates.
-            _ if exchange => {
-                let who = || Some(Box::new(Who::exchanging(&form)));
-                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
-                let result =
-                    self.authenticate_exchange(&form, credentials.as_ref(), source, &keys, now);
-                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
-                let method = super::api_token::METHOD;
-                self.inner.metrics.observe_client_auth(method, outcome);
-                let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
-                (entry, version, method, keys)
-            }
-            Some(assertion) => {
-                let who = || Some(Box::new(Who::asserted(&assertion)));
-                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
-                let result = self.authenticate_assertion(&assertion, source, now).await;
-                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
-                let method = super::assertion::METHOD;
-                self.inner.metrics.observe_client_auth(method, outcome);
-                let entry = result.map_err(|error| Refusal { error, who: who() })?;
-                (entry, WORKLOAD_IDENTITY_VERSION, method, keys)
-            }
-            None => {
-                let Some(creds) = credentials.as_ref() else {
-                    return Err(Refusal {
-                        error: OAuthError::invalid_client(true),
-                        who: None,
-                    });
-                };
-                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
-                let result = self.authenticate(creds, source, &keys, now);
-                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
-                let method = creds.method.as_str();
-                self.inner.metrics.observe_client_auth(method, outcome);
-                let (entry, version) = result.map_err(refuse)?;
-                (entry, version, method, keys)
-            }
+        let client = Presented {
+            form: &form,
+            credentials: credentials.as_ref(),
+            source,
+            refuse: &refuse,
         };
+        let (entry, version, method, keys) = self
+            .authenticate_request(client, assertion, exchange, now)
+            .await?;
         let refuse = |error: OAuthError| Refusal {
             error,
             who: Some(Box::new(Who::of(&entry, method))),
         };
         let grant = entry.grant_at(now).map_err(|e| refuse(grant_error(&e)))?;
 
-        // Scopes: a subset of the grant; default all of it.
-        let scope: String = match form.get("scope") {
-            None => entry.default_scope.clone(),
-            Some(requested) => {
-                let mut wanted: Vec<&str> =
-                    requested.split(' ').filter(|s| !s.is_empty()).collect();
-                wanted.sort_unstable();
-                wanted.dedup();
-                if let Some(bad) = wanted.iter().find(|s| !grant.scopes.contains(**s)) {
-                    let bad: String = bad.chars().take(64).collect();
-                    return Err(refuse(OAuthError::invalid_scope(format!(
-                        "scope {bad:?} is not granted to this client"
-                    ))));
-                }
-                wanted.join(" ")
-            }
-        };
-
-        // Audiences: a subset of the allowed ones; default all of them.
-        let default_audience = [self.inner.config.default_audience.as_str()];
-        let allowed: Vec<&str> = if grant.audiences.is_empty() {
-            default_audience.to_vec()
-        } else {
-            grant.audiences.iter().map(String::as_str).collect()
-        };
-        let mut audiences: Vec<&str> = form
-            .get("audience")
-            .into_iter()
-            .chain(form.get("resource"))
-            .flat_map(|v| v.split(' '))
-            .filter(|s| !s.is_empty())
-            .collect();
-        audiences.sort_unstable();
-        audiences.dedup();
-        if let Some(bad) = audiences.iter().find(|a| !allowed.contains(a)) {
-            let bad: String = bad.chars().take(128).collect();
-            return Err(refuse(OAuthError::invalid_target(format!(
-                "audience {bad:?} is not allowed for this client"
-            ))));
-        }
-        if audiences.is_empty() {
-            audiences = allowed;
-        }
+        let scope = requested_scope(&form, &entry, grant).map_err(refuse)?;
+        let audiences = requested_audiences(&form, grant, &self.inner.config.default_audience)
+            .map_err(refuse)?;
 
         let iat = now.timestamp();
         let ttl = i64::try_from(grant.token_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -415,6 +414,63 @@ impl TokenServer {
             entry,
             keys,
         })
+    }
+
+    /// Client authentication of a token request, by whichever method it
+    /// used: the credential, the secret version, the method's name and the
+    /// keys.
+    async fn authenticate_request(
+        &self,
+        client: Presented<'_>,
+        assertion: Option<super::assertion::ClientAssertion>,
+        exchange: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, Refusal> {
+        let Presented {
+            form,
+            credentials,
+            source,
+            refuse,
+        } = client;
+        let authenticated = match assertion {
+            // API token hook: RFC 8693 exchange, the subject token authenticates.
+            _ if exchange => {
+                let who = || Some(Box::new(Who::exchanging(form)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result = self.authenticate_exchange(form, credentials, source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::api_token::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, version, method, keys)
+            }
+            Some(assertion) => {
+                let who = || Some(Box::new(Who::asserted(&assertion)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result = self.authenticate_assertion(&assertion, source, now).await;
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::assertion::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let entry = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, WORKLOAD_IDENTITY_VERSION, method, keys)
+            }
+            None => {
+                let Some(creds) = credentials else {
+                    return Err(Refusal {
+                        error: OAuthError::invalid_client(true),
+                        who: None,
+                    });
+                };
+                let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+                let result = self.authenticate(creds, source, &keys, now);
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = creds.method.as_str();
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, version) = result.map_err(refuse)?;
+                (entry, version, method, keys)
+            }
+        };
+        Ok(authenticated)
     }
 
     /// The token response for a prepared token and its encoding, with the

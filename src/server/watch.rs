@@ -372,13 +372,12 @@ fn strip<K: Resource>(mut object: K) -> Option<K> {
     Some(object)
 }
 
-/// Run the watches forever, keeping `state` current.
-pub(crate) async fn run_watches(
-    client: kube::Client,
-    cfg: WatchConfig,
-    state: Arc<TokenState>,
-    ready: WatchReadiness,
-) {
+/// One task per watched kind, each sending its changes to `tx`.
+fn spawn_watches(
+    client: &kube::Client,
+    cfg: &WatchConfig,
+    tx: mpsc::Sender<Update>,
+) -> [tokio::task::JoinHandle<()>; SOURCES] {
     let ns = cfg.operator_namespace.as_str();
     let by_name = |name: &str| Some(format!("metadata.name={name}"));
     let (credential_api, account_api, namespace_fields): (
@@ -397,8 +396,7 @@ pub(crate) async fn run_watches(
         Some(watched) => Api::namespaced(client.clone(), watched),
         None => Api::all(client.clone()),
     };
-    let (tx, mut rx) = mpsc::channel(MAX_BATCH);
-    let tasks = [
+    [
         tokio::spawn(watch_kind(
             Full(credential_api),
             "m2mcredentials",
@@ -458,7 +456,67 @@ pub(crate) async fn run_watches(
             Update::ClusterRoles,
             tx,
         )),
-    ];
+    ]
+}
+
+/// Publish what a batch changed: a new index snapshot, reloaded keys, the
+/// revocation entries re-read (they are verified with the key).
+fn publish(applier: &Applier, state: &TokenState, dirty: &[bool; SOURCES], ns: &str) {
+    if dirty[Source::Credentials as usize]
+        || dirty[Source::Accounts as usize]
+        || dirty[Source::Namespaces as usize]
+        || dirty[Source::Roles as usize]
+        || dirty[Source::ClusterRoles as usize]
+    {
+        state.set_credentials(applier.indexer.snapshot());
+    }
+    if dirty[Source::Keys as usize] {
+        match &applier.keys {
+            None => {
+                if applier.synced[Source::Keys as usize] {
+                    tracing::warn!(
+                        namespace = ns,
+                        name = KEY_SECRET_NAME,
+                        "the operator key Secret does not exist (yet)"
+                    );
+                }
+                state.set_keys(None);
+            }
+            Some(secret) => match KeyMaterial::from_secret(secret, Utc::now()) {
+                Ok(material) => {
+                    tracing::info!(
+                        active_kid = material.ring.active().map(|s| s.kid()),
+                        "loaded the operator keys"
+                    );
+                    state.set_keys(Some(material));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the operator key Secret is unusable; keeping the previous keys");
+                }
+            },
+        }
+    }
+    // Entries are verified with the key: re-read them when it changes.
+    if dirty[Source::Revocations as usize] || dirty[Source::Keys as usize] {
+        let keys = state.keys();
+        state.revocations().observe(
+            applier.revocations.values(),
+            keys.as_ref().map(|k| &k.verifier_key),
+            Utc::now().timestamp(),
+        );
+    }
+}
+
+/// Run the watches forever, keeping `state` current.
+pub(crate) async fn run_watches(
+    client: kube::Client,
+    cfg: WatchConfig,
+    state: Arc<TokenState>,
+    ready: WatchReadiness,
+) {
+    let ns = cfg.operator_namespace.as_str();
+    let (tx, mut rx) = mpsc::channel(MAX_BATCH);
+    let tasks = spawn_watches(&client, &cfg, tx);
     // Abort the watch tasks when this future is dropped (the server stops).
     struct AbortOnDrop<const N: usize>([tokio::task::JoinHandle<()>; N]);
     impl<const N: usize> Drop for AbortOnDrop<N> {
@@ -506,49 +564,7 @@ pub(crate) async fn run_watches(
                 None
             };
         }
-        if dirty[Source::Credentials as usize]
-            || dirty[Source::Accounts as usize]
-            || dirty[Source::Namespaces as usize]
-            || dirty[Source::Roles as usize]
-            || dirty[Source::ClusterRoles as usize]
-        {
-            state.set_credentials(applier.indexer.snapshot());
-        }
-        if dirty[Source::Keys as usize] {
-            match &applier.keys {
-                None => {
-                    if applier.synced[Source::Keys as usize] {
-                        tracing::warn!(
-                            namespace = ns,
-                            name = KEY_SECRET_NAME,
-                            "the operator key Secret does not exist (yet)"
-                        );
-                    }
-                    state.set_keys(None);
-                }
-                Some(secret) => match KeyMaterial::from_secret(secret, Utc::now()) {
-                    Ok(material) => {
-                        tracing::info!(
-                            active_kid = material.ring.active().map(|s| s.kid()),
-                            "loaded the operator keys"
-                        );
-                        state.set_keys(Some(material));
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "the operator key Secret is unusable; keeping the previous keys");
-                    }
-                },
-            }
-        }
-        // Entries are verified with the key: re-read them when it changes.
-        if dirty[Source::Revocations as usize] || dirty[Source::Keys as usize] {
-            let keys = state.keys();
-            state.revocations().observe(
-                applier.revocations.values(),
-                keys.as_ref().map(|k| &k.verifier_key),
-                Utc::now().timestamp(),
-            );
-        }
+        publish(&applier, &state, &dirty, ns);
         ready.synced.set(applier.synced.iter().all(|s| *s));
         ready
             .signing_key
