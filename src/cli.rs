@@ -229,7 +229,7 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
 
 impl TokenServerOptions {
     /// The usage write intervals the flags describe.
-    pub fn usage_resolution(&self) -> crate::server::usage::UsageResolution {
+    pub(crate) fn usage_resolution(&self) -> crate::server::usage::UsageResolution {
         crate::server::usage::UsageResolution {
             coarse: self.usage_resolution,
             fine: self.usage_resolution_in_grace,

@@ -372,19 +372,19 @@ impl Metrics {
     }
 
     /// Count one usage status write by outcome.
-    pub fn observe_usage_write(&self, outcome: &'static str) {
+    pub(crate) fn observe_usage_write(&self, outcome: &'static str) {
         self.usage_writes
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
     /// Set the number of credentials with usage not written.
-    pub fn set_usage_unwritten(&self, count: i64) {
+    pub(crate) fn set_usage_unwritten(&self, count: i64) {
         self.usage_unwritten.set(count);
     }
 
     /// Count a grace period that ended with its version still in use.
-    pub fn observe_stale_secret_in_use(&self) {
+    pub(crate) fn observe_stale_secret_in_use(&self) {
         self.stale_secret_in_use.inc();
     }
 

@@ -39,7 +39,7 @@ pub const READY: &str = "Ready";
 pub(crate) const SECRET_SYNCED: &str = "SecretSynced";
 
 /// `Ready=False` reason: the credential was sealed under another verifier key.
-pub const VERIFIER_KEY_CONFLICT: &str = "VerifierKeyConflict";
+pub(crate) const VERIFIER_KEY_CONFLICT: &str = "VerifierKeyConflict";
 
 /// Requeue when nothing is scheduled sooner: a safety net, not a clock.
 const IDLE_REQUEUE: Duration = Duration::from_secs(3600);
@@ -865,7 +865,7 @@ fn retire_previous(
 }
 
 /// Condition type: unused for `spec.dormantAfter`.
-pub const DORMANT: &str = "Dormant";
+pub(crate) const DORMANT: &str = "Dormant";
 
 /// The `Dormant` condition (`spec.dormantAfter`): `True` with a Warning
 /// Event once unused that long, `False` again on the next use. Its message

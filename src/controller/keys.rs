@@ -75,7 +75,7 @@ pub struct KeyReconcile {
 /// The keys a running controller last read from (or wrote to) the key
 /// Secret: what it restores when the Secret disappears.
 #[derive(Debug, Clone)]
-pub struct HeldKeys {
+pub(crate) struct HeldKeys {
     /// The verifier key.
     pub verifier_key: VerifierKey,
     /// The signing keys.
@@ -228,7 +228,7 @@ async fn update_key_secret(
 
 /// Bring the key Secret to what `cfg` asks for at `now`; a missing or
 /// unreadable Secret is rewritten from `held` when given.
-pub async fn reconcile_keys_holding(
+pub(crate) async fn reconcile_keys_holding(
     client: &kube::Client,
     cfg: &KeySecretConfig,
     now: DateTime<Utc>,

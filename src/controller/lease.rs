@@ -33,7 +33,7 @@ use tokio::time::Instant;
 /// How long a Lease lasts, how soon its holder must have renewed it, and
 /// how often candidates and the holder try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseTimings {
+pub(crate) struct LeaseTimings {
     /// A standby takes over after seeing the record unchanged this long.
     pub lease_duration: Duration,
     /// The holder steps down when no renewal succeeded for this long.
@@ -46,7 +46,7 @@ pub struct LeaseTimings {
 impl LeaseTimings {
     /// 15 s lease, 10 s renew deadline, 2 s retry period (client-go's
     /// defaults are 15/10/2 as well).
-    pub const DEFAULT: Self = Self {
+    pub(crate) const DEFAULT: Self = Self {
         lease_duration: Duration::from_secs(15),
         renew_deadline: Duration::from_secs(10),
         retry_period: Duration::from_secs(2),
@@ -88,14 +88,14 @@ enum Attempt {
 
 /// Why an attempt did not make (or keep) this candidate the holder.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// An API call failed (unreachable apiserver, 409 from a racing writer).
     #[error("Lease API call failed")]
     Api(#[source] kube::Error),
 }
 
 /// One candidate for the Lease `name`.
-pub struct LeaderElector {
+pub(crate) struct LeaderElector {
     api: Api<Lease>,
     name: String,
     identity: String,

@@ -190,7 +190,11 @@ impl Context {
 
     /// The roles of `account` in `namespace`: its `roleRefs` and the
     /// default role, from the reflector stores.
-    pub fn roles_for(&self, namespace: &str, account: &ServiceAccountSpec) -> RoleResolution {
+    pub(crate) fn roles_for(
+        &self,
+        namespace: &str,
+        account: &ServiceAccountSpec,
+    ) -> RoleResolution {
         resolve_roles(account, self.config.default_role.as_deref(), |r| {
             match r.kind {
                 RoleKind::M2MRole => self

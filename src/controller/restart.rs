@@ -35,10 +35,10 @@ use std::time::{Duration, Instant};
 
 /// Annotation on a restarted workload: credential name → secret version it
 /// was last restarted for (a JSON object).
-pub const RESTARTED_FOR: &str = "m2m.dev/restarted-for";
+pub(crate) const RESTARTED_FOR: &str = "m2m.dev/restarted-for";
 
 /// The pod-template annotation `kubectl rollout restart` sets.
-pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
 /// What to record in `status.restartedVersion`, and which secret version
 /// the targets must be restarted for now (if any).
@@ -48,7 +48,7 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// operator upgrade) the version before this reconcile counts as done: a
 /// rotation in the same reconcile still restarts, an old one does not. A
 /// credential's first secret never restarts anything.
-pub fn restart_due(
+pub(crate) fn restart_due(
     has_targets: bool,
     recorded: Option<i64>,
     before: i64,
@@ -63,14 +63,17 @@ pub fn restart_due(
 
 /// The version `credential` last restarted the workload with these
 /// annotations for.
-pub fn recorded_version(annotations: &BTreeMap<String, String>, credential: &str) -> Option<i64> {
+pub(crate) fn recorded_version(
+    annotations: &BTreeMap<String, String>,
+    credential: &str,
+) -> Option<i64> {
     let map: BTreeMap<String, i64> = serde_json::from_str(annotations.get(RESTARTED_FOR)?).ok()?;
     map.get(credential).copied()
 }
 
 /// The `m2m.dev/restarted-for` value recording `version` for `credential`,
 /// keeping other credentials' entries (an unreadable value is replaced).
-pub fn restarted_for_value(
+pub(crate) fn restarted_for_value(
     annotations: &BTreeMap<String, String>,
     credential: &str,
     version: i64,
@@ -85,7 +88,7 @@ pub fn restarted_for_value(
 
 /// A token bucket: `burst` restarts at once, then one per `every`.
 #[derive(Debug)]
-pub struct RestartLimiter {
+pub(crate) struct RestartLimiter {
     burst: f64,
     every: Duration,
     state: Mutex<(f64, Instant)>,
@@ -102,7 +105,7 @@ impl RestartLimiter {
     }
 
     /// Take one restart at `now`, or say how long to wait for one.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (tokens, last) = *state;
         let refill = now.saturating_duration_since(last).as_secs_f64() / self.every.as_secs_f64();
@@ -128,7 +131,7 @@ fn limiter() -> &'static RestartLimiter {
 
 /// What happened to one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartOutcome {
+pub(crate) enum RestartOutcome {
     /// Its pod template was patched.
     Restarted,
     /// It already records this version (an earlier, interrupted attempt).

@@ -31,7 +31,7 @@ const SHARED_BUFFER: usize = 1024;
 /// key Secret is re-read after a failure): after an apiserver outage the
 /// controller resumes within seconds, not after kube's default backoff
 /// (which grows to 30 s). The same bound as the token server's watches.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failure.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -39,7 +39,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// at most [`MAX_BACKOFF`], each wait drawn between half and all of the
 /// step; reset by the first successful event.
 #[derive(Debug, Clone)]
-pub struct WatchBackoff {
+pub(crate) struct WatchBackoff {
     step: Duration,
 }
 

@@ -105,7 +105,7 @@ pub(crate) fn build_secret(cred: &M2MCredential, name: &str, c: &SecretContents<
 }
 
 /// Record in `secret` which verifier key sealed it ([`ANN_VERIFIER_KEY_ID`]).
-pub fn stamp_key_id(mut secret: Secret, key: &VerifierKey) -> Secret {
+pub(crate) fn stamp_key_id(mut secret: Secret, key: &VerifierKey) -> Secret {
     secret
         .metadata
         .annotations
@@ -117,7 +117,10 @@ pub fn stamp_key_id(mut secret: Secret, key: &VerifierKey) -> Secret {
 /// The fingerprint of another verifier key that sealed `existing`, when
 /// the Secret records one and it is not `key`'s (Secrets written before the
 /// fingerprint existed record none).
-pub fn sealed_under_other_key(existing: Option<&Secret>, key: &VerifierKey) -> Option<String> {
+pub(crate) fn sealed_under_other_key(
+    existing: Option<&Secret>,
+    key: &VerifierKey,
+) -> Option<String> {
     let id = existing?
         .metadata
         .annotations

@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 /// Prefix of every API token.
-pub const API_TOKEN_PREFIX: &str = "m2mt_";
+pub(crate) const API_TOKEN_PREFIX: &str = "m2mt_";
 /// Random part: 44 base62 characters, ≈ 262 bits.
 const RANDOM_LEN: usize = 44;
 const CHECKSUM_LEN: usize = 6;
@@ -62,7 +62,7 @@ pub fn generate(client_id: &str) -> Result<ClientSecret, RandomnessError> {
 /// The client id of the credential an API token belongs to, if the token
 /// has the documented shape and a correct checksum. Says nothing about
 /// whether the token is valid: that takes the keyed hash.
-pub fn client_id_of(token: &str) -> Option<String> {
+pub(crate) fn client_id_of(token: &str) -> Option<String> {
     let rest = token.strip_prefix(API_TOKEN_PREFIX)?;
     let (lookup, tail) = rest.split_once('_')?;
     if lookup.is_empty()
@@ -88,7 +88,7 @@ pub fn is_well_formed(token: &str) -> bool {
 /// Why an API-token credential may not hold a token: it has no end, or
 /// its end lies too far away. Each maps to a `Ready=False` reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndError {
+pub(crate) enum EndError {
     /// Neither `spec.expiresAt` nor `spec.rotation.every` is set.
     #[error(
         "an APIToken credential must have an end: set spec.expiresAt or spec.rotation.every (at most {max})"
@@ -136,7 +136,7 @@ impl EndError {
 /// (when the current token was generated, or now for one about to be).
 /// With both, the rotation bounds the token's life. A replaced token keeps
 /// working for `rotation.gracePeriod` (≤ 168h) after its replacement.
-pub fn check_end(
+pub(crate) fn check_end(
     expires_at: Option<DateTime<Utc>>,
     every: Option<(Duration, &str)>,
     issued_at: DateTime<Utc>,

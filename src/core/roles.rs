@@ -34,7 +34,7 @@ pub struct RoleGrant {
 }
 
 /// The outcome of [`resolve_roles`]: the roles, or which are missing.
-pub type RoleResolution = Result<RoleGrant, GrantError>;
+pub(crate) type RoleResolution = Result<RoleGrant, GrantError>;
 
 impl RoleGrant {
     /// No roles (an identity without `roleRefs` and no default role).
@@ -62,7 +62,7 @@ impl RoleGrant {
     /// those whose every scope it holds. A token narrowed to fewer scopes
     /// must not claim a role it cannot exercise, or a resource server that
     /// authorizes by role would grant more than the token's scopes allow.
-    pub fn held_with<'a>(&'a self, scope: &str) -> Vec<&'a str> {
+    pub(crate) fn held_with<'a>(&'a self, scope: &str) -> Vec<&'a str> {
         if self.roles.is_empty() {
             return vec![];
         }
@@ -79,7 +79,10 @@ impl RoleGrant {
 
 /// The roles `account` references, then the default role (a
 /// `ClusterM2MRole`), each once.
-pub fn role_refs(account: &ServiceAccountSpec, default_role: Option<&str>) -> BTreeSet<RoleRef> {
+pub(crate) fn role_refs(
+    account: &ServiceAccountSpec,
+    default_role: Option<&str>,
+) -> BTreeSet<RoleRef> {
     let mut refs: BTreeSet<RoleRef> = account.role_refs.iter().cloned().collect();
     if let Some(name) = default_role.filter(|n| !n.is_empty()) {
         refs.insert(RoleRef {
@@ -93,7 +96,7 @@ pub fn role_refs(account: &ServiceAccountSpec, default_role: Option<&str>) -> BT
 /// Resolve the roles of `account`. `lookup` answers the scopes of a role
 /// (an `M2MRole` in the account's namespace, or a `ClusterM2MRole`), or
 /// `None` when it does not exist.
-pub fn resolve_roles(
+pub(crate) fn resolve_roles(
     account: &ServiceAccountSpec,
     default_role: Option<&str>,
     lookup: impl Fn(&RoleRef) -> Option<BTreeSet<String>>,

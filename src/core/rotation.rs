@@ -122,12 +122,12 @@ pub(crate) fn prune_verifiers(
 
 /// How recent a use of a previous version must be, when its grace period
 /// ends, to count as "still in use" if `retireWhenUnusedFor` is not set.
-pub const DEFAULT_IN_USE_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_IN_USE_WINDOW: Duration = Duration::from_secs(300);
 
 /// The last use of `version` that counts after the rotation at
 /// `rotated_at`: its recorded last use, never earlier than the rotation (a
 /// version not used since counts as unused since the rotation).
-pub fn last_use_since(
+pub(crate) fn last_use_since(
     usage: &[VersionUsage],
     version: i64,
     rotated_at: DateTime<Utc>,
@@ -141,7 +141,7 @@ pub fn last_use_since(
 /// When a previous version may be retired before its grace period ends:
 /// `unused_for` after its last use since the rotation. `None` for the
 /// current version, or when that is not before the end of its grace period.
-pub fn early_retirement(
+pub(crate) fn early_retirement(
     v: &SecretVerifier,
     usage: &[VersionUsage],
     rotated_at: DateTime<Utc>,
@@ -164,7 +164,7 @@ pub struct Retired {
 
 /// Adoption-aware retirement: drop the previous versions that have not
 /// been used for `unused_for` since the rotation at `rotated_at`.
-pub fn retire_unused(
+pub(crate) fn retire_unused(
     verifiers: &[SecretVerifier],
     usage: &[VersionUsage],
     rotated_at: DateTime<Utc>,
@@ -188,7 +188,7 @@ pub fn retire_unused(
 /// Whether a previous version whose grace period ends at `grace_end` is
 /// still in use then: used after the rotation at `rotated_at`, and within
 /// `window` before `grace_end`. Returns that last use.
-pub fn still_in_use(
+pub(crate) fn still_in_use(
     usage: &[VersionUsage],
     version: i64,
     rotated_at: DateTime<Utc>,

@@ -157,7 +157,7 @@ impl VerifierKey {
     /// A public fingerprint of this key (16 characters): an HMAC of a fixed
     /// label under the key, so it reveals nothing about the key, yet two
     /// installations (or a replaced key Secret) are told apart by it.
-    pub fn key_id(&self) -> String {
+    pub(crate) fn key_id(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.fingerprint)
     }
 

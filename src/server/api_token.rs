@@ -39,12 +39,12 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 /// RFC 8693 token type of an OAuth access token: an API token is one.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// RFC 8693 token type of a JWT (accepted as `requested_token_type`).
-pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// The m2m-operator's own token type for an API token, accepted as
 /// `subject_token_type` as well.
-pub const API_TOKEN_TYPE: &str = "urn:m2m.dev:params:oauth:token-type:api-token";
+pub(crate) const API_TOKEN_TYPE: &str = "urn:m2m.dev:params:oauth:token-type:api-token";
 /// How a token-exchange request authenticated, in audit lines and metrics.
-pub const METHOD: &str = "api_token";
+pub(crate) const METHOD: &str = "api_token";
 
 /// The one answer for an API token that does not authenticate: nothing
 /// tells a malformed token from an unknown, rotated or deleted one.

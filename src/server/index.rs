@@ -327,7 +327,7 @@ fn role_key(namespace: &str, r: &RoleRef) -> RoleKey {
 
 /// What the token server keeps of an `M2MRole` or a `ClusterM2MRole`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RoleSource {
+pub(crate) struct RoleSource {
     /// Which kind.
     pub kind: RoleKind,
     /// Namespace of an `M2MRole`; empty for a `ClusterM2MRole`.
@@ -406,7 +406,7 @@ impl CredentialIndex {
     }
 
     /// [`CredentialIndex::build`] with roles and the operator's default role.
-    pub fn build_with_roles<'a>(
+    pub(crate) fn build_with_roles<'a>(
         credentials: impl IntoIterator<Item = &'a M2MCredential>,
         accounts: impl IntoIterator<Item = &'a ServiceAccount>,
         namespaces: impl IntoIterator<Item = &'a ObjectMeta>,
@@ -511,7 +511,7 @@ impl CredentialIndexer {
 
     /// Grant `role` (a `ClusterM2MRole`) to every account; set before the
     /// first change is applied.
-    pub fn with_default_role(mut self, role: Option<String>) -> Self {
+    pub(crate) fn with_default_role(mut self, role: Option<String>) -> Self {
         self.default_role = role.filter(|r| !r.is_empty());
         self
     }
@@ -773,7 +773,7 @@ impl CredentialIndexer {
 
     /// Add or replace a role; re-resolves the credentials of the accounts
     /// granted it only.
-    pub fn apply_role(&mut self, source: RoleSource, now: DateTime<Utc>) -> bool {
+    pub(crate) fn apply_role(&mut self, source: RoleSource, now: DateTime<Utc>) -> bool {
         if source.deleting {
             return self.delete_role(source.kind, &source.namespace, &source.name, now);
         }
@@ -787,7 +787,7 @@ impl CredentialIndexer {
 
     /// Remove a role (`namespace` is ignored for a `ClusterM2MRole`);
     /// re-resolves the credentials of the accounts granted it only.
-    pub fn delete_role(
+    pub(crate) fn delete_role(
         &mut self,
         kind: RoleKind,
         namespace: &str,
@@ -808,7 +808,7 @@ impl CredentialIndexer {
     }
 
     /// Replace every role of `kind` with `sources` (after a relist).
-    pub fn reset_roles(
+    pub(crate) fn reset_roles(
         &mut self,
         kind: RoleKind,
         sources: impl IntoIterator<Item = RoleSource>,

@@ -59,7 +59,7 @@ pub use crate::labels::USAGE_FIELD_MANAGER as FIELD_MANAGER;
 
 /// Shards of the recorder: requests for different credentials rarely
 /// touch the same lock word.
-pub const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
 /// Uses of one credential: secret version → last use (Unix seconds), and
 /// whether one of them moved since the flusher last looked.
@@ -103,7 +103,7 @@ impl UsageRecorder {
     /// Record that `client_id` authenticated with secret `version` at `at`
     /// (Unix seconds). Lock-free apart from a shared lock on one shard,
     /// except on the first use of a (credential, version).
-    pub fn record(&self, client_id: &str, version: i64, at: i64) {
+    pub(crate) fn record(&self, client_id: &str, version: i64, at: i64) {
         let shard = self.shard(client_id);
         {
             let map = shard.read().unwrap_or_else(|e| e.into_inner());
@@ -148,7 +148,7 @@ impl UsageRecorder {
 
     /// Hand `client_id` to the next [`UsageRecorder::snapshot`] again (its
     /// news was not written yet).
-    pub fn mark_dirty(&self, client_id: &str) {
+    pub(crate) fn mark_dirty(&self, client_id: &str) {
         let map = self
             .shard(client_id)
             .read()
@@ -220,7 +220,7 @@ impl SeenUsageMap {
     }
 
     /// Replace everything (after a relist).
-    pub fn reset(&self, all: impl IntoIterator<Item = (String, SeenUsage)>) {
+    pub(crate) fn reset(&self, all: impl IntoIterator<Item = (String, SeenUsage)>) {
         *self.lock() = all.into_iter().collect();
     }
 
@@ -371,7 +371,7 @@ impl UsageWriter {
 
     /// A writer waiting `spread` thousandths of an interval (at most 499)
     /// longer than the interval before it repeats news another replica may hold.
-    pub fn with_spread(resolution: UsageResolution, spread: u16) -> Self {
+    pub(crate) fn with_spread(resolution: UsageResolution, spread: u16) -> Self {
         Self {
             resolution,
             spread: spread.min(499),
@@ -498,7 +498,7 @@ impl UsageWriter {
     }
 
     /// Forget a credential that is gone.
-    pub fn forget(&mut self, client_id: &str) {
+    pub(crate) fn forget(&mut self, client_id: &str) {
         self.written.remove(client_id);
     }
 }
@@ -539,7 +539,7 @@ pub async fn apply_usage(
 
 /// Write recorded usage to the credentials' status until `stop` resolves,
 /// then once more for everything not written yet.
-pub async fn run_flusher(
+pub(crate) async fn run_flusher(
     client: Client,
     state: std::sync::Arc<TokenState>,
     resolution: UsageResolution,
