@@ -397,3 +397,32 @@ async fn a_missing_credential_is_named_with_the_fix_and_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no-such-context"), "{}", stderr(&o));
 }
+
+/// `token` on an API token exchanges the Secret's `token` (RFC 8693) for a
+/// JWT of the same subject, narrowed by `--scope`.
+#[tokio::test]
+async fn token_exchanges_an_api_token_for_a_jwt() {
+    let (ns, op) = fixture(
+        "plugin-apitoken",
+        &[("reports", "  type: APIToken\n  rotation: {every: 720h}\n")],
+    )
+    .await;
+    let n = ns.name.as_str();
+    let token_url = format!("{}/oauth/token", op.url);
+    let jwt = ok(&[
+        "token",
+        "reports",
+        "-n",
+        n,
+        "--token-url",
+        &token_url,
+        "--scope",
+        "repo:read",
+    ]);
+    let jwt = jwt.trim();
+    assert_eq!(jwt.split('.').count(), 3, "{jwt}");
+    let doc = json(&ok(&["decode", jwt, "-o", "json"]));
+    assert_eq!(doc["signature"]["status"], "verified");
+    assert_eq!(doc["claims"]["sub"], format!("m2m:{n}:ci-bot"));
+    assert_eq!(doc["claims"]["scope"], "repo:read");
+}

@@ -1,7 +1,9 @@
 //! `kubectl m2m token NAME`: an access token from a credential's Secret,
 //! read with the caller's own kubeconfig (so it works exactly when the
-//! caller may read that Secret), requested by `client_credentials` with
-//! `client_secret_basic` at `--token-url` or the Secret's `token_url`.
+//! caller may read that Secret), requested at `--token-url` or the
+//! Secret's `token_url`: by `client_credentials` with `client_secret_basic`
+//! for a client secret, by RFC 8693 token exchange of the Secret's `token`
+//! for an API token.
 //!
 //! The Secret's `token_url` is the in-cluster address; from a laptop it
 //! usually does not resolve, and the error says how to port-forward.
@@ -15,6 +17,10 @@ use kube::api::Api;
 use reqwest::Url;
 use serde::Deserialize;
 use std::io::Write;
+
+/// RFC 8693 grant type and the subject token type API tokens are sent as.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// Path of the token endpoint (SPEC §4).
 pub(crate) const TOKEN_PATH: &str = "/oauth/token";
@@ -112,7 +118,7 @@ pub async fn run(
 ) -> Result<(), PluginError> {
     let name = args.name.as_str();
     let ns = cluster.namespace.as_str();
-    let summary = client_secret_summary(cluster, name, ns).await?;
+    let summary = usable_summary(cluster, name, ns).await?;
     let request = read_request(cluster, args, &summary, name, ns).await?;
     let access_token = fetch_token(&request, args, &summary, name, ns).await?;
     if args.decode {
@@ -127,8 +133,9 @@ pub async fn run(
 }
 
 /// The credential's summary, if it is one `token` can use (a client
-/// secret with a Secret); otherwise an error that says what to do instead.
-async fn client_secret_summary(
+/// secret or an API token, with a Secret); otherwise an error that says
+/// what to do instead.
+async fn usable_summary(
     cluster: &Cluster,
     name: &str,
     ns: &str,
@@ -141,16 +148,11 @@ async fn client_secret_summary(
     let obj = serde_json::to_value(obj).map_err(|e| PluginError::Output(e.to_string()))?;
     let summary = summarize(&obj, chrono::Utc::now());
     match summary.type_ {
-        CredentialType::ClientSecret => {}
+        CredentialType::ClientSecret | CredentialType::ApiToken => {}
         CredentialType::WorkloadIdentity => {
             return Err(PluginError::Credential(format!(
                 "m2mcredential {name:?} in namespace {ns:?} uses workload identity ({}): it has no client secret; a pod running as that ServiceAccount gets a token with its projected ServiceAccount token (client_assertion), see docs/workload-identity.md",
                 summary.identity.short()
-            )));
-        }
-        CredentialType::ApiToken => {
-            return Err(PluginError::Credential(format!(
-                "m2mcredential {name:?} in namespace {ns:?} is an APIToken: the `token` key of its Secret is itself the bearer token (resource servers introspect it); there is no client secret to exchange"
             )));
         }
     }
@@ -168,11 +170,18 @@ async fn client_secret_summary(
     Ok(summary)
 }
 
+/// How `token` authenticates: read from the credential's Secret.
+enum Auth {
+    /// `client_id` and `client_secret`, by HTTP Basic.
+    Client { id: String, secret: String },
+    /// The Secret's `token`, exchanged (RFC 8693).
+    ApiToken(String),
+}
+
 /// Where and as whom `token` asks: read from the credential's Secret.
 struct ClientRequest {
     secret_name: String,
-    client_id: String,
-    client_secret: String,
+    auth: Auth,
     url: Url,
     /// The URL came from `--token-url`, not from the Secret.
     from_flag: bool,
@@ -204,9 +213,15 @@ async fn read_request(
             "Secret {secret_name:?} in namespace {ns:?} (of m2mcredential {name:?}) has no {key} key; the operator repairs it on its next reconcile"
         ))
     };
-    let client_id = secret_key(&secret, "client_id").ok_or_else(|| missing("client_id"))?;
-    let client_secret =
-        secret_key(&secret, "client_secret").ok_or_else(|| missing("client_secret"))?;
+    let auth = match summary.type_ {
+        CredentialType::ApiToken => {
+            Auth::ApiToken(secret_key(&secret, "token").ok_or_else(|| missing("token"))?)
+        }
+        _ => Auth::Client {
+            id: secret_key(&secret, "client_id").ok_or_else(|| missing("client_id"))?,
+            secret: secret_key(&secret, "client_secret").ok_or_else(|| missing("client_secret"))?,
+        },
+    };
     let (url, from_flag) = match &args.token_url {
         Some(u) => (
             normalize_token_url(u).map_err(|e| PluginError::Usage(format!("--token-url: {e}")))?,
@@ -224,8 +239,7 @@ async fn read_request(
     };
     Ok(ClientRequest {
         secret_name,
-        client_id,
-        client_secret,
+        auth,
         url,
         from_flag,
     })
@@ -241,14 +255,20 @@ async fn fetch_token(
     ns: &str,
 ) -> Result<String, PluginError> {
     let url = &request.url;
-    let response = http_client()?
-        .post(url.clone())
-        .basic_auth(
-            basic_part(&request.client_id),
-            Some(basic_part(&request.client_secret)),
-        )
+    let mut form = request_form(args);
+    let post = http_client()?.post(url.clone());
+    let post = match &request.auth {
+        Auth::Client { id, secret } => post.basic_auth(basic_part(id), Some(basic_part(secret))),
+        Auth::ApiToken(token) => {
+            form[0] = ("grant_type", TOKEN_EXCHANGE.to_owned());
+            form.push(("subject_token", token.clone()));
+            form.push(("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()));
+            post
+        }
+    };
+    let response = post
         .header(reqwest::header::ACCEPT, "application/json")
-        .form(&request_form(args))
+        .form(&form)
         .send()
         .await
         .map_err(|e| {
@@ -294,6 +314,9 @@ fn refusal(
     let hint = match err.error.as_str() {
         "invalid_client" => format!(
             "; the Secret may hold a secret that was just rotated or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
+        ),
+        "invalid_request" if summary.type_ == CredentialType::ApiToken => format!(
+            "; the API token in the Secret may have just been rotated, expired, or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
         ),
         "invalid_scope" => " ; ask only for scopes in the credential's spec.scopes".to_owned(),
         "unauthorized_client" => format!(
