@@ -21,7 +21,10 @@ use m2m_operator::crd::M2MCredential;
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Operator, OperatorOptions, TestNamespace, eventually};
+use support::{
+    Operator, OperatorOptions, TestNamespace, client_credentials_token, credential_secret,
+    eventually,
+};
 
 const KEYS: &str = "m2m-operator-keys";
 const WAIT: Duration = Duration::from_secs(30);
@@ -45,23 +48,6 @@ fn setup(ns: &TestNamespace, names: &[&str]) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// The credential at `version` with its client id and secret.
-async fn credential(ns: &TestNamespace, name: &str, version: i64) -> (String, String) {
-    eventually(&format!("{name} at version {version}"), WAIT, || async {
-        let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
-        (cred.status?.secret_version == version).then_some(())?;
-        let s = ns
-            .api::<Secret>()
-            .get_opt(&format!("{name}-credentials"))
-            .await
-            .ok()??;
-        let data = s.data?;
-        let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-        Some((get("client_id")?, get("client_secret")?))
-    })
-    .await
 }
 
 fn ready_of(cred: &M2MCredential) -> Option<(String, String)> {
@@ -103,18 +89,6 @@ async fn emitted(ns: &TestNamespace, name: &str, reason: &str) -> i32 {
         .sum()
 }
 
-async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .expect("token endpoint reachable");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn introspect(
     http: &reqwest::Client,
     base: &str,
@@ -147,13 +121,13 @@ async fn a_deleted_key_secret_comes_back_with_the_same_keys() {
     let op = Operator::start(&ns);
     op.wait_ready().await;
     setup(&ns, &["uploads"]);
-    let (id, secret) = credential(&ns, "uploads", 1).await;
+    let (id, secret) = credential_secret(&ns, "uploads", 1, WAIT).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let before = eventually("a token", WAIT, || async {
-        let (status, body) = token(&http, &op.url, &id, &secret).await;
+        let (status, body) = client_credentials_token(&http, &op.url, &id, &secret).await;
         (status == 200).then(|| body["access_token"].as_str().map(str::to_owned))?
     })
     .await;
@@ -176,7 +150,11 @@ async fn a_deleted_key_secret_comes_back_with_the_same_keys() {
     );
     // Secrets still authenticate and tokens issued before still verify.
     eventually("the old secret still works", WAIT, || async {
-        (token(&http, &op.url, &id, &secret).await.0 == 200).then_some(())
+        (client_credentials_token(&http, &op.url, &id, &secret)
+            .await
+            .0
+            == 200)
+            .then_some(())
     })
     .await;
     let info = introspect(&http, &op.url, &id, &secret, &before).await;
@@ -185,7 +163,7 @@ async fn a_deleted_key_secret_comes_back_with_the_same_keys() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cred = ns.api::<M2MCredential>().get("uploads").await.unwrap();
     assert_eq!(cred.status.unwrap().secret_version, 1);
-    assert_eq!(credential(&ns, "uploads", 1).await.1, secret);
+    assert_eq!(credential_secret(&ns, "uploads", 1, WAIT).await.1, secret);
     assert_eq!(emitted(&ns, "uploads", "SecretTampered").await, 0);
 }
 
@@ -197,8 +175,8 @@ async fn a_replaced_verifier_key_is_reported_once_and_recovers() {
     let op = Operator::start(&ns);
     op.wait_ready().await;
     setup(&ns, &["a", "b"]);
-    let (id, secret) = credential(&ns, "a", 1).await;
-    credential(&ns, "b", 1).await;
+    let (id, secret) = credential_secret(&ns, "a", 1, WAIT).await;
+    credential_secret(&ns, "b", 1, WAIT).await;
     let secrets = ns.api::<Secret>();
     let (original, _) = key_data(&secrets.get(KEYS).await.unwrap());
     let set_verifier_key = |key: Vec<u8>| {
@@ -232,16 +210,20 @@ async fn a_replaced_verifier_key_is_reported_once_and_recovers() {
         assert_eq!(emitted(&ns, name, "SecretTampered").await, 0, "{name}");
         assert_eq!(emitted(&ns, name, "VerifiersTampered").await, 0, "{name}");
     }
-    assert_eq!(credential(&ns, "a", 1).await.1, secret);
+    assert_eq!(credential_secret(&ns, "a", 1, WAIT).await.1, secret);
 
     // The original key is back: usable again, with the same secret.
     set_verifier_key(original).await;
     wait_ready(&ns, "a", "True", "Issuing").await;
     wait_ready(&ns, "b", "True", "Issuing").await;
-    assert_eq!(credential(&ns, "a", 1).await.1, secret);
+    assert_eq!(credential_secret(&ns, "a", 1, WAIT).await.1, secret);
     let http = reqwest::Client::new();
     eventually("the unchanged secret works again", WAIT, || async {
-        (token(&http, &op.url, &id, &secret).await.0 == 200).then_some(())
+        (client_credentials_token(&http, &op.url, &id, &secret)
+            .await
+            .0
+            == 200)
+            .then_some(())
     })
     .await;
     assert_eq!(emitted(&ns, "a", "VerifierKeyConflict").await, 1);
@@ -294,7 +276,7 @@ async fn two_installations_with_other_keys_report_instead_of_fighting() {
     );
     first.wait_ready().await;
     setup(&ns, &["shared"]);
-    credential(&ns, "shared", 1).await;
+    credential_secret(&ns, "shared", 1, WAIT).await;
     let _second = SecondInstall::start(&other, &ns);
     wait_ready(&ns, "shared", "False", "VerifierKeyConflict").await;
     // Settled: both installations keep running, nothing is re-issued.

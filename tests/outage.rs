@@ -22,7 +22,10 @@ use m2m_operator::crd::M2MCredential;
 use proxy::Proxy;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Operator, OperatorOptions, TestNamespace, eventually};
+use support::{
+    Operator, OperatorOptions, TestNamespace, client_credentials_token, credential_secret,
+    eventually,
+};
 
 /// How long the apiserver stays unreachable. Well inside any staleness
 /// limit the token server documents, yet long enough for watch reconnects
@@ -36,44 +39,6 @@ const OUTAGE: Duration = Duration::from_secs(20);
 /// took 15–40 s (kube's default, capped at 30 s with jitter). The bound
 /// leaves room for a loaded 2-core machine; the figure is printed.
 const RESUME: Duration = Duration::from_secs(15);
-
-async fn credential_secret(
-    ns: &TestNamespace,
-    name: &str,
-    version: i64,
-    timeout: Duration,
-) -> (String, String) {
-    eventually(
-        &format!("Secret of {name} at version {version}"),
-        timeout,
-        || async {
-            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
-            (cred.status?.secret_version == version).then_some(())?;
-            let s = ns
-                .api::<Secret>()
-                .get_opt(&format!("{name}-credentials"))
-                .await
-                .ok()??;
-            let data = s.data?;
-            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-            Some((get("client_id")?, get("client_secret")?))
-        },
-    )
-    .await
-}
-
-/// `POST /oauth/token` with Basic auth: the status and the JSON body.
-async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> (u16, Value) {
-    let r = http
-        .post(format!("{base}/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .expect("token endpoint reachable");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 async fn ready(http: &reqwest::Client, op: &Operator) -> bool {
     http.get(format!("{}/readyz", op.admin_url))
@@ -111,7 +76,7 @@ async fn token_server_and_controller_ride_out_an_apiserver_outage() {
     );
     let (id, secret1) = credential_secret(&ns, "uploads", 1, Duration::from_secs(30)).await;
     let t1 = eventually("a token for version 1", Duration::from_secs(5), || async {
-        let (status, body) = token(&http, &server.url, &id, &secret1).await;
+        let (status, body) = client_credentials_token(&http, &server.url, &id, &secret1).await;
         (status == 200).then(|| body["access_token"].as_str().map(str::to_owned))?
     })
     .await;
@@ -159,7 +124,7 @@ async fn token_server_and_controller_ride_out_an_apiserver_outage() {
 
     let mut issued = 0;
     while cut_at.elapsed() < OUTAGE {
-        let (status, body) = token(&http, &server.url, &id, &secret1).await;
+        let (status, body) = client_credentials_token(&http, &server.url, &id, &secret1).await;
         assert_eq!(
             status,
             200,
@@ -186,8 +151,8 @@ async fn token_server_and_controller_ride_out_an_apiserver_outage() {
         "the rotation made during the outage is honoured",
         remaining,
         || async {
-            let (new, _) = token(&http, &server.url, &id, &secret2).await;
-            let (old, _) = token(&http, &server.url, &id, &secret1).await;
+            let (new, _) = client_credentials_token(&http, &server.url, &id, &secret2).await;
+            let (old, _) = client_credentials_token(&http, &server.url, &id, &secret1).await;
             // Repeated failures of the old secret are answered 429 by the
             // per-client failure limiter, which never refuses a valid secret.
             (new == 200 && (old == 401 || old == 429)).then_some(())
@@ -232,7 +197,9 @@ async fn token_server_and_controller_ride_out_an_apiserver_outage() {
     );
 
     // Revocation works again once the apiserver is back.
-    let t2 = token(&http, &server.url, &id, &secret2).await.1["access_token"]
+    let t2 = client_credentials_token(&http, &server.url, &id, &secret2)
+        .await
+        .1["access_token"]
         .as_str()
         .expect("token")
         .to_owned();

@@ -7,36 +7,15 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use m2m_operator::crd::M2MCredential;
 use oauth2::basic::BasicClient;
 use oauth2::{ClientId, ClientSecret, TokenResponse, TokenUrl};
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::{Operator, OperatorOptions, TestNamespace, eventually};
+use support::{Operator, OperatorOptions, TestNamespace, credential_secret, eventually};
 
 const PROPAGATION: Duration = Duration::from_secs(2);
-
-async fn read_secret(ns: &TestNamespace, name: &str, version: i64) -> (String, String) {
-    eventually(
-        "credential Secret at version",
-        Duration::from_secs(30),
-        || async {
-            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
-            (cred.status?.secret_version == version).then_some(())?;
-            let s = ns
-                .api::<Secret>()
-                .get_opt(&format!("{name}-credentials"))
-                .await
-                .ok()??;
-            let data = s.data?;
-            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-            Some((get("client_id")?, get("client_secret")?))
-        },
-    )
-    .await
-}
 
 async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> Option<String> {
     BasicClient::new(ClientId::new(id.into()))
@@ -143,7 +122,7 @@ async fn controller_secrets_work_and_rotation_revokes_on_both_replicas() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (id, secret) = read_secret(&ns, "uploads", 1).await;
+    let (id, secret) = credential_secret(&ns, "uploads", 1, Duration::from_secs(30)).await;
 
     let t1 = eventually("token from the controller's Secret", PROPAGATION, || {
         token(&http, &servers[0].url, &id, &secret)
@@ -184,7 +163,7 @@ async fn controller_secrets_work_and_rotation_revokes_on_both_replicas() {
         )
         .await
         .unwrap();
-    let (id2, secret2) = read_secret(&ns, "uploads", 2).await;
+    let (id2, secret2) = credential_secret(&ns, "uploads", 2, Duration::from_secs(30)).await;
     assert_eq!(id2, id, "client id is stable");
     for (i, s) in servers.iter().enumerate() {
         eventually(

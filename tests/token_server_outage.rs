@@ -7,7 +7,6 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use m2m_operator::crd::M2MCredential;
 use serde_json::json;
@@ -15,7 +14,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{Operator, OperatorOptions, TestNamespace, eventually, kubeconfig_path};
+use support::{
+    Operator, OperatorOptions, TestNamespace, credential_secret, eventually, kubeconfig_path,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -93,26 +94,6 @@ fn apiserver_addr() -> String {
         .to_owned()
 }
 
-async fn read_secret(ns: &TestNamespace, name: &str, version: i64) -> (String, String) {
-    eventually(
-        "credential Secret at version",
-        Duration::from_secs(30),
-        || async {
-            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
-            (cred.status?.secret_version == version).then_some(())?;
-            let s = ns
-                .api::<Secret>()
-                .get_opt(&format!("{name}-credentials"))
-                .await
-                .ok()??;
-            let data = s.data?;
-            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-            Some((get("client_id")?, get("client_secret")?))
-        },
-    )
-    .await
-}
-
 async fn token_status(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> u16 {
     http.post(format!("{base}/oauth/token"))
         .basic_auth(id, Some(secret))
@@ -167,7 +148,7 @@ async fn token_server_serves_through_an_apiserver_outage_and_catches_up() {
     server.wait_ready().await;
     ns.apply_yaml("apiVersion: m2m.dev/v1alpha1\nkind: ServiceAccount\nmetadata: { name: ci-bot }\nspec: { scopes: [\"repo:read\"] }\n");
     ns.apply_yaml("apiVersion: m2m.dev/v1alpha1\nkind: M2MCredential\nmetadata: { name: uploads }\nspec: { serviceAccountName: ci-bot }\n");
-    let (id, secret) = read_secret(&ns, "uploads", 1).await;
+    let (id, secret) = credential_secret(&ns, "uploads", 1, Duration::from_secs(30)).await;
     eventually(
         "token with the first secret",
         Duration::from_secs(5),
@@ -195,7 +176,7 @@ async fn token_server_serves_through_an_apiserver_outage_and_catches_up() {
         )
         .await
         .unwrap();
-    let (_, secret2) = read_secret(&ns, "uploads", 2).await;
+    let (_, secret2) = credential_secret(&ns, "uploads", 2, Duration::from_secs(30)).await;
     assert_eq!(
         token_status(&http, &server.url, &id, &secret).await,
         200,

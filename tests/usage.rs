@@ -17,7 +17,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use m2m_operator::crd::M2MCredential;
 use serde_json::json;
 use std::time::Duration;
-use support::{Operator, OperatorOptions, TestNamespace, eventually};
+use support::{Operator, OperatorOptions, TestNamespace, credential_secret, eventually};
 
 /// `--usage-resolution` in these tests.
 const COARSE: Duration = Duration::from_secs(3);
@@ -91,34 +91,6 @@ async fn get(ns: &TestNamespace, name: &str) -> M2MCredential {
     ns.api::<M2MCredential>().get(name).await.unwrap()
 }
 
-/// The Secret's client id and secret once the credential is at `version`.
-async fn secret_at(ns: &TestNamespace, name: &str, version: i64) -> (String, String) {
-    eventually(
-        &format!("{name} Secret at version {version}"),
-        Duration::from_secs(30),
-        || async {
-            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
-            (cred.status?.secret_version == version).then_some(())?;
-            let s = ns
-                .api::<Secret>()
-                .get_opt(&format!("{name}-credentials"))
-                .await
-                .ok()??;
-            let data = s.data?;
-            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
-            let v: i64 = s
-                .metadata
-                .annotations?
-                .get("m2m.dev/secret-version")?
-                .parse()
-                .ok()?;
-            (v == version).then_some(())?;
-            Some((get("client_id")?, get("client_secret")?))
-        },
-    )
-    .await
-}
-
 /// A token from `base` with a client secret (`None` when refused).
 async fn use_secret(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> bool {
     http.post(format!("{base}/oauth/token"))
@@ -183,7 +155,7 @@ async fn last_used_reaches_status_for_the_version_used_only() {
     server.wait_ready().await;
     let http = http();
     credential(&ns, "app", ", rotation: { gracePeriod: 10m }");
-    let (id, s1) = secret_at(&ns, "app", 1).await;
+    let (id, s1) = credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     assert_eq!(last_used(&get(&ns, "app").await), None, "unused so far");
 
     let before = Utc::now();
@@ -215,7 +187,7 @@ async fn last_used_reaches_status_for_the_version_used_only() {
         .patch("app", &PatchParams::default(), &rotate("r1"))
         .await
         .unwrap();
-    let (_, s2) = secret_at(&ns, "app", 2).await;
+    let (_, s2) = credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after_rotation = Utc::now();
     use_until_accepted(&http, &server.url, &id, &s2).await;
@@ -290,9 +262,9 @@ async fn two_replicas_each_serving_another_credential_both_report() {
     credential(&ns, "left", "");
     credential(&ns, "right", "");
     credential(&ns, "both", "");
-    let left = secret_at(&ns, "left", 1).await;
-    let right = secret_at(&ns, "right", 1).await;
-    let both = secret_at(&ns, "both", 1).await;
+    let left = credential_secret(&ns, "left", 1, Duration::from_secs(30)).await;
+    let right = credential_secret(&ns, "right", 1, Duration::from_secs(30)).await;
+    let both = credential_secret(&ns, "both", 1, Duration::from_secs(30)).await;
     let start = Utc::now();
     use_until_accepted(&http, &servers[0].url, &left.0, &left.1).await;
     use_until_accepted(&http, &servers[1].url, &right.0, &right.1).await;
@@ -342,7 +314,7 @@ async fn a_token_server_restart_loses_at_most_one_interval() {
     let _controller = controller(&ns);
     let http = http();
     credential(&ns, "app", "");
-    let (id, secret) = secret_at(&ns, "app", 1).await;
+    let (id, secret) = credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
 
     // Graceful stop: the use the interval held back is written on the way out.
     let mut server = token_server(&ns, Duration::from_secs(600));
@@ -442,8 +414,8 @@ async fn retirement_comes_early_when_the_old_version_goes_unused_and_not_while_u
     let spec = ", rotation: { gracePeriod: 10m, retireWhenUnusedFor: 6s }";
     credential(&ns, "idle", spec);
     credential(&ns, "busy", spec);
-    let (idle_id, idle_old) = secret_at(&ns, "idle", 1).await;
-    let (busy_id, busy_old) = secret_at(&ns, "busy", 1).await;
+    let (idle_id, idle_old) = credential_secret(&ns, "idle", 1, Duration::from_secs(30)).await;
+    let (busy_id, busy_old) = credential_secret(&ns, "busy", 1, Duration::from_secs(30)).await;
     use_until_accepted(&http, &server.url, &busy_id, &busy_old).await;
     for name in ["idle", "busy"] {
         ns.api::<M2MCredential>()
@@ -451,8 +423,8 @@ async fn retirement_comes_early_when_the_old_version_goes_unused_and_not_while_u
             .await
             .unwrap();
     }
-    secret_at(&ns, "idle", 2).await;
-    secret_at(&ns, "busy", 2).await;
+    credential_secret(&ns, "idle", 2, Duration::from_secs(30)).await;
+    credential_secret(&ns, "busy", 2, Duration::from_secs(30)).await;
     let rotated = std::time::Instant::now();
 
     // "busy" keeps presenting its old secret for 12s: twice retireWhenUnusedFor.
@@ -493,13 +465,13 @@ async fn stale_secret_in_use_fires_when_the_grace_period_ends_in_use() {
     server.wait_ready().await;
     let http = http();
     credential(&ns, "app", ", rotation: { gracePeriod: 8s }");
-    let (id, old) = secret_at(&ns, "app", 1).await;
+    let (id, old) = credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     use_until_accepted(&http, &server.url, &id, &old).await;
     ns.api::<M2MCredential>()
         .patch("app", &PatchParams::default(), &rotate("r1"))
         .await
         .unwrap();
-    secret_at(&ns, "app", 2).await;
+    credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
     // A consumer that never re-reads its Secret.
     while use_secret(&http, &server.url, &id, &old).await {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -545,7 +517,7 @@ async fn dormant_appears_when_unused_and_clears_on_use() {
     server.wait_ready().await;
     let http = http();
     credential(&ns, "app", ", dormantAfter: 5s");
-    let (id, secret) = secret_at(&ns, "app", 1).await;
+    let (id, secret) = credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     assert_eq!(
         condition(&get(&ns, "app").await, "Dormant"),
         Some(("False".into(), "InUse".into()))
@@ -584,12 +556,12 @@ async fn a_converged_cluster_resync_writes_nothing() {
         "app",
         ", dormantAfter: 1h, rotation: { gracePeriod: 10m, retireWhenUnusedFor: 5m }",
     );
-    let (id, s1) = secret_at(&ns, "app", 1).await;
+    let (id, s1) = credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     ns.api::<M2MCredential>()
         .patch("app", &PatchParams::default(), &rotate("r1"))
         .await
         .unwrap();
-    let (_, s2) = secret_at(&ns, "app", 2).await;
+    let (_, s2) = credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
     // Usage of both versions, written by the token server, several times.
     let start = Utc::now();
     let until = std::time::Instant::now() + Duration::from_secs(4);
@@ -651,7 +623,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
         "app",
         ", rotation: { gracePeriod: 1m, restartTargets: [{ kind: Deployment, name: web }, { kind: StatefulSet, name: missing }] }",
     );
-    secret_at(&ns, "app", 1).await;
+    credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     let deployments = ns.api::<Deployment>();
     let template_annotation = |d: &Deployment| {
         d.spec
@@ -676,7 +648,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
         .patch("app", &PatchParams::default(), &rotate("r1"))
         .await
         .unwrap();
-    secret_at(&ns, "app", 2).await;
+    credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
     let web = eventually("web restarted", Duration::from_secs(15), || async {
         let d = deployments.get("web").await.ok()?;
         template_annotation(&d).is_some().then_some(d)
@@ -720,7 +692,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
         .patch("app", &PatchParams::default(), &rotate("r2"))
         .await
         .unwrap();
-    secret_at(&ns, "app", 3).await;
+    credential_secret(&ns, "app", 3, Duration::from_secs(30)).await;
     eventually("web restarted again", Duration::from_secs(15), || async {
         let d = deployments.get("web").await.ok()?;
         (d.metadata.generation == generation.map(|g| g + 2)).then_some(())

@@ -366,3 +366,59 @@ impl Drop for Operator {
         self.kill();
     }
 }
+
+/// The client id and secret of credential `name` once its status and its
+/// Secret (`<name>-credentials`, annotation `m2m.dev/secret-version`) are
+/// at `version`.
+pub async fn credential_secret(
+    ns: &TestNamespace,
+    name: &str,
+    version: i64,
+    timeout: Duration,
+) -> (String, String) {
+    use k8s_openapi::api::core::v1::Secret;
+    use m2m_operator::crd::M2MCredential;
+    eventually(
+        &format!("Secret of {name} at version {version}"),
+        timeout,
+        || async {
+            let cred = ns.api::<M2MCredential>().get(name).await.ok()?;
+            (cred.status?.secret_version == version).then_some(())?;
+            let s = ns
+                .api::<Secret>()
+                .get_opt(&format!("{name}-credentials"))
+                .await
+                .ok()??;
+            let held: i64 = s
+                .metadata
+                .annotations?
+                .get("m2m.dev/secret-version")?
+                .parse()
+                .ok()?;
+            (held == version).then_some(())?;
+            let data = s.data?;
+            let get = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+            Some((get("client_id")?, get("client_secret")?))
+        },
+    )
+    .await
+}
+
+/// `POST /oauth/token` (client_credentials, HTTP Basic): the status and
+/// the JSON body (`Null` when there is none).
+pub async fn client_credentials_token(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    secret: &str,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .post(format!("{base}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token endpoint reachable");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
