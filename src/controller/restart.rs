@@ -155,27 +155,7 @@ pub(crate) async fn restart_targets(
     let ns = cred.namespace().unwrap_or_default();
     let name = cred.name_any();
     for target in targets {
-        let kind = kind_name(target.kind);
-        let done = match target.kind {
-            RestartKind::Deployment => {
-                is_done::<Deployment>(ctx, &ns, &name, &target.name, version).await?
-            }
-            RestartKind::StatefulSet => {
-                is_done::<StatefulSet>(ctx, &ns, &name, &target.name, version).await?
-            }
-            RestartKind::DaemonSet => {
-                is_done::<DaemonSet>(ctx, &ns, &name, &target.name, version).await?
-            }
-        };
-        if done.is_some() {
-            report(ctx, cred, target, version, done).await;
-            continue;
-        }
-        if let Err(wait) = limiter().try_acquire(Instant::now()) {
-            tracing::info!(namespace = %ns, credential = %name, kind, target = %target.name, "restart rate limit reached; retrying");
-            return Ok(Some(wait));
-        }
-        let outcome = match target.kind {
+        let attempt = match target.kind {
             RestartKind::Deployment => {
                 restart::<Deployment>(ctx, &ns, &name, &target.name, version, now).await?
             }
@@ -186,7 +166,14 @@ pub(crate) async fn restart_targets(
                 restart::<DaemonSet>(ctx, &ns, &name, &target.name, version, now).await?
             }
         };
-        report(ctx, cred, target, version, Some(outcome)).await;
+        match attempt {
+            Attempt::Handled(outcome) => report(ctx, cred, target, version, outcome).await,
+            Attempt::RateLimited(wait) => {
+                let kind = kind_name(target.kind);
+                tracing::info!(namespace = %ns, credential = %name, kind, target = %target.name, "restart rate limit reached; retrying");
+                return Ok(Some(wait));
+            }
+        }
     }
     Ok(None)
 }
@@ -204,74 +191,55 @@ async fn report(
     cred: &M2MCredential,
     target: &RestartTarget,
     version: i64,
-    outcome: Option<RestartOutcome>,
+    outcome: RestartOutcome,
 ) {
     let what = format!("{}/{}", kind_name(target.kind), target.name);
     let (type_, reason, note) = match outcome {
-        Some(RestartOutcome::Restarted) => (
+        RestartOutcome::Restarted => (
             EventType::Normal,
             "RolloutRestarted",
             format!("restarted {what} for secret version {version}"),
         ),
-        Some(RestartOutcome::NotFound) => (
+        RestartOutcome::NotFound => (
             EventType::Warning,
             "RestartTargetNotFound",
             format!(
                 "{what} (rotation.restartTargets) does not exist in this namespace; not restarted for secret version {version}"
             ),
         ),
-        Some(RestartOutcome::Forbidden) => (
+        RestartOutcome::Forbidden => (
             EventType::Warning,
             "RestartTargetForbidden",
             format!(
                 "the operator may not restart {what}: enable the chart value rbac.restartTargets; not restarted for secret version {version}"
             ),
         ),
-        Some(RestartOutcome::AlreadyDone) | None => return,
+        RestartOutcome::AlreadyDone => return,
     };
     ctx.event(cred, type_, reason, note).await;
 }
 
-fn forbidden_or_missing(e: &kube::Error) -> Option<RestartOutcome> {
-    match e {
-        kube::Error::Api(s) if s.code == 403 => Some(RestartOutcome::Forbidden),
-        kube::Error::Api(s) if s.code == 404 => Some(RestartOutcome::NotFound),
-        _ => None,
+/// A missing or forbidden target is handled (reported); any other error
+/// fails the reconcile, to be retried.
+fn handled(e: kube::Error) -> Result<Attempt, Error> {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => Ok(Attempt::Handled(RestartOutcome::Forbidden)),
+        kube::Error::Api(s) if s.code == 404 => Ok(Attempt::Handled(RestartOutcome::NotFound)),
+        _ => Err(kube_err(Step::RestartTarget)(e)),
     }
 }
 
-/// `Some` when nothing is to be done for the target (already restarted
-/// for `version`, missing, forbidden).
-async fn is_done<K>(
-    ctx: &Context,
-    ns: &str,
-    credential: &str,
-    name: &str,
-    version: i64,
-) -> Result<Option<RestartOutcome>, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    match api.get(name).await {
-        Ok(obj) => {
-            let annotations = obj.meta().annotations.clone().unwrap_or_default();
-            Ok(recorded_version(&annotations, credential)
-                .is_some_and(|v| v >= version)
-                .then_some(RestartOutcome::AlreadyDone))
-        }
-        Err(e) => match forbidden_or_missing(&e) {
-            Some(outcome) => Ok(Some(outcome)),
-            None => Err(kube_err(Step::RestartTarget)(e)),
-        },
-    }
+/// What became of one target: handled (restarted, already restarted for
+/// this version, missing, forbidden), or held back by the rate limit.
+enum Attempt {
+    Handled(RestartOutcome),
+    RateLimited(Duration),
 }
 
-/// Patch the pod template and the record in one request, guarded by the
-/// `resourceVersion` just read (a concurrent change is a conflict, retried).
+/// Restart one target for `version` unless it already records it: read it
+/// once, then (if the rate limit allows) patch the pod template and the
+/// record in one request, guarded by the `resourceVersion` just read (a
+/// concurrent change is a conflict, retried).
 async fn restart<K>(
     ctx: &Context,
     ns: &str,
@@ -279,7 +247,7 @@ async fn restart<K>(
     name: &str,
     version: i64,
     now: DateTime<Utc>,
-) -> Result<RestartOutcome, Error>
+) -> Result<Attempt, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -289,13 +257,14 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let obj = match api.get(name).await {
         Ok(obj) => obj,
-        Err(e) => {
-            return forbidden_or_missing(&e).ok_or_else(|| kube_err(Step::RestartTarget)(e));
-        }
+        Err(e) => return handled(e),
     };
     let annotations = obj.meta().annotations.clone().unwrap_or_default();
     if recorded_version(&annotations, credential).is_some_and(|v| v >= version) {
-        return Ok(RestartOutcome::AlreadyDone);
+        return Ok(Attempt::Handled(RestartOutcome::AlreadyDone));
+    }
+    if let Err(wait) = limiter().try_acquire(Instant::now()) {
+        return Ok(Attempt::RateLimited(wait));
     }
     let patch = serde_json::json!({
         "metadata": {
@@ -311,8 +280,8 @@ where
         ..Default::default()
     };
     match api.patch(name, &params, &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(RestartOutcome::Restarted),
-        Err(e) => forbidden_or_missing(&e).ok_or_else(|| kube_err(Step::RestartTarget)(e)),
+        Ok(_) => Ok(Attempt::Handled(RestartOutcome::Restarted)),
+        Err(e) => handled(e),
     }
 }
 
