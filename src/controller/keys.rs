@@ -155,6 +155,26 @@ async fn create_key_secret(
     }
 }
 
+/// Write `key` and `key_set` over the existing key Secret `current`
+/// (guarded by its `resourceVersion`).
+async fn apply_key_secret(
+    api: &Api<Secret>,
+    cfg: &KeySecretConfig,
+    key: &VerifierKey,
+    key_set: &KeySet,
+    current: &Secret,
+) -> Result<(), KeysError> {
+    let desired = desired_secret(cfg, key, key_set, current.metadata.resource_version.clone())?;
+    api.patch(
+        &cfg.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+    Ok(())
+}
+
 /// Bring an existing key Secret to what `cfg` asks for at `now`; an
 /// unreadable one is restored from `held` when given.
 async fn update_key_secret(
@@ -173,19 +193,7 @@ async fn update_key_secret(
                 namespace = %cfg.namespace, name = %cfg.name, %error,
                 "the operator key Secret is unreadable: restoring the keys this controller holds"
             );
-            let desired = desired_secret(
-                cfg,
-                &h.verifier_key,
-                &h.key_set,
-                secret.metadata.resource_version.clone(),
-            )?;
-            api.patch(
-                &cfg.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-            .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+            apply_key_secret(api, cfg, &h.verifier_key, &h.key_set, &secret).await?;
             (h.verifier_key.clone(), h.key_set.clone())
         }
         (Err(error), None) => return Err(error.into()),
@@ -198,19 +206,7 @@ async fn update_key_secret(
             key_set,
         });
     };
-    let desired = desired_secret(
-        cfg,
-        &verifier_key,
-        &next,
-        secret.metadata.resource_version.clone(),
-    )?;
-    api.patch(
-        &cfg.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
-    )
-    .await
-    .map_err(|e| KeysError::Apply(cfg.name.clone(), e))?;
+    apply_key_secret(api, cfg, &verifier_key, &next, &secret).await?;
     tracing::info!(
         namespace = %cfg.namespace, name = %cfg.name,
         rotated = plan.rotate.as_ref().map(|r| r.message()),
