@@ -1281,6 +1281,25 @@ async fn tokens_for_a_removed_audience_introspect_inactive() {
 #[derive(Clone, Default)]
 struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
 
+impl LogBuffer {
+    /// Capture this thread's INFO-and-above log lines until the guard drops.
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// What was logged so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
 impl std::io::Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -1296,14 +1315,7 @@ impl std::io::Write for LogBuffer {
 /// short hash, known ids in full.
 #[tokio::test]
 async fn the_audit_log_never_shows_a_secret_as_client_id() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
     let mut world = World::new(SigningAlg::Es256);
     let c = world.simple("uploads");
     let swapped = Client {
@@ -1329,7 +1341,7 @@ async fn the_audit_log_never_shows_a_secret_as_client_id() {
         secret: c.secret.clone(),
     };
     assert_eq!(world.token(&typo, "").await.0, StatusCode::UNAUTHORIZED);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(!text.contains(&c.secret[5..]), "secret in the log:\n{text}");
     assert!(!text.contains(&typo.id), "unknown id in full:\n{text}");
     assert_eq!(

@@ -392,14 +392,7 @@ async fn api_token_checks_do_equal_work() {
 /// claims, never the token.
 #[tokio::test]
 async fn refused_exchanges_are_audited_without_the_token() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = LogBuffer::capture();
     let mut world = World::new(SigningAlg::Es256);
     let token = world.api_token("reports", None);
     let id = api_token::client_id_of(&token).unwrap();
@@ -408,7 +401,7 @@ async fn refused_exchanges_are_audited_without_the_token() {
     assert_error(&resp, StatusCode::BAD_REQUEST, "invalid_request");
     let (status, _, _) = world.exchange_token(&token, "").await;
     assert_eq!(status, StatusCode::OK);
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(
         text.lines()
             .any(|l| l.contains("token refused") && l.contains(&id) && l.contains("api_token")),
