@@ -188,6 +188,22 @@ pub struct TokenServerOptions {
     #[arg(long, env = "M2M_ASSERTION_CACHE_ENTRIES", default_value_t = crate::core::workload::DEFAULT_CACHE_ENTRIES)]
     pub assertion_cache_entries: usize,
 
+    /// Workload identity: at most this many TokenReview calls in flight
+    /// per replica, whatever the callers; beyond it an assertion not in
+    /// the cache is answered `503` with `Retry-After` instead of reviewed.
+    #[arg(long, env = "M2M_TOKEN_REVIEW_MAX_CONCURRENT",
+          default_value_t = crate::core::workload::DEFAULT_MAX_CONCURRENT_REVIEWS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_review_max_concurrent: u32,
+
+    /// Workload identity: at most this many TokenReview calls per second
+    /// per replica (cached assertions cost none); beyond it `503` with
+    /// `Retry-After`.
+    #[arg(long, env = "M2M_TOKEN_REVIEW_MAX_PER_SECOND",
+          default_value_t = crate::core::workload::DEFAULT_REVIEWS_PER_SECOND,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub token_review_max_per_second: u32,
+
     /// Open connections per process on the token endpoint; at the limit no
     /// new connection is accepted until one closes.
     #[arg(long, env = "M2M_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -233,6 +249,14 @@ impl TokenServerOptions {
         crate::server::usage::UsageResolution {
             coarse: self.usage_resolution,
             fine: self.usage_resolution_in_grace,
+        }
+    }
+
+    /// The TokenReview cap the flags describe.
+    pub(crate) fn token_review_limits(&self) -> crate::server::assertion::ReviewLimits {
+        crate::server::assertion::ReviewLimits {
+            max_concurrent: self.token_review_max_concurrent as usize,
+            per_second: self.token_review_max_per_second,
         }
     }
 

@@ -504,6 +504,8 @@ mod tests {
             revocation_quota: crate::server::revocation::DEFAULT_QUOTA,
             assertion_cache_ttl: Duration::from_secs(30),
             assertion_cache_entries: 16,
+            token_review_max_concurrent: 16,
+            token_review_max_per_second: 50,
             usage_resolution: Duration::from_secs(60),
             usage_resolution_in_grace: Duration::from_secs(5),
         };

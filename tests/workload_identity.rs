@@ -18,6 +18,7 @@ mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use m2m_operator::crd::M2MCredential;
@@ -775,4 +776,97 @@ spec:
         (exchange(&op.url, &token, None, &[]).await.0 == 200).then_some(())
     })
     .await;
+}
+
+/// A forged assertion per request (unsigned, naming a bound ServiceAccount)
+/// from one source: how many TokenReviews reach the real apiserver.
+/// Before the fix it was one per request (~760/s in the review, 709/s
+/// here); now the source's failure limit stops them before the apiserver.
+#[tokio::test]
+async fn a_flood_of_forged_assertions_costs_the_apiserver_almost_nothing() {
+    let ns = TestNamespace::new("wi-flood").await;
+    let issuer = format!("https://m2m.{}.test", ns.name);
+    let op = start_run(&ns, &issuer);
+    op.wait_ready().await;
+    apply(&ns, setup_yaml());
+    wait_workload_ready(&ns, "uploads").await;
+    let forged = |n: usize| {
+        let now = chrono::Utc::now().timestamp();
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.{}",
+            enc(json!({ "alg": "RS256", "kid": "x" })),
+            enc(json!({
+                "iss": "https://kubernetes.default.svc",
+                "sub": format!("system:serviceaccount:{}:uploader", ns.name),
+                "aud": [issuer],
+                "exp": now + 3600, "iat": now, "nbf": now, "jti": format!("forged-{n}"),
+            })),
+            URL_SAFE_NO_PAD.encode([7u8; 256])
+        )
+    };
+    let reviews = || async {
+        let text = http()
+            .get(format!("{}/metrics", op.admin_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("m2m_token_assertion_checks_total{result=\"review_"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = reviews().await;
+    // The review's flood: 20,000 requests from one source.
+    let requests = 20_000;
+    let started = std::time::Instant::now();
+    // The flood comes from its own source address (all of 127/8 is loopback).
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let url = format!("{}/oauth/token", op.url);
+    let statuses: Vec<u16> = futures::stream::iter(0..requests)
+        .map(|n| {
+            let (http, url, token) = (http.clone(), url.clone(), forged(n));
+            async move {
+                http.post(url)
+                    .form(&[
+                        ("grant_type", "client_credentials"),
+                        ("client_assertion_type", ASSERTION_TYPE),
+                        ("client_assertion", token.as_str()),
+                    ])
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let made = reviews().await - before;
+    println!(
+        "flood: {requests} forged assertions in {elapsed:.1} s, {made} TokenReviews ({:.1}/s); answers 401: {}, 429: {}",
+        made / elapsed,
+        statuses.iter().filter(|s| **s == 401).count(),
+        statuses.iter().filter(|s| **s == 429).count(),
+    );
+    // The failure burst (10; each review takes its failure before it
+    // starts, so concurrent requests cannot overrun it), one more per 2 s,
+    // and slack for timing.
+    let bound = 10.0 + elapsed / 2.0 + 5.0;
+    assert!(
+        made <= bound,
+        "{made} TokenReviews for {requests} forged assertions in {elapsed:.1} s (bound {bound:.0})"
+    );
+    // A real token from another source works at once.
+    let good = mint(&ns.name, "uploader", &issuer, &[]);
+    let (code, body) = exchange(&op.url, &good, None, &[]).await;
+    assert_eq!(code, 200, "{body}");
 }

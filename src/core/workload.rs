@@ -33,6 +33,129 @@ pub(crate) const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 /// apiserver from a client retrying a bad token in a loop).
 pub(crate) const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(2);
 
+/// Default bound of TokenReview calls in flight at once (per replica).
+pub(crate) const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 16;
+/// Default bound of TokenReview calls per second (per replica).
+pub(crate) const DEFAULT_REVIEWS_PER_SECOND: u32 = 50;
+
+/// The longest `exp − iat` a plausible assertion claims. kube-apiserver
+/// issues service-account tokens of at most a year (its expiration
+/// extension for projected tokens); anything longer is not one of them.
+pub(crate) const MAX_ASSERTION_LIFETIME_SECS: i64 = 366 * 24 * 3600;
+/// How far in the future an assertion's `iat` may be (clock skew).
+pub(crate) const ASSERTION_CLOCK_SKEW_SECS: i64 = 60;
+/// The shortest signature of an asymmetric algorithm (ES256, EdDSA: 64 bytes).
+const MIN_SIGNATURE_BYTES: usize = 64;
+/// Longest header or signature part read (base64url characters).
+const MAX_PART_LEN: usize = 2048;
+/// The JWS algorithms a Kubernetes service-account token may be signed
+/// with: asymmetric only (never `none`, never HMAC).
+const ASYMMETRIC_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+];
+
+/// Why an assertion was refused before any TokenReview (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Implausible {
+    /// Not three base64url parts, or a part too long or too short.
+    Malformed,
+    /// `alg` missing, `none` or symmetric.
+    Algorithm,
+    /// `aud` does not contain the audience the credential expects.
+    Audience,
+    /// `exp` or `iat` missing, expired, issued in the future, or a
+    /// lifetime no Kubernetes token has.
+    Lifetime,
+}
+
+/// The cheap checks on an unverified assertion that every real
+/// service-account token passes, run before the TokenReview so that junk
+/// naming a bound ServiceAccount costs the apiserver nothing: well formed
+/// (three base64url parts, JSON header and payload, a signature of an
+/// asymmetric algorithm's length), an asymmetric `alg`, `aud` containing
+/// `audience`, `exp` in the future, `iat` not in the future, and
+/// `0 < exp − iat ≤` [`MAX_ASSERTION_LIFETIME_SECS`]. Passing proves
+/// nothing (anyone can write such a token); failing proves it is not a
+/// valid token for this audience.
+pub(crate) fn check_plausible(
+    token: &str,
+    audience: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Implausible> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(default)]
+        alg: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Audience {
+        One(String),
+        Many(Vec<String>),
+    }
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        #[serde(default)]
+        aud: Option<Audience>,
+        #[serde(default)]
+        exp: Option<i64>,
+        #[serde(default)]
+        iat: Option<i64>,
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Implausible::Malformed);
+    };
+    if header.len() > MAX_PART_LEN || payload.len() > 8192 || signature.len() > MAX_PART_LEN {
+        return Err(Implausible::Malformed);
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| Implausible::Malformed)?;
+    if signature.len() < MIN_SIGNATURE_BYTES {
+        return Err(Implausible::Malformed);
+    }
+    let decode = |part: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| Implausible::Malformed)
+    };
+    let header: Header =
+        serde_json::from_slice(&decode(header)?).map_err(|_| Implausible::Malformed)?;
+    let payload: Payload =
+        serde_json::from_slice(&decode(payload)?).map_err(|_| Implausible::Malformed)?;
+    if !header
+        .alg
+        .as_deref()
+        .is_some_and(|a| ASYMMETRIC_ALGS.contains(&a))
+    {
+        return Err(Implausible::Algorithm);
+    }
+    let audience_ok = match &payload.aud {
+        Some(Audience::One(a)) => a == audience,
+        Some(Audience::Many(many)) => many.iter().any(|a| a == audience),
+        None => false,
+    };
+    if !audience_ok {
+        return Err(Implausible::Audience);
+    }
+    let (Some(exp), Some(iat)) = (payload.exp, payload.iat) else {
+        return Err(Implausible::Lifetime);
+    };
+    let now = now.timestamp();
+    let lifetime = exp.saturating_sub(iat);
+    if exp <= now
+        || iat > now.saturating_add(ASSERTION_CLOCK_SKEW_SECS)
+        || lifetime <= 0
+        || lifetime > MAX_ASSERTION_LIFETIME_SECS
+    {
+        return Err(Implausible::Lifetime);
+    }
+    Ok(())
+}
+
 /// The mode a credential spec asks for.
 pub fn mode(spec: &M2MCredentialSpec) -> CredentialMode {
     if spec.workload_identity.is_some() {
@@ -234,6 +357,90 @@ mod tests {
         assert_ne!(a, assertion_key("aud1", "tok2"));
         // No ambiguity between audience and token boundaries.
         assert_ne!(assertion_key("ab", "c"), assertion_key("a", "bc"));
+    }
+
+    #[test]
+    fn plausibility_table() {
+        let now = Utc.timestamp_opt(1_000_000, 0).single().unwrap();
+        let enc = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let sig = URL_SAFE_NO_PAD.encode([1u8; 256]);
+        let tok =
+            |h: serde_json::Value, p: serde_json::Value| format!("{}.{}.{sig}", enc(h), enc(p));
+        let h = serde_json::json!({"alg": "RS256"});
+        let p = |aud: serde_json::Value, exp: i64, iat: i64| serde_json::json!({"aud": aud, "exp": exp, "iat": iat, "sub": "s"});
+        let ok = p(serde_json::json!(["a", "aud"]), 1_003_600, 1_000_000);
+        assert_eq!(
+            check_plausible(&tok(h.clone(), ok.clone()), "aud", now),
+            Ok(())
+        );
+        let one = p(serde_json::json!("aud"), 1_003_600, 1_000_000);
+        assert_eq!(check_plausible(&tok(h.clone(), one), "aud", now), Ok(()));
+        let year = p(
+            serde_json::json!("aud"),
+            1_000_000 + 365 * 86_400,
+            1_000_000,
+        );
+        assert_eq!(check_plausible(&tok(h.clone(), year), "aud", now), Ok(()));
+        use Implausible::*;
+        let cases = [
+            (
+                tok(serde_json::json!({"alg": "HS256"}), ok.clone()),
+                Algorithm,
+            ),
+            (
+                tok(serde_json::json!({"alg": "none"}), ok.clone()),
+                Algorithm,
+            ),
+            (
+                tok(
+                    h.clone(),
+                    p(serde_json::json!("other"), 1_003_600, 1_000_000),
+                ),
+                Audience,
+            ),
+            (
+                tok(
+                    h.clone(),
+                    p(serde_json::json!(1_003_600), 1_003_600, 1_000_000),
+                ),
+                Malformed,
+            ),
+            (
+                tok(h.clone(), p(serde_json::json!("aud"), 999_999, 990_000)),
+                Lifetime,
+            ),
+            (
+                tok(h.clone(), p(serde_json::json!("aud"), 1_100_000, 1_000_100)),
+                Lifetime,
+            ),
+            (
+                tok(
+                    h.clone(),
+                    p(
+                        serde_json::json!("aud"),
+                        1_000_000 + 400 * 86_400,
+                        1_000_000,
+                    ),
+                ),
+                Lifetime,
+            ),
+            (
+                tok(
+                    h.clone(),
+                    serde_json::json!({"aud": "aud", "exp": 1_003_600}),
+                ),
+                Lifetime,
+            ),
+            (
+                format!("{}.{}.c2ln", enc(h.clone()), enc(ok.clone())),
+                Malformed,
+            ),
+            (format!("{}.{}", enc(h.clone()), enc(ok.clone())), Malformed),
+            ("a.b.c".to_owned(), Malformed),
+        ];
+        for (token, want) in cases {
+            assert_eq!(check_plausible(&token, "aud", now), Err(want), "{token}");
+        }
     }
 
     #[test]

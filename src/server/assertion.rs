@@ -18,17 +18,38 @@
 //! m2m side decides — credential deleted, mode switched, account disabled —
 //! is read from the index on every request and takes effect at once.
 //!
-//! Before any API call the assertion must name (in its unverified `sub`) a
-//! ServiceAccount that a credential binds, so unbound garbage never reaches
-//! the apiserver. Every failure is the same `401 invalid_client`.
+//! What may reach the apiserver is bounded, whatever the callers send
+//! (an unsigned assertion that merely *claims* a bound subject is free to
+//! write, and each TokenReview shares the token server's client and API
+//! priority with its watches and usage writes):
+//!
+//! 1. The assertion must name (in its unverified `sub`) a ServiceAccount
+//!    that a credential binds, and pass a cheap plausibility check
+//!    ([`check_plausible`]: asymmetric `alg`, `aud` containing the
+//!    credential's audience, `exp`/`iat` present with a lifetime of at most
+//!    a year, a signature of plausible length) — junk is refused with no call.
+//! 2. The cache answers next: a valid result (bounded by
+//!    `--assertion-cache-ttl` and the token's `exp`) or a refusal (2 s).
+//!    Valid results and refusals are kept in **separate** bounded maps, so
+//!    a flood of refusals never evicts a valid result.
+//! 3. The source's failure limit ([`super::ratelimit`]) is consulted
+//!    *before* the review: a source that has used up its failures gets
+//!    `429` without an API call (a source's verified tokens keep working
+//!    from the cache).
+//! 4. A global cap per replica, `--token-review-max-concurrent` in flight
+//!    and `--token-review-max-per-second`, whatever the sources: over it,
+//!    `503 temporarily_unavailable` with `Retry-After`, never a call.
+//!
+//! Every refused assertion is the same `401 invalid_client`.
 
 use super::TokenServer;
 use super::error::OAuthError;
 use super::form::{ClientCredentials, Form};
 use super::index::CredentialEntry;
 use crate::core::workload::{
-    ClaimedIdentity, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, JWT_BEARER_ASSERTION_TYPE,
-    MAX_NEGATIVE_TTL, assertion_key, cache_until, claimed_identity,
+    ClaimedIdentity, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, DEFAULT_MAX_CONCURRENT_REVIEWS,
+    DEFAULT_REVIEWS_PER_SECOND, JWT_BEARER_ASSERTION_TYPE, MAX_NEGATIVE_TTL, assertion_key,
+    cache_until, check_plausible, claimed_identity,
 };
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -174,22 +195,60 @@ impl TokenReviewer for RefuseAll {
     }
 }
 
+/// A cached valid review: the subject Kubernetes named.
 #[derive(Debug, Clone)]
-enum Cached {
-    Valid {
-        subject: String,
-        until: DateTime<Utc>,
-    },
-    Refused {
-        until: DateTime<Utc>,
-    },
+struct Valid {
+    subject: String,
 }
 
-impl Cached {
-    fn until(&self) -> DateTime<Utc> {
-        match self {
-            Self::Valid { until, .. } | Self::Refused { until } => *until,
+/// One bounded map of review results by key, each with an expiry.
+#[derive(Debug)]
+struct BoundedMap<V> {
+    entries: Mutex<HashMap<[u8; 32], (V, DateTime<Utc>)>>,
+    capacity: usize,
+}
+
+impl<V: Clone> BoundedMap<V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            capacity,
         }
+    }
+
+    fn get(&self, key: &[u8; 32], now: DateTime<Utc>) -> Option<V> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(key)
+            .filter(|(_, until)| *until > now)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// Insert; when full, expired entries go first, then an arbitrary
+    /// eighth (O(1) amortised, no per-hit bookkeeping).
+    fn insert(&self, key: [u8; 32], value: V, until: DateTime<Utc>, now: DateTime<Utc>) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if self.capacity == 0 {
+            return;
+        }
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            entries.retain(|_, (_, u)| *u > now);
+            if entries.len() >= self.capacity {
+                let drop = (self.capacity / 8).max(1);
+                let victims: Vec<[u8; 32]> = entries.keys().take(drop).copied().collect();
+                for k in victims {
+                    entries.remove(&k);
+                }
+            }
+        }
+        entries.insert(key, (value, until));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
     }
 }
 
@@ -211,11 +270,70 @@ impl Default for CacheBounds {
     }
 }
 
-/// TokenReview results by SHA-256 of (audience, token), bounded in time and size.
+/// TokenReview results by SHA-256 of (audience, token), bounded in time
+/// and size: valid results and refusals in separate maps of
+/// `bounds.entries` each, so refusals can never evict a valid result.
 #[derive(Debug)]
 pub(crate) struct AssertionCache {
-    entries: Mutex<HashMap<[u8; 32], Cached>>,
+    valid: BoundedMap<Valid>,
+    refused: BoundedMap<()>,
     bounds: CacheBounds,
+}
+
+/// The global cap on TokenReview calls of one replica.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReviewLimits {
+    /// At most this many in flight at once.
+    pub max_concurrent: usize,
+    /// At most this many started per second (a token bucket of this size).
+    pub per_second: u32,
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent: DEFAULT_MAX_CONCURRENT_REVIEWS,
+            per_second: DEFAULT_REVIEWS_PER_SECOND,
+        }
+    }
+}
+
+/// Permits for TokenReview calls: a semaphore (in flight) and a token
+/// bucket (per second). Never waits: no permit is an immediate `503`.
+#[derive(Debug)]
+struct ReviewBudget {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    bucket: Mutex<(f64, std::time::Instant)>,
+    limits: ReviewLimits,
+}
+
+impl ReviewBudget {
+    fn new(limits: ReviewLimits) -> Self {
+        Self {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            bucket: Mutex::new((
+                f64::from(limits.per_second.max(1)),
+                std::time::Instant::now(),
+            )),
+            limits,
+        }
+    }
+
+    /// A permit for one review now, if the cap allows it.
+    fn try_acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.in_flight.clone().try_acquire_owned().ok()?;
+        let rate = f64::from(self.limits.per_second.max(1));
+        let mut bucket = self.bucket.lock().ok()?;
+        let now = std::time::Instant::now();
+        let (tokens, last) = *bucket;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * rate).min(rate);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            return None;
+        }
+        *bucket = (tokens - 1.0, now);
+        Some(permit)
+    }
 }
 
 /// How an assertion check ended.
@@ -227,57 +345,38 @@ pub(crate) enum AssertionOutcome {
     Refused,
     /// The apiserver could not be asked.
     Unavailable,
+    /// Not asked: the source has no failures left (retry after this long).
+    Limited(Duration),
+    /// Not asked: the global TokenReview cap is reached.
+    Busy,
 }
 
 impl AssertionCache {
     /// An empty cache.
     pub fn new(bounds: CacheBounds) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            valid: BoundedMap::new(bounds.entries),
+            refused: BoundedMap::new(bounds.entries),
             bounds,
         }
     }
 
-    fn lookup(&self, key: &[u8; 32], now: DateTime<Utc>) -> Option<Cached> {
-        let entries = self.entries.lock().ok()?;
-        entries.get(key).filter(|c| c.until() > now).cloned()
-    }
-
-    fn insert(&self, key: [u8; 32], value: Cached, now: DateTime<Utc>) {
-        let Ok(mut entries) = self.entries.lock() else {
-            return;
-        };
-        if entries.len() >= self.bounds.entries && !entries.contains_key(&key) {
-            entries.retain(|_, c| c.until() > now);
-            if entries.len() >= self.bounds.entries {
-                let drop = (self.bounds.entries / 8).max(1);
-                let victims: Vec<[u8; 32]> = entries.keys().take(drop).copied().collect();
-                for k in victims {
-                    entries.remove(&k);
-                }
-            }
-        }
-        if self.bounds.entries > 0 {
-            entries.insert(key, value);
-        }
-    }
-
-    /// Number of entries (expired ones included until evicted).
+    /// Number of entries, valid and refused (expired ones included until evicted).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.valid.len() + self.refused.len()
     }
 
     /// Record that `token` is valid for `audience` as `subject` until
     /// `until` (the benchmark pre-seeds the cache with this).
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn seed(&self, audience: &str, token: &str, subject: &str, until: DateTime<Utc>) {
-        self.insert(
+        self.valid.insert(
             assertion_key(audience, token),
-            Cached::Valid {
+            Valid {
                 subject: subject.to_owned(),
-                until,
             },
+            until,
             Utc::now(),
         );
     }
@@ -286,6 +385,7 @@ impl AssertionCache {
 /// Checks assertions: the cache first, else a TokenReview.
 pub(crate) struct AssertionVerifier {
     cache: AssertionCache,
+    budget: ReviewBudget,
     reviewer: Arc<dyn TokenReviewer>,
 }
 
@@ -293,15 +393,27 @@ impl std::fmt::Debug for AssertionVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AssertionVerifier")
             .field("cache", &self.cache.bounds)
+            .field("reviews", &self.budget.limits)
             .finish_non_exhaustive()
     }
 }
 
 impl AssertionVerifier {
-    /// A verifier asking `reviewer`, caching within `bounds`.
+    /// A verifier asking `reviewer`, caching within `bounds`, with the
+    /// default TokenReview cap.
     pub fn new(reviewer: Arc<dyn TokenReviewer>, bounds: CacheBounds) -> Self {
+        Self::with_limits(reviewer, bounds, ReviewLimits::default())
+    }
+
+    /// A verifier asking `reviewer` at most as often as `limits` allow.
+    pub fn with_limits(
+        reviewer: Arc<dyn TokenReviewer>,
+        bounds: CacheBounds,
+        limits: ReviewLimits,
+    ) -> Self {
         Self {
             cache: AssertionCache::new(bounds),
+            budget: ReviewBudget::new(limits),
             reviewer,
         }
     }
@@ -319,51 +431,55 @@ impl AssertionVerifier {
 
     /// Check `token` for `audience` at `now`; `claimed` is what the token
     /// says about itself (only its `exp` is used, and only once Kubernetes
-    /// has confirmed the token). `observe` counts how it was decided.
+    /// has confirmed the token). Before a TokenReview, `gate` may refuse
+    /// (the caller's failure limit: `Err(retry_after)`), then the global
+    /// cap. `observe` counts how it was decided.
     pub async fn verify(
         &self,
         token: &str,
         audience: &str,
         claimed: &ClaimedIdentity,
         now: DateTime<Utc>,
+        gate: impl FnOnce() -> Result<(), Duration>,
         observe: impl Fn(&'static str),
     ) -> AssertionOutcome {
         let key = assertion_key(audience, token);
-        match self.cache.lookup(&key, now) {
-            Some(Cached::Valid { subject, .. }) => {
-                observe("cache_hit");
-                return AssertionOutcome::Valid(subject);
-            }
-            Some(Cached::Refused { .. }) => {
-                observe("negative_cache_hit");
-                return AssertionOutcome::Refused;
-            }
-            None => {}
+        if let Some(valid) = self.cache.valid.get(&key, now) {
+            observe("cache_hit");
+            return AssertionOutcome::Valid(valid.subject);
+        }
+        if self.cache.refused.get(&key, now).is_some() {
+            observe("negative_cache_hit");
+            return AssertionOutcome::Refused;
         }
         // An expired token is refused without asking.
         if claimed.exp.is_some_and(|exp| exp <= now) {
             observe("not_reviewed");
             return AssertionOutcome::Refused;
         }
+        if let Err(retry) = gate() {
+            observe("limited");
+            return AssertionOutcome::Limited(retry);
+        }
+        let Some(_permit) = self.budget.try_acquire() else {
+            observe("over_review_cap");
+            return AssertionOutcome::Busy;
+        };
         match self.reviewer.review(token, audience).await {
             Ok(Some(subject)) => {
                 observe("review_ok");
                 let until = cache_until(now, claimed.exp, self.cache.bounds.ttl);
-                self.cache.insert(
-                    key,
-                    Cached::Valid {
-                        subject: subject.clone(),
-                        until,
-                    },
-                    now,
-                );
+                let valid = Valid {
+                    subject: subject.clone(),
+                };
+                self.cache.valid.insert(key, valid, until, now);
                 AssertionOutcome::Valid(subject)
             }
             Ok(None) => {
                 observe("review_refused");
                 let negative = self.cache.bounds.ttl.min(MAX_NEGATIVE_TTL);
                 let until = now + chrono::Duration::from_std(negative).unwrap_or_default();
-                self.cache.insert(key, Cached::Refused { until }, now);
+                self.cache.refused.insert(key, (), until, now);
                 AssertionOutcome::Refused
             }
             Err(error) => {
@@ -426,15 +542,30 @@ impl TokenServer {
         };
         let audience = binding.audience_or(&self.inner.config.issuer);
         let metrics = &self.inner.metrics;
+        if check_plausible(&assertion.token, audience, now).is_err() {
+            metrics.observe_assertion("implausible");
+            return Err(fail());
+        }
+        let limiter = &self.inner.limiter;
+        // Whether the gate charged the source (only before a review).
+        let reserved = std::sync::atomic::AtomicBool::new(false);
+        let gate = || {
+            let r = limiter.reserve_source(source, std::time::Instant::now());
+            reserved.store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            r
+        };
         let outcome = self
             .inner
             .assertions
-            .verify(&assertion.token, audience, &claimed, now, |r| {
+            .verify(&assertion.token, audience, &claimed, now, gate, |r| {
                 metrics.observe_assertion(r)
             })
             .await;
         match outcome {
             AssertionOutcome::Valid(subject) if subject == binding.subject() => {
+                if reserved.load(std::sync::atomic::Ordering::Relaxed) {
+                    limiter.refund_source(source, std::time::Instant::now());
+                }
                 let usage = &self.inner.state.usage().recorder;
                 usage.record(
                     &entry.client_id,
@@ -443,9 +574,27 @@ impl TokenServer {
                 );
                 Ok(entry)
             }
+            // After a review its failure is already charged to the source.
+            AssertionOutcome::Valid(_) | AssertionOutcome::Refused
+                if reserved.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                let now = std::time::Instant::now();
+                Err(
+                    match limiter.failed_after_reserve(&limiter_key, source, now) {
+                        Ok(()) => OAuthError::invalid_client(false),
+                        Err(retry) => OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64),
+                    },
+                )
+            }
             AssertionOutcome::Valid(_) | AssertionOutcome::Refused => Err(fail()),
             AssertionOutcome::Unavailable => Err(OAuthError::unavailable(
                 "the client assertion could not be checked; retry",
+            )),
+            AssertionOutcome::Limited(retry) => {
+                Err(OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64))
+            }
+            AssertionOutcome::Busy => Err(OAuthError::unavailable(
+                "too many client assertions are being checked; retry",
             )),
         }
     }
@@ -485,6 +634,11 @@ mod tests {
         DateTime::from_timestamp(s, 0).unwrap()
     }
 
+    /// A gate that never refuses.
+    fn ok() -> Result<(), Duration> {
+        Ok(())
+    }
+
     #[tokio::test]
     async fn reviews_once_then_serves_from_the_cache_within_its_bound() {
         let reviewer = Arc::new(OneToken {
@@ -498,27 +652,36 @@ mod tests {
         let v = AssertionVerifier::new(reviewer.clone(), bounds);
         let c = claimed(Some(1_000));
         let valid = AssertionOutcome::Valid("system:serviceaccount:a:b".into());
-        assert_eq!(v.verify("good", "aud", &c, at(100), |_| {}).await, valid);
-        assert_eq!(v.verify("good", "aud", &c, at(129), |_| {}).await, valid);
+        assert_eq!(
+            v.verify("good", "aud", &c, at(100), ok, |_| {}).await,
+            valid
+        );
+        assert_eq!(
+            v.verify("good", "aud", &c, at(129), ok, |_| {}).await,
+            valid
+        );
         assert_eq!(
             reviewer.calls.load(Ordering::Relaxed),
             1,
             "second was a hit"
         );
         // The bound passed: asked again.
-        assert_eq!(v.verify("good", "aud", &c, at(131), |_| {}).await, valid);
+        assert_eq!(
+            v.verify("good", "aud", &c, at(131), ok, |_| {}).await,
+            valid
+        );
         assert_eq!(reviewer.calls.load(Ordering::Relaxed), 2);
         // Another audience is another review (and refused).
         assert_eq!(
-            v.verify("good", "other", &c, at(131), |_| {}).await,
+            v.verify("good", "other", &c, at(131), ok, |_| {}).await,
             AssertionOutcome::Refused
         );
         // The token's exp bounds the entry below the TTL.
         let short = claimed(Some(200));
-        v.verify("good", "aud", &short, at(190), |_| {}).await;
+        v.verify("good", "aud", &short, at(190), ok, |_| {}).await;
         let calls = reviewer.calls.load(Ordering::Relaxed);
         assert_eq!(
-            v.verify("good", "aud", &short, at(201), |_| {}).await,
+            v.verify("good", "aud", &short, at(201), ok, |_| {}).await,
             AssertionOutcome::Refused,
             "expired: refused without a review"
         );
@@ -535,12 +698,12 @@ mod tests {
         let c = claimed(Some(10_000));
         for t in [100, 101] {
             assert_eq!(
-                v.verify("bad", "aud", &c, at(t), |_| {}).await,
+                v.verify("bad", "aud", &c, at(t), ok, |_| {}).await,
                 AssertionOutcome::Refused
             );
         }
         assert_eq!(reviewer.calls.load(Ordering::Relaxed), 1);
-        v.verify("bad", "aud", &c, at(103), |_| {}).await;
+        v.verify("bad", "aud", &c, at(103), ok, |_| {}).await;
         assert_eq!(
             reviewer.calls.load(Ordering::Relaxed),
             2,
@@ -559,7 +722,7 @@ mod tests {
             cache.seed("aud", &format!("token-{i}"), "s", until);
             assert!(cache.len() <= 16);
         }
-        let dump = format!("{:?}", cache.entries.lock().unwrap());
+        let dump = format!("{:?}", cache.valid.entries.lock().unwrap());
         assert!(!dump.contains("token-"));
     }
 

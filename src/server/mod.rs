@@ -271,9 +271,10 @@ pub async fn run_token_server(
         fresh: readiness.flag("token-server-state-fresh"),
         metrics: metrics.clone(),
     };
-    let assertions = Arc::new(assertion::AssertionVerifier::new(
+    let assertions = Arc::new(assertion::AssertionVerifier::with_limits(
         Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
         opts.assertion_cache_bounds(),
+        opts.token_review_limits(),
     ));
     let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
     let usage = tokio::spawn(usage::run_flusher(

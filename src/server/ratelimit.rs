@@ -133,6 +133,41 @@ impl FailureLimiter {
         bucket.updated = now;
     }
 
+    /// Take one failure from `key` now, if it has one left (checked and
+    /// taken under one lock, so concurrent callers cannot all pass a check
+    /// made before any of them recorded): `Err(retry_after)` otherwise.
+    pub(crate) fn try_take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let k = self::key(key);
+        {
+            let Ok(shard) = self.shard(k).lock() else {
+                return Ok(());
+            };
+            if let Some(tokens) = shard.get(k).map(|b| b.tokens_at(now))
+                && tokens < 1.0
+            {
+                return Err(REFILL.mul_f64(1.0 - tokens));
+            }
+        }
+        // Between the two locks another caller may take the last one: then
+        // this one goes into debt (the bucket floors at zero), never more
+        // than the callers racing at that instant.
+        self.record_failure(key, now);
+        Ok(())
+    }
+
+    /// Give back one failure taken by [`FailureLimiter::try_take`] (the
+    /// check it guarded succeeded).
+    pub(crate) fn refund(&self, key: &str, now: Instant) {
+        let key = self::key(key);
+        let Ok(mut shard) = self.shard(key).lock() else {
+            return;
+        };
+        if let Some(b) = shard.get_mut(key) {
+            b.tokens = (b.tokens_at(now) + 1.0).min(BURST);
+            b.updated = now;
+        }
+    }
+
     /// Number of tracked keys.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -154,6 +189,53 @@ impl AuthLimiter {
     /// Empty limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The gate in front of checks that cost an API call
+    /// (workload-identity TokenReviews, [`super::assertion`]): take one
+    /// failure from `source` *before* the check, `Err(retry_after)` when it
+    /// has none left. Taken first, so concurrent requests of one source
+    /// cannot all pass before any failure is recorded; give it back with
+    /// [`AuthLimiter::refund_source`] when the check succeeds, and record a
+    /// failed check with [`AuthLimiter::failed_after_reserve`].
+    pub fn reserve_source(
+        &self,
+        source: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        match source {
+            Some(ip) => self.by_source.try_take(&ip.to_string(), now),
+            None => Ok(()),
+        }
+    }
+
+    /// Give back what [`AuthLimiter::reserve_source`] took.
+    pub fn refund_source(&self, source: Option<std::net::IpAddr>, now: Instant) {
+        if let Some(ip) = source {
+            self.by_source.refund(&ip.to_string(), now);
+        }
+    }
+
+    /// Record a failure whose source was already charged by
+    /// [`AuthLimiter::reserve_source`]: the client id only.
+    /// `Err(retry_after)` when the id or the source has run out.
+    pub fn failed_after_reserve(
+        &self,
+        client_id: &str,
+        source: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let by_id = self.by_client_id.check(client_id, now);
+        self.by_client_id.record_failure(client_id, now);
+        let by_source = match source {
+            Some(ip) => self.by_source.check(&ip.to_string(), now),
+            None => Ok(()),
+        };
+        match (by_id, by_source) {
+            (Err(a), Err(b)) => Err(a.max(b)),
+            (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
+            (Ok(()), Ok(())) => Ok(()),
+        }
     }
 
     /// Record a failed authentication. `Err(retry_after)`: the client id or

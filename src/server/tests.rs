@@ -57,6 +57,26 @@ impl World {
     }
 
     fn with_limits(alg: SigningAlg, limits: crate::http::HttpLimits) -> Self {
+        Self::build(alg, limits, None, ISSUER)
+    }
+
+    /// A world whose token server checks workload-identity assertions with
+    /// `assertions` (instead of refusing them all).
+    fn with_assertions(assertions: Arc<super::assertion::AssertionVerifier>) -> Self {
+        Self::build(
+            SigningAlg::Es256,
+            crate::http::HttpLimits::token_endpoint(),
+            Some(assertions),
+            ISSUER,
+        )
+    }
+
+    fn build(
+        alg: SigningAlg,
+        limits: crate::http::HttpLimits,
+        assertions: Option<Arc<super::assertion::AssertionVerifier>>,
+        issuer: &str,
+    ) -> Self {
         let key = VerifierKey::generate().unwrap();
         let cfg = KeySecretConfig::new("ops".into(), alg, Duration::from_secs(3600));
         let (_, set) = next_key_set(&KeySet::default(), &cfg.policy, Utc::now())
@@ -66,19 +86,22 @@ impl World {
         let state = Arc::new(TokenState::new());
         state.set_keys(Some(KeyMaterial::from_secret(&secret, Utc::now()).unwrap()));
         let config = ServerConfig {
-            issuer: ISSUER.into(),
-            default_audience: ISSUER.into(),
+            issuer: issuer.into(),
+            default_audience: issuer.into(),
             default_policy: ScopePolicy::allow_all(),
             default_role: None,
             operator_namespace: "ops".into(),
             limits,
         };
         let metrics = Metrics::new();
-        let server = TokenServer::new(
+        let assertions = assertions
+            .unwrap_or_else(|| Arc::new(super::assertion::AssertionVerifier::refuse_all()));
+        let server = TokenServer::with_assertions(
             config,
             state.clone(),
             metrics.clone(),
             Arc::new(LocalRevocations::new(state.clone())),
+            assertions,
         );
         let mut world = Self {
             key,
@@ -1493,3 +1516,5 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
 }
 
 mod api_tokens;
+mod workload;
+
