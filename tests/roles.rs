@@ -316,7 +316,10 @@ spec: {{ serviceAccountName: observer }}
             "repo:read"
         ]
     );
-    assert_eq!(status.roles, ["deployer".to_owned(), auditor.clone()]);
+    // Claim names: an M2MRole as <namespace>/<name>, a ClusterM2MRole bare.
+    let mut held = vec![format!("{}/deployer", c.ns.name), auditor.clone()];
+    held.sort();
+    assert_eq!(status.roles, held);
 
     // Tokens get every effective scope and claim the roles they fully hold.
     let creds = c.credentials("release").await;
@@ -334,7 +337,7 @@ spec: {{ serviceAccountName: observer }}
                 "repo:read"
             ]
         );
-        assert_eq!(all["roles"], json!(["deployer", auditor]));
+        assert_eq!(all["roles"], json!(held));
         // A token narrowed below a role's scopes does not claim that role.
         let narrow = c
             .token(server, &creds, Some("deploy:staging repo:read"))
@@ -628,6 +631,6 @@ spec: { scopes: ["deploy:staging"] }
         })
         .await;
         assert_eq!(scopes_of(&claims), ["deploy:staging", "repo:read"]);
-        assert_eq!(claims["roles"], json!(["admin"]));
+        assert_eq!(claims["roles"], json!([format!("{}/admin", c.ns.name)]));
     }
 }

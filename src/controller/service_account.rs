@@ -47,7 +47,7 @@ pub(crate) async fn reconcile(
     let roles = ctx.roles_for(&ns, &account.spec);
     let valid = resolve_account(&account.spec, &roles, policy.as_ref());
     (status.effective_scopes, status.roles) = match &valid {
-        Ok(g) => (g.scopes.iter().cloned().collect(), g.roles.names()),
+        Ok(g) => (g.scopes.iter().cloned().collect(), g.roles.names(&ns)),
         Err(_) => (vec![], vec![]),
     };
     let c = |t: &str, ok: bool, reason: &str, msg: String| {

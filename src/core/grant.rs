@@ -376,6 +376,7 @@ mod tests {
             roles: roles
                 .iter()
                 .map(|(name, scopes)| crate::core::roles::GrantedRole {
+                    kind: crate::crd::RoleKind::ClusterM2MRole,
                     name: (*name).into(),
                     scopes: set(scopes),
                 })
@@ -392,7 +393,7 @@ mod tests {
         // Effective scopes: own ∪ roles; a credential may ask for a role's scope.
         let g = resolve_grant(&cred(&[]), Some(&acc), &ops, Ok(&all), now()).unwrap();
         assert_eq!(g.scopes, set(&["admin", "repo:read", "repo:write"]));
-        assert_eq!(g.roles.names(), ["ops"]);
+        assert_eq!(g.roles.names("ns"), ["ops"]);
         let g = resolve_grant(&cred(&["admin"]), Some(&acc), &ops, Ok(&all), now()).unwrap();
         assert_eq!(g.scopes, set(&["admin"]));
         // A role scope the namespace forbids makes the account invalid, as

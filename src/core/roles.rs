@@ -18,12 +18,34 @@ use crate::crd::{RoleKind, RoleRef, ServiceAccountSpec};
 use std::collections::BTreeSet;
 
 /// One role granted to an identity, with the scopes it grants.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantedRole {
-    /// The role's name (what the `roles` claim carries).
+    /// `M2MRole` (in the identity's namespace) or `ClusterM2MRole`.
+    pub kind: RoleKind,
+    /// The role object's name.
     pub name: String,
     /// The scopes it grants.
     pub scopes: BTreeSet<String>,
+}
+
+impl GrantedRole {
+    /// The name the role goes by in the `roles` claim and `status.roles`
+    /// of an identity in `namespace`: see [`claim_name`].
+    pub fn claim_name(&self, namespace: &str) -> String {
+        claim_name(self.kind, namespace, &self.name)
+    }
+}
+
+/// The stable, unambiguous name of a role in the `roles` claim: a
+/// `ClusterM2MRole` by its bare name (`platform-admin`), an `M2MRole` as
+/// `<namespace>/<name>` (`team-a/deployer`). Neither a namespace nor an
+/// object name can contain `/`, so a tenant's `M2MRole` can never be
+/// claimed under a cluster role's name, nor under another namespace's.
+pub fn claim_name(kind: RoleKind, namespace: &str, name: &str) -> String {
+    match kind {
+        RoleKind::ClusterM2MRole => name.to_owned(),
+        RoleKind::M2MRole => format!("{namespace}/{name}"),
+    }
 }
 
 /// The roles an identity is granted, each once, sorted by kind and name.
@@ -50,28 +72,32 @@ impl RoleGrant {
             .collect()
     }
 
-    /// The names of the granted roles, sorted and without repeats (an
-    /// `M2MRole` and a `ClusterM2MRole` may share a name).
-    pub fn names(&self) -> Vec<String> {
-        let names: BTreeSet<&str> = self.roles.iter().map(|r| r.name.as_str()).collect();
-        names.into_iter().map(str::to_owned).collect()
+    /// The claim names ([`claim_name`]) of the granted roles of an
+    /// identity in `namespace`, sorted.
+    pub fn names(&self, namespace: &str) -> Vec<String> {
+        let names: BTreeSet<String> = self.roles.iter().map(|r| r.claim_name(namespace)).collect();
+        names.into_iter().collect()
     }
 
-    /// The names of the roles a token holding exactly `scope` (space
-    /// separated, as in the `scope` claim) carries in its `roles` claim:
-    /// those whose every scope it holds. A token narrowed to fewer scopes
-    /// must not claim a role it cannot exercise, or a resource server that
-    /// authorizes by role would grant more than the token's scopes allow.
-    pub(crate) fn held_with<'a>(&'a self, scope: &str) -> Vec<&'a str> {
+    /// The claim names of the roles a token of an identity in `namespace`
+    /// holding exactly `scope` (space separated, as in the `scope` claim)
+    /// carries in its `roles` claim: those with at least one scope, every
+    /// one of which it holds. A token narrowed to fewer scopes must not
+    /// claim a role it cannot exercise, or a resource server that
+    /// authorizes by role would grant more than the token's scopes allow;
+    /// a role with no scopes grants nothing, so claiming it would only
+    /// lend its name.
+    pub(crate) fn held_with(&self, scope: &str, namespace: &str) -> Vec<String> {
         if self.roles.is_empty() {
             return vec![];
         }
         let scopes: BTreeSet<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
-        let held: BTreeSet<&str> = self
+        let held: BTreeSet<String> = self
             .roles
             .iter()
+            .filter(|r| !r.scopes.is_empty())
             .filter(|r| r.scopes.iter().all(|s| scopes.contains(s.as_str())))
-            .map(|r| r.name.as_str())
+            .map(|r| r.claim_name(namespace))
             .collect();
         held.into_iter().collect()
     }
@@ -107,6 +133,7 @@ pub(crate) fn resolve_roles(
     for r in role_refs(account, default) {
         match lookup(&r) {
             Some(scopes) => roles.push(GrantedRole {
+                kind: r.kind,
                 name: r.name,
                 scopes,
             }),
@@ -197,19 +224,25 @@ mod tests {
                 "one namespaced",
                 vec![(N, "reader")],
                 None,
-                Ok((vec!["reader"], set(&["repo:read"]))),
+                Ok((vec!["ns/reader"], set(&["repo:read"]))),
             ),
             (
                 "union of roles",
                 vec![(N, "reader"), (N, "writer")],
                 None,
-                Ok((vec!["reader", "writer"], set(&["repo:read", "repo:write"]))),
+                Ok((
+                    vec!["ns/reader", "ns/writer"],
+                    set(&["repo:read", "repo:write"]),
+                )),
             ),
             (
-                "same name, both kinds: both granted, named once",
+                "same name, both kinds: both granted, told apart",
                 vec![(N, "reader"), (C, "reader")],
                 None,
-                Ok((vec!["reader"], set(&["repo:read", "audit:read"]))),
+                Ok((
+                    vec!["ns/reader", "reader"],
+                    set(&["repo:read", "audit:read"]),
+                )),
             ),
             (
                 "default role",
@@ -252,7 +285,7 @@ mod tests {
             let got = resolve(&account(&refs), default);
             match (got, want) {
                 (Ok(g), Ok((names, scopes))) => {
-                    assert_eq!(g.names(), names, "{name}");
+                    assert_eq!(g.names("ns"), names, "{name}");
                     assert_eq!(g.scopes(), scopes, "{name}");
                 }
                 (Err(e), Err(listed)) => {
@@ -269,6 +302,23 @@ mod tests {
     }
 
     #[test]
+    fn claim_names_cannot_collide() {
+        // The tenant's M2MRole and the cluster role of the same name.
+        assert_eq!(
+            claim_name(RoleKind::M2MRole, "team-a", "platform-admin"),
+            "team-a/platform-admin"
+        );
+        assert_eq!(
+            claim_name(RoleKind::ClusterM2MRole, "team-a", "platform-admin"),
+            "platform-admin"
+        );
+        assert_ne!(
+            claim_name(RoleKind::M2MRole, "a", "b"),
+            claim_name(RoleKind::M2MRole, "b", "a")
+        );
+    }
+
+    #[test]
     fn a_token_claims_only_the_roles_whose_scopes_it_holds() {
         let g = resolve(
             &account(&[(RoleKind::M2MRole, "reader"), (RoleKind::M2MRole, "writer")]),
@@ -276,12 +326,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            g.held_with("repo:read repo:write"),
-            ["empty", "reader", "writer"]
+            g.held_with("repo:read repo:write", "ns"),
+            ["ns/reader", "ns/writer"]
         );
-        assert_eq!(g.held_with("repo:read"), ["empty", "reader"]);
-        assert_eq!(g.held_with("own"), ["empty"]);
-        assert_eq!(g.held_with(""), ["empty"]);
-        assert!(RoleGrant::none().held_with("own").is_empty());
+        assert_eq!(g.held_with("repo:read", "ns"), ["ns/reader"]);
+        // A role without scopes is never claimed.
+        assert!(g.held_with("own", "ns").is_empty());
+        assert!(g.held_with("", "ns").is_empty());
+        assert!(RoleGrant::none().held_with("own", "ns").is_empty());
     }
 }

@@ -1457,8 +1457,8 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .roles
-                .names(),
-            ["base", "writer"]
+                .names("a"),
+            ["a/writer", "base"]
         );
         // b/x references a role its namespace does not have.
         assert_eq!(

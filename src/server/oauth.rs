@@ -76,9 +76,10 @@ struct ClaimsOut<'a> {
     jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
-    /// RFC 9068 §2.2.3.1: the roles whose every scope the token holds.
+    /// RFC 9068 §2.2.3.1: the roles whose every scope the token holds,
+    /// by their unambiguous claim names ([`crate::core::roles::claim_name`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    roles: Vec<&'a str>,
+    roles: Vec<String>,
     m2m_sv: i64,
 }
 
@@ -397,7 +398,7 @@ impl TokenServer {
             jti: &jti,
             client_id: &entry.client_id,
             scope: &scope,
-            roles: grant.roles.held_with(&scope),
+            roles: grant.roles.held_with(&scope, &entry.namespace),
             m2m_sv: version,
         };
         let claims_json = serde_json::to_vec(&claims)

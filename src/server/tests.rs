@@ -1485,16 +1485,16 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
         claims["scope"],
         "artifacts:read artifacts:write deploy:staging repo:read"
     );
-    assert_eq!(claims["roles"], serde_json::json!(["base", "deployer"]));
+    // The default role "base" has no scopes: never claimed.
+    assert_eq!(claims["roles"], serde_json::json!(["team-a/deployer"]));
 
     let (status, _, body) = world.token(&client, "&scope=deploy%3Astaging").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let narrow = body["access_token"].as_str().unwrap();
     let claims = decode_with_jwks(&world, narrow, SigningAlg::Es256).await;
-    assert_eq!(
-        claims["roles"],
-        serde_json::json!(["base"]),
-        "deployer not fully held"
+    assert!(
+        claims.get("roles").is_none(),
+        "deployer not fully held: {claims}"
     );
 
     // The default role is missing: nothing is granted, not even own scopes.
@@ -1517,4 +1517,63 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
 
 mod api_tokens;
 mod workload;
+
+/// A tenant's `M2MRole platform-admin` with no scopes must not make its
+/// tokens say `roles: ["platform-admin"]` — the name of the cluster
+/// admin's `ClusterM2MRole platform-admin` (`admin:all`), which the token
+/// does not hold. Namespaced roles are claimed as `<namespace>/<name>`,
+/// cluster roles by their bare name, and a role with no scopes never.
+#[tokio::test]
+async fn a_roles_claim_never_names_a_role_the_token_does_not_hold() {
+    use super::index::RoleSource;
+    use crate::crd::{RoleKind, RoleRef};
+    let mut world = World::new(SigningAlg::Es256);
+    world.account_mut("ci-bot").spec.role_refs = [
+        (RoleKind::M2MRole, "platform-admin"),
+        (RoleKind::M2MRole, "deployer"),
+        (RoleKind::ClusterM2MRole, "base"),
+    ]
+    .into_iter()
+    .map(|(kind, name)| RoleRef {
+        kind,
+        name: name.into(),
+    })
+    .collect();
+    let client = world.simple("tenant");
+    let role = |kind, name: &str, scopes: &[&str]| RoleSource {
+        kind,
+        namespace: if kind == RoleKind::M2MRole {
+            NS.into()
+        } else {
+            String::new()
+        },
+        name: name.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        deleting: false,
+    };
+    world
+        .state
+        .set_credentials(CredentialIndex::build_with_roles(
+            &world.credentials,
+            &world.accounts,
+            &world.namespaces,
+            vec![
+                role(RoleKind::M2MRole, "platform-admin", &[]),
+                role(RoleKind::M2MRole, "deployer", &["deploy:staging"]),
+                role(RoleKind::ClusterM2MRole, "base", &["repo:read"]),
+                role(RoleKind::ClusterM2MRole, "platform-admin", &["admin:all"]),
+            ],
+            &ScopePolicy::allow_all(),
+            None,
+            Utc::now(),
+        ));
+    let token = world.access_token(&client).await;
+    let claims = decode_with_jwks(&world, &token, SigningAlg::Es256).await;
+    assert!(!claims["scope"].as_str().unwrap().contains("admin:all"));
+    assert_eq!(
+        claims["roles"],
+        serde_json::json!(["base", "team-a/deployer"]),
+        "{claims}"
+    );
+}
 
