@@ -20,6 +20,39 @@ use tracing_subscriber::EnvFilter;
 /// The tracing target of audit lines.
 pub(crate) const AUDIT_TARGET: &str = "audit";
 
+/// Longest audit field kept, in characters.
+pub(crate) const MAX_AUDIT_FIELD_CHARS: usize = 256;
+
+/// An audit field as it may be logged, whatever its source: control
+/// characters escaped (`\n` as `\u{a}`, so a value can never end the line
+/// and forge the next one in the text format) and at most
+/// [`MAX_AUDIT_FIELD_CHARS`] characters (then `…`). Every string field of
+/// every audit line goes through it; values a caller presented (a client
+/// id) are first made safe to reveal by the token server's
+/// `loggable_client_id`.
+pub(crate) fn audit_field(value: &str) -> std::borrow::Cow<'_, str> {
+    let clean = value.chars().count() <= MAX_AUDIT_FIELD_CHARS
+        && !value
+            .chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}');
+    if clean {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len().min(4 * MAX_AUDIT_FIELD_CHARS));
+    for (i, c) in value.chars().enumerate() {
+        if i == MAX_AUDIT_FIELD_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Install the global tracing subscriber. The filter comes from `RUST_LOG`
 /// (default `info`). Calling it twice is harmless (the second call is ignored).
 pub(crate) fn init_logging(format: LogFormat) {
@@ -398,6 +431,21 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn audit_fields_cannot_break_the_line() {
+        assert_eq!(super::audit_field("m2mc_abc"), "m2mc_abc");
+        assert_eq!(
+            super::audit_field("a\nb\r\u{1b}c"),
+            "a\\u{a}b\\u{d}\\u{1b}c"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            super::audit_field(&long).chars().count(),
+            super::MAX_AUDIT_FIELD_CHARS + 1
+        );
+        assert!(!super::audit_field("a\u{2028}b").contains('\u{2028}'));
+    }
+
     use super::*;
 
     #[test]

@@ -33,7 +33,7 @@ use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
 use crate::core::workload::WORKLOAD_IDENTITY_VERSION;
 use crate::crd::SecretVerifier;
-use crate::telemetry::AUDIT_TARGET;
+use crate::telemetry::{AUDIT_TARGET, audit_field};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -446,7 +446,11 @@ impl TokenServer {
                 (entry, version, method, keys)
             }
             Some(assertion) => {
-                let who = || Some(Box::new(Who::asserted(&assertion)));
+                let known = assertion
+                    .client_id
+                    .as_deref()
+                    .is_some_and(|id| self.inner.state.credentials().get(id).is_some());
+                let who = || Some(Box::new(Who::asserted(&assertion, known)));
                 let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
                 let result = self.authenticate_assertion(&assertion, source, now).await;
                 let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
@@ -508,13 +512,13 @@ impl TokenServer {
             target: AUDIT_TARGET,
             event = "token",
             outcome = "ok",
-            client_id = %entry.client_id,
-            namespace = %entry.namespace,
-            credential = %entry.name,
-            service_account = %entry.service_account,
+            client_id = %audit_field(&entry.client_id),
+            namespace = %audit_field(&entry.namespace),
+            credential = %audit_field(&entry.name),
+            service_account = %audit_field(&entry.service_account),
             auth_method = method,
-            scope = %scope,
-            jti = %jti,
+            scope = %audit_field(&scope),
+            jti = %audit_field(&jti),
             secret_version = version,
             exp,
             "token issued"
@@ -633,11 +637,11 @@ impl Refusal {
                 target: AUDIT_TARGET,
                 event = "token",
                 outcome = error.outcome(),
-                client_id = %who.client_id,
-                namespace = who.namespace.as_deref(),
-                service_account = who.service_account.as_deref(),
+                client_id = %audit_field(&who.client_id),
+                namespace = who.namespace.as_deref().map(audit_field).as_deref(),
+                service_account = who.service_account.as_deref().map(audit_field).as_deref(),
                 auth_method = who.method,
-                reason = %error.description,
+                reason = %audit_field(&error.description),
                 "token refused"
             );
         }
@@ -667,10 +671,15 @@ impl Who {
     }
 
     /// A workload-identity request before it is authenticated: the
-    /// `client_id` if sent (the token is never logged).
-    fn asserted(assertion: &super::assertion::ClientAssertion) -> Self {
+    /// `client_id` if sent, logged in full only if `known`, as for secrets
+    /// ([`loggable_client_id`]); the token is never logged.
+    fn asserted(assertion: &super::assertion::ClientAssertion, known: bool) -> Self {
         Self {
-            client_id: assertion.client_id.clone().unwrap_or_default(),
+            client_id: assertion
+                .client_id
+                .as_deref()
+                .map(|id| loggable_client_id(id, known))
+                .unwrap_or_default(),
             namespace: None,
             service_account: None,
             method: super::assertion::METHOD,
@@ -842,10 +851,10 @@ pub async fn revoke(
             target: AUDIT_TARGET,
             event = "revoke",
             outcome = "ok",
-            client_id = %caller.client_id,
-            namespace = %caller.namespace,
-            service_account = %caller.service_account,
-            jti = %claims.jti,
+            client_id = %audit_field(&caller.client_id),
+            namespace = %audit_field(&caller.namespace),
+            service_account = %audit_field(&caller.service_account),
+            jti = %audit_field(&claims.jti),
             "token revoked"
         );
     }

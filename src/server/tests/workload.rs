@@ -341,3 +341,38 @@ async fn refused_assertions_never_evict_valid_ones_from_the_cache() {
     );
 }
 
+/// The workload-identity path logs a presented `client_id` as the secret
+/// path does: a client secret sent as `client_id` shows as a short hash,
+/// and a `client_id` carrying a newline cannot forge an audit line in the
+/// text format (every audit field is escaped).
+#[tokio::test]
+async fn the_audit_log_of_assertions_shows_no_secret_and_cannot_be_forged() {
+    let (logs, _guard) = LogBuffer::capture();
+    let reviewer = Arc::new(Reviewer::default());
+    let mut world = world_with(reviewer, CacheBounds::default());
+    world.workload("uploads", "uploader");
+    let secret_client = world.simple("secrets");
+    let token = plausible("uploader", 7);
+    let r = world
+        .assert_from("10.0.0.1", &token, Some(&secret_client.secret))
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_client");
+    let forged = "x\n2026-12-02T01:00:00.000000Z  INFO audit: token issued event=\"token\" \
+                  outcome=\"ok\" client_id=m2mc_admin namespace=kube-system scope=admin:all";
+    let r = world.assert_from("10.0.0.2", &token, Some(forged)).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "invalid_client");
+    let text = logs.text();
+    assert!(
+        !text.contains(&secret_client.secret[5..]),
+        "secret in the log:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.contains("token issued")),
+        "a forged audit line:\n{text}"
+    );
+    assert_eq!(
+        text.matches("client_id=unknown:sha256:").count(),
+        2,
+        "{text}"
+    );
+}
