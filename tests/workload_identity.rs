@@ -222,7 +222,7 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     assert_eq!(c["client_id"], client_id);
     assert_eq!(c["scope"], "repo:read");
     assert_eq!(c["aud"], issuer);
-    assert_eq!(c["m2m_sv"], 0);
+    assert_eq!(c["m2m_sv"], json!(binding.epoch), "the binding's epoch");
     assert_eq!(body["expires_in"], 600);
     // With client_id, asking for a scope and audience as usual.
     let (code, body) = exchange(&op.url, &good, Some(&client_id), &[("scope", "repo:read")]).await;
@@ -266,7 +266,7 @@ async fn bound_service_account_token_gets_a_token_and_every_other_token_is_refus
     };
     let info = introspect(access.clone()).await;
     assert_eq!(info["active"], true, "{info}");
-    assert_eq!(info["m2m_sv"], 0);
+    assert_eq!(info["m2m_sv"], json!(binding.epoch));
 
     // Refused, all with the same 401 invalid_client.
     let mut forged_parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -776,6 +776,112 @@ spec:
         (exchange(&op.url, &token, None, &[]).await.0 == 200).then_some(())
     })
     .await;
+}
+
+/// Is `token` active, asked by the resource-server credential?
+async fn active(base: &str, rs: &(String, String), token: &str) -> bool {
+    let v: Value = http()
+        .post(format!("{base}/oauth/introspect"))
+        .basic_auth(&rs.0, Some(&rs.1))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["active"] == json!(true)
+}
+
+/// Tokens of an earlier workload-identity binding never come back: a
+/// binding switched to another ServiceAccount, or removed and added again,
+/// leaves every token issued before inactive (each switch starts a new
+/// epoch, carried in `m2m_sv`).
+#[tokio::test]
+async fn tokens_of_an_earlier_binding_stay_inactive_after_a_switch_or_re_adding() {
+    let ns = TestNamespace::new("wi-epoch").await;
+    let issuer = format!("https://m2m.{}.test", ns.name);
+    let op = start_run(&ns, &issuer);
+    op.wait_ready().await;
+    apply(&ns, setup_yaml());
+    wait_workload_ready(&ns, "uploads").await;
+    let rs = support::credential_secret(&ns, "resource-server", 1, Duration::from_secs(30)).await;
+    let uploader = mint(&ns.name, "uploader", &issuer, &[]);
+    let intruder = mint(&ns.name, "intruder", &issuer, &[]);
+    let get_token = |assertion: String| {
+        let url = op.url.clone();
+        async move {
+            eventually(
+                "a token for the binding",
+                Duration::from_secs(10),
+                || async {
+                    let (code, body) = exchange(&url, &assertion, None, &[]).await;
+                    (code == 200).then(|| body["access_token"].as_str().unwrap().to_owned())
+                },
+            )
+            .await
+        }
+    };
+    let first = get_token(uploader.clone()).await;
+    assert!(active(&op.url, &rs, &first).await);
+
+    let creds = ns.api::<M2MCredential>();
+    let set_binding = |sa: Option<&str>| {
+        let wi = sa.map_or(Value::Null, |sa| json!({ "kubernetesServiceAccount": sa }));
+        let creds = creds.clone();
+        async move {
+            creds
+                .patch(
+                    "uploads",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "spec": { "workloadIdentity": wi } })),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Switch to another ServiceAccount: the first token is inactive.
+    set_binding(Some("intruder")).await;
+    let second = get_token(intruder.clone()).await;
+    assert!(
+        !active(&op.url, &rs, &first).await,
+        "a token of the previous binding is still active"
+    );
+    // Back to the first ServiceAccount: neither earlier token revives.
+    set_binding(Some("uploader")).await;
+    let third = get_token(uploader.clone()).await;
+    assert!(active(&op.url, &rs, &third).await);
+    assert!(
+        !active(&op.url, &rs, &first).await,
+        "the first token revived"
+    );
+    assert!(
+        !active(&op.url, &rs, &second).await,
+        "the second token revived"
+    );
+    // Removed (secret-based) and added again: still nothing revives.
+    set_binding(None).await;
+    eventually(
+        "inactive without workload identity",
+        Duration::from_secs(10),
+        || async { (!active(&op.url, &rs, &third).await).then_some(()) },
+    )
+    .await;
+    set_binding(Some("uploader")).await;
+    let fourth = get_token(uploader.clone()).await;
+    assert!(active(&op.url, &rs, &fourth).await);
+    for (name, token) in [("first", &first), ("second", &second), ("third", &third)] {
+        assert!(
+            !active(&op.url, &rs, token).await,
+            "the {name} token revived"
+        );
+    }
+    let cred = creds.get("uploads").await.unwrap();
+    let status = serde_json::to_value(cred.status.unwrap()).unwrap();
+    assert_eq!(
+        claims(&fourth)["m2m_sv"],
+        status["workloadIdentity"]["epoch"]
+    );
 }
 
 /// A forged assertion per request (unsigned, naming a bound ServiceAccount)

@@ -204,7 +204,7 @@ pub(crate) async fn reconcile(
         return Ok(Action::await_change());
     }
     let key = ctx.verifier_key.load_full().ok_or(Error::KeysNotReady)?;
-    let (ns, _, uid) = identity(&cred)?;
+    let (ns, cred_name, uid) = identity(&cred)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let account = ctx
         .accounts
@@ -237,6 +237,9 @@ pub(crate) async fn reconcile(
             expires_at: cred.spec.expires_at,
             grant: grant.as_ref(),
             issuer: &ctx.config.issuer,
+            name: &cred_name,
+            uid: &uid,
+            key: &key,
         };
         return super::workload::reconcile(&cred, &ctx, &input, &uid, now).await;
     }

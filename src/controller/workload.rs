@@ -55,6 +55,12 @@ pub struct WorkloadInputs<'a> {
     pub grant: Result<&'a Grant, &'a GrantError>,
     /// The issuer URL (the default audience).
     pub issuer: &'a str,
+    /// The credential's name and UID (bound into the epoch's seal).
+    pub name: &'a str,
+    /// See `name`.
+    pub uid: &'a str,
+    /// The verifier key that seals the epoch.
+    pub key: &'a crate::core::verifier::VerifierKey,
 }
 
 /// Decide the status, the Secret deletion and the Events of a
@@ -82,10 +88,10 @@ pub fn plan(
     status.conditions.retain(|c| c.type_ != SECRET_SYNCED);
 
     let binding = resolve_binding(input.namespace, input.spec);
-    status.workload_identity = binding.as_ref().ok().map(|b| WorkloadIdentityStatus {
-        subject: b.subject(),
-        audience: b.audience_or(input.issuer).to_owned(),
-    });
+    status.workload_identity = binding
+        .as_ref()
+        .ok()
+        .map(|b| epoch_status(old, input, b.subject(), b.audience_or(input.issuer)));
     if switched {
         events.push((
             EventType::Normal,
@@ -132,6 +138,60 @@ pub fn plan(
         delete_secret,
         events,
     }
+}
+
+/// `status.workloadIdentity` for the binding `subject`/`audience`, with its
+/// epoch: kept while the binding is the one the old status carries (sealed,
+/// and no spec generation went unseen since, which might have hidden a
+/// switch away and back); otherwise renewed to the current generation,
+/// which is above every earlier epoch of this credential. So tokens of an
+/// earlier binding, or of the same binding before it was removed and added
+/// again, never come back. Sealed under the verifier key.
+fn epoch_status(
+    old: &M2MCredentialStatus,
+    input: &WorkloadInputs<'_>,
+    subject: String,
+    audience: &str,
+) -> WorkloadIdentityStatus {
+    use crate::core::verifier::SecretBinding;
+    use crate::core::workload::epoch_verifier;
+    let binding = SecretBinding {
+        namespace: input.namespace,
+        name: input.name,
+        uid: input.uid,
+        client_id: input.client_id,
+        version: 0,
+    };
+    let generation = input.generation.unwrap_or(1).max(1);
+    let nothing_unseen = old
+        .observed_generation
+        .is_some_and(|seen| seen >= generation - 1);
+    let kept = old.workload_identity.as_ref().filter(|o| {
+        o.subject == subject
+            && o.audience == audience
+            && o.epoch > 0
+            && nothing_unseen
+            && input
+                .key
+                .is_sealed(&binding.with_version(o.epoch), &epoch_verifier(o))
+    });
+    let epoch = match kept {
+        Some(o) => o.epoch,
+        None => {
+            let previous = old.workload_identity.as_ref().map_or(0, |o| o.epoch);
+            generation.max(previous.saturating_add(1))
+        }
+    };
+    let mut status = WorkloadIdentityStatus {
+        subject,
+        audience: audience.to_owned(),
+        epoch,
+        seal: None,
+    };
+    let mut sealed = epoch_verifier(&status);
+    input.key.seal(&binding.with_version(epoch), &mut sealed);
+    status.seal = sealed.seal;
+    status
 }
 
 /// Apply [`plan`] for `cred`.
@@ -203,24 +263,72 @@ mod tests {
         }
     }
 
+    fn key() -> crate::core::verifier::VerifierKey {
+        crate::core::verifier::VerifierKey::from_bytes(&[3; 32]).unwrap()
+    }
+
     fn run(
         old: &M2MCredentialStatus,
         wi: &WorkloadIdentity,
         g: Result<&Grant, &GrantError>,
     ) -> WorkloadPlan {
+        run_at(old, wi, g, 2)
+    }
+
+    fn run_at(
+        old: &M2MCredentialStatus,
+        wi: &WorkloadIdentity,
+        g: Result<&Grant, &GrantError>,
+        generation: i64,
+    ) -> WorkloadPlan {
+        let key = key();
         plan(
             old,
             &WorkloadInputs {
                 namespace: "team-a",
                 client_id: "m2m_x",
-                generation: Some(2),
+                generation: Some(generation),
                 spec: wi,
                 expires_at: None,
                 grant: g,
                 issuer: "https://iss",
+                name: "c",
+                uid: "u",
+                key: &key,
             },
             at(100),
         )
+    }
+
+    /// The epoch stays while the binding does, and is renewed on a change
+    /// of binding, on re-entering the mode and when a generation went unseen.
+    #[test]
+    fn the_epoch_is_renewed_on_every_binding_change() {
+        let g = grant();
+        let first = run_at(&M2MCredentialStatus::default(), &spec("a"), Ok(&g), 2).status;
+        let epoch = |s: &M2MCredentialStatus| s.workload_identity.as_ref().unwrap().epoch;
+        assert_eq!(epoch(&first), 2);
+        // An unrelated spec change (generation 3, seen 2): kept.
+        let same = run_at(&first, &spec("a"), Ok(&g), 3).status;
+        assert_eq!(epoch(&same), 2);
+        // Another ServiceAccount: renewed.
+        let other = run_at(&same, &spec("b"), Ok(&g), 4).status;
+        assert_eq!(epoch(&other), 4);
+        // Back to the first after an unseen generation: renewed again.
+        let back = run_at(&other, &spec("a"), Ok(&g), 6).status;
+        assert_eq!(epoch(&back), 6);
+        // Left the mode (no workloadIdentity in status) and came back.
+        let mut left = back.clone();
+        left.workload_identity = None;
+        left.observed_generation = Some(7);
+        assert_eq!(epoch(&run_at(&left, &spec("a"), Ok(&g), 8).status), 8);
+        // A forged (unsealed) epoch is not kept: the current generation
+        // is taken again, never the forged number.
+        let mut forged = back.clone();
+        forged.workload_identity.as_mut().unwrap().epoch = 1;
+        let renewed = run_at(&forged, &spec("a"), Ok(&g), 6).status;
+        assert_eq!(epoch(&renewed), 6);
+        assert_ne!(renewed.workload_identity.unwrap().seal, None);
     }
 
     fn ready(p: &WorkloadPlan) -> (ConditionStatus, String) {
@@ -259,13 +367,11 @@ mod tests {
             "kept: a switch back moves on to 4"
         );
         assert_eq!(p.status.mode, Some(CredentialMode::WorkloadIdentity));
-        assert_eq!(
-            p.status.workload_identity,
-            Some(WorkloadIdentityStatus {
-                subject: "system:serviceaccount:team-a:uploader".into(),
-                audience: "https://iss".into(),
-            })
-        );
+        let wi = p.status.workload_identity.clone().unwrap();
+        assert_eq!(wi.subject, "system:serviceaccount:team-a:uploader");
+        assert_eq!(wi.audience, "https://iss");
+        assert_eq!(wi.epoch, 2, "the generation of the switch");
+        assert!(wi.seal.is_some());
         assert_eq!(ready(&p), (ConditionStatus::True, "Issuing".into()));
         let reasons: Vec<_> = p.events.iter().map(|e| e.1).collect();
         assert_eq!(reasons, ["WorkloadIdentityEnabled"]);

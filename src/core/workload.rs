@@ -9,7 +9,9 @@
 //! status, the token server builds its index from the same function, so
 //! both always agree.
 
-use crate::crd::{CredentialMode, M2MCredentialSpec, WorkloadIdentity};
+use crate::crd::{
+    CredentialMode, M2MCredentialSpec, SecretVerifier, WorkloadIdentity, WorkloadIdentityStatus,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -20,10 +22,31 @@ use std::time::Duration;
 pub(crate) const JWT_BEARER_ASSERTION_TYPE: &str =
     "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// The `m2m_sv` claim of tokens obtained with a service-account token: no
-/// secret version authenticated them. Stable; introspection accepts it only
-/// while the credential is in workload-identity mode.
+/// The usage version of workload-identity requests (`status.versionUsage`
+/// and dormancy): no secret version authenticated them. Their tokens'
+/// `m2m_sv` is the binding's epoch instead ([`epoch_verifier`]).
 pub(crate) const WORKLOAD_IDENTITY_VERSION: i64 = 0;
+
+/// How the digest of an [`epoch_verifier`] starts (then `<subject>:<audience>`).
+pub(crate) const EPOCH_DIGEST_PREFIX: &str = "workload-identity:";
+
+/// The binding and epoch of `status.workloadIdentity` in the shape the
+/// verifier seals take (a [`SecretVerifier`] whose version is the epoch and
+/// whose digest names the binding), so the controller seals and the token
+/// servers check it with the verifier key like any verifier. The digest
+/// text is no base64url, so it never matches a secret, and a sealed secret
+/// verifier never names a binding.
+pub(crate) fn epoch_verifier(status: &WorkloadIdentityStatus) -> SecretVerifier {
+    SecretVerifier {
+        version: status.epoch,
+        digest: format!(
+            "{EPOCH_DIGEST_PREFIX}{}:{}",
+            status.subject, status.audience
+        ),
+        not_after: None,
+        seal: status.seal.clone(),
+    }
+}
 
 /// Default bound of a cached TokenReview result.
 pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);

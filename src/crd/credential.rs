@@ -192,6 +192,16 @@ pub struct WorkloadIdentityStatus {
     pub subject: String,
     /// The audience those tokens must carry.
     pub audience: String,
+    /// The workload-identity epoch: the credential's `metadata.generation`
+    /// when this binding took effect, renewed on every switch into
+    /// workload-identity mode and every change of the binding. Tokens carry
+    /// it as `m2m_sv`; only the current epoch's tokens are active.
+    #[serde(default)]
+    pub epoch: i64,
+    /// A keyed hash (under the operator's verifier key) over the epoch and
+    /// the binding: the token servers ignore an epoch without a valid seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// When the client secret is replaced, and for how long the previous one

@@ -128,10 +128,11 @@ pub struct ServiceAccountStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub effective_scopes: Vec<String>,
 
-    /// Names of the roles granted to this identity (its `roleRefs` and the
-    /// operator's default role), sorted; access tokens carry those whose
-    /// every scope they hold in their `roles` claim. Empty while the
-    /// identity is not valid.
+    /// The roles granted to this identity (its `roleRefs` and the
+    /// operator's default role), sorted, named as in the `roles` claim: a
+    /// ClusterM2MRole by its name, an M2MRole as `<namespace>/<name>`.
+    /// Access tokens claim those with scopes whose every scope they hold.
+    /// Empty while the identity is not valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 

@@ -500,8 +500,9 @@ impl TokenServer {
         &self,
         assertion: &ClientAssertion,
         source: Option<std::net::IpAddr>,
+        keys: &super::index::KeyMaterial,
         now: DateTime<Utc>,
-    ) -> Result<Arc<CredentialEntry>, OAuthError> {
+    ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
         let claimed = claimed_identity(&assertion.token);
         // Failures count against the client id, else the claimed subject,
         // and the source, as for secrets (a valid assertion is never refused).
@@ -566,13 +567,21 @@ impl TokenServer {
                 if reserved.load(std::sync::atomic::Ordering::Relaxed) {
                     limiter.refund_source(source, std::time::Instant::now());
                 }
+                // The token carries the binding's current epoch; until the
+                // controller has sealed one for this binding (just after a
+                // switch) there is none to give.
+                let Some(epoch) = entry.workload_epoch(&keys.verifier_key) else {
+                    return Err(OAuthError::unavailable(
+                        "the credential's workload-identity binding is not confirmed by the controller yet; retry",
+                    ));
+                };
                 let usage = &self.inner.state.usage().recorder;
                 usage.record(
                     &entry.client_id,
                     crate::core::workload::WORKLOAD_IDENTITY_VERSION,
                     now.timestamp(),
                 );
-                Ok(entry)
+                Ok((entry, epoch))
             }
             // After a review its failure is already charged to the source.
             AssertionOutcome::Valid(_) | AssertionOutcome::Refused

@@ -25,7 +25,7 @@ use crate::core::grant::{Grant, GrantError, ScopePolicy, ScopePolicyError, resol
 use crate::core::policy::annotated_policy;
 use crate::core::roles::{RoleGrant, RoleResolution, resolve_roles};
 use crate::core::verifier::{SecretBinding, VerifierKey, is_accepted};
-use crate::core::workload::{WORKLOAD_IDENTITY_VERSION, WorkloadBinding, WorkloadError};
+use crate::core::workload::{WorkloadBinding, WorkloadError};
 use crate::crd::{
     ClusterM2MRole, CredentialType, M2MCredential, M2MCredentialSpec, M2MRole, RoleKind, RoleRef,
     SecretVerifier, ServiceAccount, ServiceAccountSpec,
@@ -76,6 +76,10 @@ pub struct CredentialEntry {
     pub api_token_end: Option<DateTime<Utc>>,
     /// Which verifiers carry a valid seal, computed on first use.
     pub seals: SealCache,
+    /// Workload identity: `status.workloadIdentity` as a sealed epoch
+    /// ([`crate::core::workload::epoch_verifier`]) when it names the
+    /// binding the spec declares; `None` until the controller confirmed it.
+    pub workload_epoch: Option<SecretVerifier>,
 }
 
 /// Which of an entry's verifiers carry a valid seal under a verifier key,
@@ -144,16 +148,35 @@ impl CredentialEntry {
         }
     }
 
-    /// Whether secret `version` is accepted at `now`.
+    /// The current workload-identity epoch: the one the controller sealed
+    /// for the ServiceAccount the spec binds. (The audience in status is
+    /// the controller's default; the token server checks the assertion's
+    /// audience itself, and the controller renews the epoch when it changes.)
+    pub(crate) fn workload_epoch(&self, key: &VerifierKey) -> Option<i64> {
+        let Some(Ok(binding)) = &self.workload else {
+            return None;
+        };
+        let epoch = self.workload_epoch.as_ref()?;
+        let names_binding = epoch
+            .digest
+            .strip_prefix(crate::core::workload::EPOCH_DIGEST_PREFIX)
+            .and_then(|rest| rest.strip_prefix(binding.subject().as_str()))
+            .is_some_and(|rest| rest.starts_with(':'));
+        (names_binding && key.is_sealed(&self.binding(epoch.version), epoch))
+            .then_some(epoch.version)
+    }
+
+    /// Whether secret `version` is accepted at `now`. A workload-identity
+    /// credential accepts only its current epoch.
     pub(crate) fn accepts_version(
         &self,
         key: &VerifierKey,
         version: i64,
         now: DateTime<Utc>,
     ) -> bool {
-        // workload-identity hook: tokens carry version 0 while the binding is valid.
-        if let Some(binding) = &self.workload {
-            return binding.is_ok() && version == WORKLOAD_IDENTITY_VERSION;
+        // workload-identity hook: tokens carry the binding's current epoch.
+        if self.workload.is_some() {
+            return self.workload_epoch(key) == Some(version);
         }
         let sealed = self.seals(key);
         self.verifiers
@@ -218,6 +241,8 @@ pub(crate) struct CredentialSource {
     pub spec: M2MCredentialSpec,
     /// `status.verifiers`.
     pub verifiers: Vec<SecretVerifier>,
+    /// `status.workloadIdentity` as a sealed epoch.
+    pub workload_epoch: Option<SecretVerifier>,
     /// `status.nextRotationTime` (API tokens' `exp` in introspection).
     pub next_rotation: Option<DateTime<Utc>>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
@@ -255,6 +280,11 @@ impl CredentialSource {
                 .as_ref()
                 .map(|s| s.verifiers.clone())
                 .unwrap_or_default(),
+            workload_epoch: cred
+                .status
+                .as_ref()
+                .and_then(|s| s.workload_identity.as_ref())
+                .map(crate::core::workload::epoch_verifier),
             next_rotation: match spec.type_ {
                 CredentialType::ApiToken => cred.status.as_ref().and_then(|s| s.next_rotation_time),
                 CredentialType::ClientSecret => None,
@@ -569,6 +599,7 @@ impl CredentialIndexer {
             && record.spec == source.spec
             && record.entry.uid == source.uid
             && record.entry.verifiers == source.verifiers
+            && record.entry.workload_epoch == source.workload_epoch
             && record.entry.api_token_end == api_token_end
         {
             return false;
@@ -617,6 +648,11 @@ impl CredentialIndexer {
             // secret, even before the controller clears its verifiers.
             verifiers: if no_secret { vec![] } else { source.verifiers },
             seals: SealCache::default(),
+            workload_epoch: if workload.is_some() {
+                source.workload_epoch
+            } else {
+                None
+            },
             workload,
             api_token,
             api_token_end,

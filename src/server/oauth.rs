@@ -31,7 +31,6 @@ use super::revocation::Revoked;
 use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
 use crate::core::verifier::{SecretBinding, VerifierKey};
-use crate::core::workload::WORKLOAD_IDENTITY_VERSION;
 use crate::crd::SecretVerifier;
 use crate::telemetry::{AUDIT_TARGET, audit_field};
 use axum::body::Body;
@@ -49,9 +48,9 @@ use std::time::Instant;
 /// The private claim carrying the client-secret version that authenticated
 /// the token request. Stable: introspection compares it with the versions
 /// the credential still accepts. Tokens obtained with a Kubernetes
-/// service-account token (workload identity) carry
-/// [`WORKLOAD_IDENTITY_VERSION`] (`0`), accepted while the credential stays
-/// in workload-identity mode.
+/// service-account token (workload identity) carry the binding's epoch
+/// (`status.workloadIdentity.epoch`), accepted only while it is current:
+/// a switch of binding or of mode starts a new one.
 pub(crate) const SECRET_VERSION_CLAIM: &str = "m2m_sv";
 
 /// The client-credentials grant (the other one, RFC 8693 token exchange of
@@ -178,6 +177,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             default_scope: String::new(),
             verifiers: Vec::new(),
             workload: None,
+            workload_epoch: None,
             api_token: false,
             api_token_end: None,
             seals: Default::default(),
@@ -452,12 +452,14 @@ impl TokenServer {
                     .is_some_and(|id| self.inner.state.credentials().get(id).is_some());
                 let who = || Some(Box::new(Who::asserted(&assertion, known)));
                 let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
-                let result = self.authenticate_assertion(&assertion, source, now).await;
+                let result = self
+                    .authenticate_assertion(&assertion, source, &keys, now)
+                    .await;
                 let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
                 let method = super::assertion::METHOD;
                 self.inner.metrics.observe_client_auth(method, outcome);
-                let entry = result.map_err(|error| Refusal { error, who: who() })?;
-                (entry, WORKLOAD_IDENTITY_VERSION, method, keys)
+                let (entry, epoch) = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, epoch, method, keys)
             }
             None => {
                 let Some(creds) = credentials else {

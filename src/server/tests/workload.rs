@@ -82,21 +82,45 @@ fn world_with(reviewer: Arc<Reviewer>, bounds: CacheBounds) -> World {
 }
 
 impl World {
-    /// A workload-identity credential binding core ServiceAccount `sa`; its client id.
+    /// A workload-identity credential binding core ServiceAccount `sa`,
+    /// with the sealed epoch the controller writes; its client id.
     fn workload(&mut self, name: &str, sa: &str) -> String {
-        self.credential(
-            name,
-            M2MCredentialSpec {
-                service_account_name: "ci-bot".into(),
-                workload_identity: Some(WorkloadIdentity {
-                    kubernetes_service_account: sa.into(),
-                    audience: None,
-                    allow_default_service_account: false,
-                }),
-                ..Default::default()
-            },
-        )
-        .id
+        let id = self
+            .credential(
+                name,
+                M2MCredentialSpec {
+                    service_account_name: "ci-bot".into(),
+                    workload_identity: Some(WorkloadIdentity {
+                        kubernetes_service_account: sa.into(),
+                        audience: None,
+                        allow_default_service_account: false,
+                    }),
+                    ..Default::default()
+                },
+            )
+            .id;
+        self.set_epoch(name, sa, 2);
+        id
+    }
+
+    /// Write `status.workloadIdentity` of `name` as the controller does:
+    /// binding `sa` at `epoch`, sealed.
+    fn set_epoch(&mut self, name: &str, sa: &str, epoch: i64) {
+        let cred = self.cred_mut(name).clone();
+        let mut status = crate::crd::WorkloadIdentityStatus {
+            subject: format!("system:serviceaccount:{NS}:{sa}"),
+            audience: ISSUER.into(),
+            epoch,
+            seal: None,
+        };
+        let sealed = self.sealed(&cred, crate::core::workload::epoch_verifier(&status));
+        status.seal = sealed.seal;
+        self.cred_mut(name)
+            .status
+            .as_mut()
+            .unwrap()
+            .workload_identity = Some(status);
+        self.sync();
     }
 
     /// A client_credentials request authenticated by `token` from `ip`.
@@ -374,5 +398,47 @@ async fn the_audit_log_of_assertions_shows_no_secret_and_cannot_be_forged() {
         text.matches("client_id=unknown:sha256:").count(),
         2,
         "{text}"
+    );
+}
+
+/// A workload-identity token carries its binding's epoch as `m2m_sv` and
+/// is active only while that epoch is current and sealed.
+#[tokio::test]
+async fn workload_identity_tokens_are_active_only_in_their_epoch() {
+    let reviewer = Arc::new(Reviewer::default());
+    let mut world = world_with(reviewer.clone(), CacheBounds::default());
+    let rs = world.simple("resource-server");
+    world.workload("uploads", "uploader");
+    let real = plausible("uploader", 1);
+    reviewer
+        .valid
+        .lock()
+        .unwrap()
+        .insert(real.clone(), format!("system:serviceaccount:{NS}:uploader"));
+    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let claims = decode_with_jwks(&world, &token, SigningAlg::Es256).await;
+    assert_eq!(claims["m2m_sv"], 2);
+    assert!(world.active(&rs, &token).await);
+    // A new epoch (the binding switched away and back): inactive.
+    world.set_epoch("uploads", "uploader", 5);
+    assert!(!world.active(&rs, &token).await);
+    // An epoch that is not sealed is no epoch: nothing is issued.
+    world
+        .cred_mut("uploads")
+        .status
+        .as_mut()
+        .unwrap()
+        .workload_identity
+        .as_mut()
+        .unwrap()
+        .epoch = 2;
+    world.sync();
+    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        !world.active(&rs, &token).await,
+        "a forged epoch revived it"
     );
 }
