@@ -15,8 +15,12 @@
 //!
 //! Token exchange: `grant_type=urn:ietf:params:oauth:grant-type:token-exchange`
 //! with `subject_token=<API token>` and `subject_token_type` either
-//! [`ACCESS_TOKEN_TYPE`] or [`API_TOKEN_TYPE`]. The API token is the only
-//! authentication (no client credentials); the result is the same JWT a
+//! [`ACCESS_TOKEN_TYPE`] or [`API_TOKEN_TYPE`]. The API token authenticates
+//! the subject. A client may authenticate as well, by the usual methods
+//! (RFC 8693 §2.1; many libraries always do): a wrong client authentication
+//! is `401 invalid_client`, a right one is named in the token's `act` claim
+//! (§4.1) and adds nothing to what the API token allows. The result is the
+//! same JWT a
 //! client-credentials request of that credential gets — same `sub`,
 //! `client_id`, at most its scopes (`scope` narrows), its audiences
 //! (`audience`/`resource`), with the API token's version as `m2m_sv`, so
@@ -25,7 +29,7 @@
 
 use super::TokenServer;
 use super::error::OAuthError;
-use super::form::{ClientCredentials, Form};
+use super::form::Form;
 use super::index::{CredentialEntry, CredentialIndex, KeyMaterial};
 use super::oauth::unknown_client;
 use crate::core::api_token::client_id_of;
@@ -131,16 +135,10 @@ impl TokenServer {
     pub(crate) fn authenticate_exchange(
         &self,
         form: &Form,
-        credentials: Option<&ClientCredentials>,
         source: Option<IpAddr>,
         keys: &KeyMaterial,
         now: DateTime<Utc>,
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
-        if credentials.is_some() || form.get("client_assertion").is_some() {
-            return Err(OAuthError::invalid_request(
-                "token exchange takes no client authentication: the subject_token authenticates",
-            ));
-        }
         if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
             return Err(OAuthError::invalid_request(
                 "actor_token is not supported (no delegation)",

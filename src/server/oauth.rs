@@ -75,11 +75,23 @@ struct ClaimsOut<'a> {
     jti: &'a str,
     client_id: &'a str,
     scope: &'a str,
+    /// RFC 8693 §4.1: the client that exchanged another subject's token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<Actor<'a>>,
     /// RFC 9068 §2.2.3.1: the roles whose every scope the token holds,
     /// by their unambiguous claim names ([`crate::core::roles::claim_name`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     roles: Vec<String>,
     m2m_sv: i64,
+}
+
+/// The `act` claim (RFC 8693 §4.1): who acts for the token's subject.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Actor<'a> {
+    /// The acting client's identity, `m2m:<namespace>:<serviceaccount>`.
+    sub: std::borrow::Cow<'a, str>,
+    /// The acting client's id.
+    client_id: std::borrow::Cow<'a, str>,
 }
 
 /// `aud` as a string or an array of strings.
@@ -105,6 +117,8 @@ struct ClaimsIn {
     #[serde(default)]
     scope: String,
     m2m_sv: i64,
+    #[serde(default)]
+    act: Option<Actor<'static>>,
 }
 
 /// A fresh token id: 128 bits from a CSPRNG, base64url (valid as a
@@ -251,9 +265,17 @@ struct Presented<'a> {
     refuse: &'a (dyn Fn(OAuthError) -> Refusal + Sync),
 }
 
-/// An authenticated client: its credential, the secret version that
-/// matched, the authentication method's name and the keys in use.
-type Authenticated = (Arc<CredentialEntry>, i64, &'static str, Arc<KeyMaterial>);
+/// An authenticated request: the credential the token is for, the secret
+/// version that matched, the authentication method's name, the keys in
+/// use and, for a token exchange by an authenticated client, that client
+/// (the actor).
+type Authenticated = (
+    Arc<CredentialEntry>,
+    i64,
+    &'static str,
+    Arc<KeyMaterial>,
+    Option<Arc<CredentialEntry>>,
+);
 
 /// How a presented client id appears in logs: in full only when it is a
 /// known client id; anything else — a secret sent in its place (client_id
@@ -353,19 +375,17 @@ impl TokenServer {
             Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
         };
         let now = Utc::now();
-        // Workload identity hook: an RFC 7523 client assertion instead of a secret.
-        let assertion = if exchange {
-            None
-        } else {
-            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?
-        };
+        // Workload identity hook: an RFC 7523 client assertion instead of a
+        // secret (also the client authentication of a token exchange).
+        let assertion =
+            super::assertion::client_assertion(&form, credentials.as_ref()).map_err(refuse)?;
         let client = Presented {
             form: &form,
             credentials: credentials.as_ref(),
             source,
             refuse: &refuse,
         };
-        let (entry, version, method, keys) = self
+        let (entry, version, method, keys, actor) = self
             .authenticate_request(client, assertion, exchange, now)
             .await?;
         let refuse = |error: OAuthError| Refusal {
@@ -373,6 +393,16 @@ impl TokenServer {
             who: Some(Box::new(Who::of(&entry, method))),
         };
         let grant = entry.grant_at(now).map_err(|e| refuse(grant_error(&e)))?;
+        // An acting client must itself be in good standing (not disabled,
+        // deleted or expired); it adds nothing to what the subject token allows.
+        if let Some(actor) = &actor {
+            actor.grant_at(now).map_err(|e| {
+                refuse(OAuthError::unauthorized_client(format!(
+                    "the acting client may not obtain tokens: {}",
+                    e.reason()
+                )))
+            })?;
+        }
 
         let scope = requested_scope(&form, &entry, grant).map_err(refuse)?;
         let audiences = requested_audiences(&form, grant, &self.inner.config.default_audience)
@@ -398,6 +428,10 @@ impl TokenServer {
             jti: &jti,
             client_id: &entry.client_id,
             scope: &scope,
+            act: actor.as_ref().map(|a| Actor {
+                sub: a.subject.as_str().into(),
+                client_id: a.client_id.as_str().into(),
+            }),
             roles: grant.roles.held_with(&scope, &entry.namespace),
             m2m_sv: version,
         };
@@ -434,16 +468,21 @@ impl TokenServer {
             refuse,
         } = client;
         let authenticated = match assertion {
-            // API token hook: RFC 8693 exchange, the subject token authenticates.
+            // API token hook: RFC 8693 exchange, the subject token
+            // authenticates; a client may authenticate too (§2.1) and then
+            // acts for the subject.
             _ if exchange => {
                 let who = || Some(Box::new(Who::exchanging(form)));
                 let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
-                let result = self.authenticate_exchange(form, credentials, source, &keys, now);
+                let actor = self
+                    .authenticate_actor(credentials, assertion.as_ref(), source, &keys, refuse, now)
+                    .await?;
+                let result = self.authenticate_exchange(form, source, &keys, now);
                 let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
                 let method = super::api_token::METHOD;
                 self.inner.metrics.observe_client_auth(method, outcome);
                 let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
-                (entry, version, method, keys)
+                (entry, version, method, keys, actor)
             }
             Some(assertion) => {
                 let known = assertion
@@ -459,7 +498,7 @@ impl TokenServer {
                 let method = super::assertion::METHOD;
                 self.inner.metrics.observe_client_auth(method, outcome);
                 let (entry, epoch) = result.map_err(|error| Refusal { error, who: who() })?;
-                (entry, epoch, method, keys)
+                (entry, epoch, method, keys, None)
             }
             None => {
                 let Some(creds) = credentials else {
@@ -474,10 +513,51 @@ impl TokenServer {
                 let method = creds.method.as_str();
                 self.inner.metrics.observe_client_auth(method, outcome);
                 let (entry, version) = result.map_err(refuse)?;
-                (entry, version, method, keys)
+                (entry, version, method, keys, None)
             }
         };
         Ok(authenticated)
+    }
+
+    /// The client authentication of a token exchange, if it carries one
+    /// (RFC 8693 §2.1: by the usual methods): the authenticated client, or
+    /// the same refusal a token request gets (`401 invalid_client`).
+    async fn authenticate_actor(
+        &self,
+        credentials: Option<&ClientCredentials>,
+        assertion: Option<&super::assertion::ClientAssertion>,
+        source: Option<IpAddr>,
+        keys: &Arc<KeyMaterial>,
+        refuse: &(dyn Fn(OAuthError) -> Refusal + Sync),
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<CredentialEntry>>, Refusal> {
+        if let Some(creds) = credentials {
+            let result = self.authenticate(creds, source, keys, now);
+            let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+            self.inner
+                .metrics
+                .observe_client_auth(creds.method.as_str(), outcome);
+            return result.map(|(entry, _)| Some(entry)).map_err(refuse);
+        }
+        if let Some(assertion) = assertion {
+            let result = self
+                .authenticate_assertion(assertion, source, keys, now)
+                .await;
+            let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+            let method = super::assertion::METHOD;
+            self.inner.metrics.observe_client_auth(method, outcome);
+            let known = assertion
+                .client_id
+                .as_deref()
+                .is_some_and(|id| self.inner.state.credentials().get(id).is_some());
+            return result
+                .map(|(entry, _)| Some(entry))
+                .map_err(|error| Refusal {
+                    error,
+                    who: Some(Box::new(Who::asserted(assertion, known))),
+                });
+        }
+        Ok(None)
     }
 
     /// The token response for a prepared token and its encoding, with the
@@ -554,7 +634,15 @@ impl TokenServer {
     ) -> Option<ClaimsIn> {
         let verified = keys.ring.verify(token)?;
         let claims: ClaimsIn = serde_json::from_slice(&verified.claims_json).ok()?;
-        if owner.is_some_and(|o| claims.client_id != o.client_id) {
+        // A token belongs to its client and to the client that acted for it.
+        let owned_by = |o: &CredentialEntry| {
+            claims.client_id == o.client_id
+                || claims
+                    .act
+                    .as_ref()
+                    .is_some_and(|a| a.client_id == o.client_id)
+        };
+        if owner.is_some_and(|o| !owned_by(o)) {
             return None;
         }
         Some(claims)
@@ -580,6 +668,15 @@ impl TokenServer {
         let Ok(grant) = entry.grant_at(now) else {
             return false;
         };
+        // The acting client, if any, must still exist and be in good standing.
+        if let Some(act) = &claims.act {
+            let actor_ok = index
+                .get(&act.client_id)
+                .is_some_and(|a| a.subject == act.sub && a.grant_at(now).is_ok());
+            if !actor_ok {
+                return false;
+            }
+        }
         // Every audience of the token must still be allowed: removing an
         // audience from the credential deactivates its tokens, as removing
         // a scope does.
@@ -792,7 +889,7 @@ pub async fn introspect(
                 AudienceIn::One(a) => serde_json::json!(a),
                 AudienceIn::Many(a) => serde_json::json!(a),
             };
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "active": true,
                 "scope": c.scope,
                 "client_id": c.client_id,
@@ -805,7 +902,11 @@ pub async fn introspect(
                 "iss": c.iss,
                 "jti": c.jti,
                 SECRET_VERSION_CLAIM: c.m2m_sv,
-            })
+            });
+            if let Some(act) = &c.act {
+                body["act"] = serde_json::json!(act);
+            }
+            body
         }
     };
     Ok(json_response(

@@ -225,13 +225,6 @@ async fn malformed_exchanges_are_invalid_requests() {
                 "{t}&{ty}&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Asaml2"
             ),
         ),
-        (
-            "client authentication sent",
-            format!(
-                "{t}&{ty}&client_id={}&client_secret={}",
-                client.id, client.secret
-            ),
-        ),
         ("repeated parameter", format!("{t}&{ty}&{ty}")),
         ("garbage", format!("subject_token=m2mt_nope&{ty}")),
     ];
@@ -243,15 +236,6 @@ async fn malformed_exchanges_are_invalid_requests() {
             "{what}: echoes the token"
         );
     }
-    // With HTTP Basic as well.
-    let resp = world
-        .post(
-            "/oauth/token",
-            &format!("{EXCHANGE}&{t}&{ty}"),
-            Some(&client),
-        )
-        .await;
-    assert_error(&resp, StatusCode::BAD_REQUEST, "invalid_request");
     let (status, _, body) = world
         .post("/oauth/token", "grant_type=password", Some(&client))
         .await;
@@ -450,4 +434,89 @@ async fn introspected_and_exchanged_api_tokens_record_usage() {
     let (status, _, body) = world.exchange_token(&new, "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(used(&world), vec![1, 2]);
+}
+
+/// RFC 8693 §2.1: the client may authenticate as usual. A wrong client
+/// authentication is `401 invalid_client`; a right one gets the subject's
+/// token with an `act` claim naming the client (§4.1), never more than
+/// the subject token allows, however much the client itself may hold.
+#[tokio::test]
+async fn an_exchange_with_client_authentication_names_the_actor() {
+    let mut world = World::new(SigningAlg::Es256);
+    world.account("broker", &["admin:all", "repo:read"]);
+    let broker = world.credential(
+        "broker",
+        M2MCredentialSpec {
+            service_account_name: "broker".into(),
+            ..Default::default()
+        },
+    );
+    let rs = world.simple("resource-server");
+    let token = world.api_token("reports", None);
+    let subject_id = api_token::client_id_of(&token).unwrap();
+    let body = format!("{EXCHANGE}&subject_token={token}&subject_token_type={ACCESS_TOKEN_TYPE}");
+
+    // HTTP Basic and client_secret_post.
+    let post = format!(
+        "{body}&client_id={}&client_secret={}",
+        broker.id, broker.secret
+    );
+    for (how, resp) in [
+        (
+            "basic",
+            world.post("/oauth/token", &body, Some(&broker)).await,
+        ),
+        ("post", world.post("/oauth/token", &post, None).await),
+    ] {
+        let (status, _, out) = &resp;
+        assert_eq!(*status, StatusCode::OK, "{how}: {out}");
+        let jwt = out["access_token"].as_str().unwrap();
+        let claims = decode_with_jwks(&world, jwt, SigningAlg::Es256).await;
+        assert_eq!(claims["sub"], "m2m:team-a:ci-bot", "{how}");
+        assert_eq!(claims["client_id"], subject_id.as_str(), "{how}");
+        assert_eq!(
+            claims["act"],
+            serde_json::json!({ "sub": "m2m:team-a:broker", "client_id": broker.id }),
+            "{how}"
+        );
+        assert_eq!(claims["scope"], "artifacts:read artifacts:write repo:read");
+        let info = world.introspect(&rs, jwt).await;
+        assert_eq!(info["active"], true, "{info}");
+        assert_eq!(info["act"]["client_id"], broker.id.as_str());
+    }
+    // Never wider than the subject token: the broker's own scope is refused.
+    let resp = world
+        .post(
+            "/oauth/token",
+            &format!("{body}&scope=admin%3Aall"),
+            Some(&broker),
+        )
+        .await;
+    assert_error(&resp, StatusCode::BAD_REQUEST, "invalid_scope");
+    // A wrong client secret is 401, whatever the subject token.
+    let wrong = Client {
+        id: broker.id.clone(),
+        secret: rs.secret.clone(),
+    };
+    let resp = world.post("/oauth/token", &body, Some(&wrong)).await;
+    assert_error(&resp, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert!(resp.1.contains_key(header::WWW_AUTHENTICATE));
+    let resp = world
+        .post(
+            "/oauth/token",
+            &format!("{body}&client_id={}&client_secret={}", broker.id, rs.secret),
+            None,
+        )
+        .await;
+    assert_error(&resp, StatusCode::UNAUTHORIZED, "invalid_client");
+    // Without client authentication the exchange is as before: no act.
+    let (status, _, out) = world.exchange_token(&token, "").await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let claims = decode_with_jwks(
+        &world,
+        out["access_token"].as_str().unwrap(),
+        SigningAlg::Es256,
+    )
+    .await;
+    assert!(claims.get("act").is_none(), "{claims}");
 }
