@@ -159,22 +159,52 @@ impl TokenServer {
     }
 }
 
+/// The path of an issuer URL (`https://host/tenant-a` → `/tenant-a`),
+/// without a trailing slash; `None` for a bare host.
+pub(crate) fn issuer_path(issuer: &str) -> Option<String> {
+    let after_scheme = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+    let path = after_scheme.find('/').map(|i| &after_scheme[i..])?;
+    let path = path.trim_end_matches('/');
+    (!path.is_empty() && !path.contains(['?', '#'])).then(|| path.to_owned())
+}
+
 /// The token endpoint's routes behind its tower stack.
+///
+/// Discovery: the RFC 8414 document at
+/// `/.well-known/oauth-authorization-server` and, the same document, at
+/// `/.well-known/openid-configuration`, where OpenID Connect clients look
+/// (Kubernetes' JWT authenticator, go-oidc's `NewProvider`, Spring). It
+/// lists what this server does and nothing else (no authorization
+/// endpoint, no ID tokens). When the issuer URL has a path (`/tenant-a`),
+/// every route is served under it as well, and the metadata also at the
+/// RFC 8414 §3.1 path-inserted location
+/// `/.well-known/oauth-authorization-server/tenant-a`.
 pub fn router(server: TokenServer) -> Router {
     let limits = server.config().limits.clone();
     let metrics = server.inner.metrics.clone();
-    let routes = Router::new()
-        .route("/oauth/token", post(oauth::token))
-        .route("/oauth/introspect", post(oauth::introspect))
-        .route("/oauth/revoke", post(oauth::revoke))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth::metadata),
-        )
-        // No /.well-known/openid-configuration: this is no OpenID Provider
-        // (no authorization endpoint, no ID tokens), and a document there
-        // that strict OIDC discovery clients reject is worse than a 404.
-        .route("/.well-known/jwks.json", get(oauth::jwks))
+    let path = issuer_path(&server.config().issuer);
+    let endpoints = || {
+        Router::new()
+            .route("/oauth/token", post(oauth::token))
+            .route("/oauth/introspect", post(oauth::introspect))
+            .route("/oauth/revoke", post(oauth::revoke))
+            .route(
+                "/.well-known/oauth-authorization-server",
+                get(oauth::metadata),
+            )
+            .route("/.well-known/openid-configuration", get(oauth::metadata))
+            .route("/.well-known/jwks.json", get(oauth::jwks))
+    };
+    let mut routes = endpoints();
+    if let Some(path) = &path {
+        routes = routes
+            .route(
+                &format!("/.well-known/oauth-authorization-server{path}"),
+                get(oauth::metadata),
+            )
+            .nest(path, endpoints());
+    }
+    let routes = routes
         // A wrong method is a malformed request too: an RFC 6749 JSON error
         // (with the Allow header axum adds), not an empty 405.
         .method_not_allowed_fallback(|| async {

@@ -966,8 +966,10 @@ pub async fn revoke(
     Ok(response)
 }
 
-/// `GET /.well-known/oauth-authorization-server` (RFC 8414). Only
-/// authorization-server metadata: no OpenID Provider fields.
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414), also served
+/// at `/.well-known/openid-configuration` for OpenID Connect discovery
+/// clients. Only what this server does: no authorization endpoint, no ID
+/// token fields.
 pub async fn metadata(State(server): State<TokenServer>) -> Response {
     let issuer = &server.inner.config.issuer;
     let algs: Vec<&str> = server

@@ -60,6 +60,16 @@ impl World {
         Self::build(alg, limits, None, ISSUER)
     }
 
+    /// A world whose issuer URL is `issuer` (e.g. one with a path).
+    fn with_issuer(issuer: &str) -> Self {
+        Self::build(
+            SigningAlg::Es256,
+            crate::http::HttpLimits::token_endpoint(),
+            None,
+            issuer,
+        )
+    }
+
     /// A world whose token server checks workload-identity assertions with
     /// `assertions` (instead of refusing them all).
     fn with_assertions(assertions: Arc<super::assertion::AssertionVerifier>) -> Self {
@@ -1062,17 +1072,10 @@ async fn introspection_and_revocation() {
 #[tokio::test]
 async fn discovery_documents_and_missing_keys() {
     let mut world = World::new(SigningAlg::Es256);
-    // Not an OpenID Provider: no discovery document strict OIDC clients
-    // would reject (it had an empty response_types_supported).
-    let (status, _, _) = world
-        .call(
-            Request::get("/.well-known/openid-configuration")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    for path in ["/.well-known/oauth-authorization-server"] {
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
         let (status, _, meta) = world
             .call(Request::get(path).body(Body::empty()).unwrap())
             .await;
@@ -1577,3 +1580,59 @@ async fn a_roles_claim_never_names_a_role_the_token_does_not_hold() {
     );
 }
 
+/// OpenID Connect clients (go-oidc's `NewProvider`, Kubernetes' JWT
+/// authenticator, Spring) discover at `<issuer>/.well-known/openid-configuration`:
+/// the RFC 8414 document is served there too, and for an issuer with a
+/// path also at the RFC 8414 path-inserted location, with every endpoint
+/// it lists reachable under that path.
+#[tokio::test]
+async fn discovery_is_served_where_oidc_and_rfc8414_clients_look() {
+    let get = |world: &World, path: &str| {
+        let req = Request::get(path.to_owned()).body(Body::empty()).unwrap();
+        let app = world.app.clone();
+        async move {
+            let response = app.oneshot(req).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let world = World::new(SigningAlg::Es256);
+    let (status, rfc8414) = get(&world, "/.well-known/oauth-authorization-server").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, oidc) = get(&world, "/.well-known/openid-configuration").await;
+    assert_eq!(status, StatusCode::OK, "{oidc}");
+    assert_eq!(oidc, rfc8414);
+    assert_eq!(oidc["issuer"], ISSUER);
+    // Nothing this server does not do: no authorization endpoint, no ID tokens.
+    assert!(oidc.get("authorization_endpoint").is_none());
+    assert!(oidc.get("userinfo_endpoint").is_none());
+
+    let issuer = "https://m2m.test/tenant-a";
+    let mut world = World::with_issuer(issuer);
+    let client = world.simple("uploads");
+    for path in [
+        "/.well-known/oauth-authorization-server/tenant-a",
+        "/tenant-a/.well-known/openid-configuration",
+    ] {
+        let (status, doc) = get(&world, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {doc}");
+        assert_eq!(doc["issuer"], issuer, "{path}");
+        assert_eq!(doc["jwks_uri"], format!("{issuer}/.well-known/jwks.json"));
+        assert_eq!(doc["token_endpoint"], format!("{issuer}/oauth/token"));
+    }
+    let (status, jwks) = get(&world, "/tenant-a/.well-known/jwks.json").await;
+    assert_eq!(status, StatusCode::OK, "{jwks}");
+    assert!(!jwks["keys"].as_array().unwrap().is_empty());
+    let (status, _, body) = world
+        .post(
+            "/tenant-a/oauth/token",
+            "grant_type=client_credentials",
+            Some(&client),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -259,6 +259,8 @@ pub struct OperatorOptions<'a> {
     pub args: Vec<String>,
     /// `--issuer` [default: the token endpoint's own URL].
     pub issuer: Option<String>,
+    /// The token endpoint's port [default: a free one].
+    pub listen_port: Option<u16>,
 }
 
 impl Default for OperatorOptions<'_> {
@@ -268,6 +270,7 @@ impl Default for OperatorOptions<'_> {
             env: vec![],
             args: vec![],
             issuer: None,
+            listen_port: None,
         }
     }
 }
@@ -280,7 +283,7 @@ impl Operator {
 
     /// Start the operator with options.
     pub fn start_with(ns: &TestNamespace, opts: OperatorOptions<'_>) -> Self {
-        let port = free_port();
+        let port = opts.listen_port.unwrap_or_else(free_port);
         let admin = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("m2m-operator-{}-{port}.log", ns.name));
@@ -421,4 +424,86 @@ pub async fn client_credentials_token(
         .expect("token endpoint reachable");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A CA and a serving certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+pub fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = dir.join(format!("{name}-ca.key"));
+    let ca = dir.join(format!("{name}-ca.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let crt = dir.join(format!("{name}.crt"));
+    let ext = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &p(&ca_key),
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &p(&ca_key),
+        "-subj",
+        &format!("/CN={name} test CA"),
+        "-days",
+        "1",
+        "-out",
+        &p(&ca),
+    ]);
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &p(&key),
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-key",
+        &p(&key),
+        "-subj",
+        "/CN=127.0.0.1",
+        "-out",
+        &p(&csr),
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&crt),
+    ]);
+    (ca, crt, key)
 }
