@@ -62,6 +62,26 @@ pub(crate) fn entry_for(index: &CredentialIndex, token: &str) -> Option<Arc<Cred
         .filter(|e| e.api_token && e.workload.is_none())
 }
 
+/// The earliest known end of API token `version` of `entry`: the
+/// credential's expiry, the grace end of a replaced token, or the scheduled
+/// replacement of the current one. Introspection reports it as `exp`, and
+/// no JWT exchanged from the token outlives it.
+pub(crate) fn token_end(
+    entry: &CredentialEntry,
+    version: i64,
+    grant: &crate::core::grant::Grant,
+) -> Option<DateTime<Utc>> {
+    let grace_end = entry
+        .verifiers
+        .iter()
+        .find(|v| v.version == version)
+        .and_then(|v| v.not_after);
+    [grant.expires_at, grace_end, entry.api_token_end]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
 impl TokenServer {
     /// The `APIToken` credential `token` belongs to and the token version
     /// it matched, if it is one of the credential's live tokens. Equal work
@@ -100,18 +120,7 @@ impl TokenServer {
         let Ok(grant) = entry.grant_at(now) else {
             return inactive;
         };
-        // The earliest known end: expiry, the grace end of a replaced
-        // token, or the scheduled replacement of the current one.
-        let grace_end = entry
-            .verifiers
-            .iter()
-            .find(|v| v.version == version)
-            .and_then(|v| v.not_after);
-        let exp = [grant.expires_at, grace_end, entry.api_token_end]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.timestamp());
+        let exp = token_end(&entry, version, grant).map(|t| t.timestamp());
         let mut body = serde_json::json!({
             "active": true,
             "scope": entry.default_scope,

@@ -159,6 +159,9 @@ pub struct OAuthRequest {
     pub credentials: Option<ClientCredentials>,
     /// The client's address, when the server knows it.
     pub source: Option<std::net::IpAddr>,
+    /// An API token sent as `Authorization: Bearer m2mt_…` (only
+    /// revocation accepts it, for the JWTs exchanged from that token).
+    pub api_token: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
@@ -169,7 +172,12 @@ impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
         check_content_type(&parts.headers)?;
         let body = read_body(&parts.headers, body).await?;
         let form = Form::parse(&body)?;
-        let credentials = client_credentials(&parts.headers, &form)?;
+        let api_token = bearer_api_token(&parts.headers);
+        let credentials = if api_token.is_some() {
+            None
+        } else {
+            client_credentials(&parts.headers, &form)?
+        };
         let source = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -178,6 +186,7 @@ impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
             form,
             credentials,
             source,
+            api_token,
         })
     }
 }
@@ -278,6 +287,21 @@ fn decode_basic_part(part: &str) -> Result<String, OAuthError> {
     decode_component(part.as_bytes()).map_err(|_| {
         OAuthError::invalid_request("malformed credentials in the Authorization header")
     })
+}
+
+/// The API token of a single `Authorization: Bearer m2mt_…` header, if that
+/// is what the request carries.
+fn bearer_api_token(headers: &HeaderMap) -> Option<String> {
+    let mut auth = headers.get_all(header::AUTHORIZATION).iter();
+    let value = auth.next()?.to_str().ok()?;
+    if auth.next().is_some() {
+        return None;
+    }
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && token.starts_with(crate::core::api_token::API_TOKEN_PREFIX))
+    .then(|| token.to_owned())
 }
 
 /// The client credentials of a request: Basic or form parameters, never

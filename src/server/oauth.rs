@@ -360,6 +360,7 @@ impl TokenServer {
             form,
             credentials,
             source,
+            ..
         } = request;
         let refuse = |error: OAuthError| Refusal {
             error,
@@ -412,6 +413,11 @@ impl TokenServer {
         let ttl = i64::try_from(grant.token_ttl.as_secs()).unwrap_or(i64::MAX);
         let mut exp = iat.saturating_add(ttl);
         if let Some(end) = grant.expires_at {
+            exp = exp.min(end.timestamp());
+        }
+        // A JWT exchanged from an API token never outlives the API token
+        // (offline verifiers see only `exp`).
+        if exchange && let Some(end) = super::api_token::token_end(&entry, version, grant) {
             exp = exp.min(end.timestamp());
         }
         let jti = new_jti();
@@ -861,6 +867,7 @@ pub async fn introspect(
         form,
         credentials,
         source,
+        ..
     }: OAuthRequest,
 ) -> Result<Response, OAuthError> {
     let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
@@ -916,19 +923,38 @@ pub async fn introspect(
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 for unknown, foreign or already
-/// expired tokens too.
+/// expired tokens too. The caller authenticates as a client, or — for the
+/// JWTs exchanged from an API token — with that API token as
+/// `Authorization: Bearer` (RFC 6749 §2.3 allows other HTTP
+/// authentication schemes), which may revoke only its own credential's tokens.
 pub async fn revoke(
     State(server): State<TokenServer>,
     OAuthRequest {
         form,
         credentials,
         source,
+        api_token,
     }: OAuthRequest,
 ) -> Result<Response, OAuthError> {
-    let creds = credentials.ok_or_else(|| OAuthError::invalid_client(true))?;
     let now = Utc::now();
     let keys = server.keys()?;
-    let (caller, _) = server.authenticate(&creds, source, &keys, now)?;
+    let caller = match (credentials, api_token) {
+        (Some(creds), _) => server.authenticate(&creds, source, &keys, now)?.0,
+        (None, Some(token)) => match server.authenticate_api_token(&token, &keys, now) {
+            Some((entry, _)) => entry,
+            None => {
+                let id = crate::core::api_token::client_id_of(&token)
+                    .unwrap_or_else(|| "malformed-api-token".into());
+                return Err(
+                    match server.inner.limiter.failed(&id, source, Instant::now()) {
+                        Ok(()) => OAuthError::invalid_client(true),
+                        Err(retry) => OAuthError::rate_limited(retry.as_secs_f64().ceil() as u64),
+                    },
+                );
+            }
+        },
+        (None, None) => return Err(OAuthError::invalid_client(true)),
+    };
     let token = form
         .get("token")
         .ok_or_else(|| OAuthError::invalid_request("missing token"))?;

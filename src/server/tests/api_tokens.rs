@@ -520,3 +520,68 @@ async fn an_exchange_with_client_authentication_names_the_actor() {
     .await;
     assert!(claims.get("act").is_none(), "{claims}");
 }
+
+/// A JWT exchanged from an API token never outlives it (offline verifiers
+/// see only `exp`): `exp` is capped at the credential's `expiresAt` and at
+/// the grace end of a replaced token. And the API token may revoke the
+/// JWTs exchanged from it (RFC 7009, authenticated by
+/// `Authorization: Bearer <API token>`), no one else's.
+#[tokio::test]
+async fn exchanged_jwts_end_with_their_api_token_and_it_may_revoke_them() {
+    let mut world = World::new(SigningAlg::Es256);
+    let rs = world.simple("resource-server");
+    let end = Utc::now() + chrono::Duration::minutes(10);
+    let token = world.api_token("reports", Some(end));
+    let (status, _, body) = world.exchange_token(&token, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let jwt = body["access_token"].as_str().unwrap().to_owned();
+    let claims = decode_with_jwks(&world, &jwt, SigningAlg::Es256).await;
+    assert!(
+        claims["exp"].as_i64().unwrap() <= end.timestamp(),
+        "the JWT outlives its API token: exp {} > expiresAt {}",
+        claims["exp"],
+        end.timestamp()
+    );
+    assert!(body["expires_in"].as_i64().unwrap() <= 600, "{body}");
+
+    // A replaced token in its grace period: capped at the grace end.
+    let other = world.api_token("nightly", None);
+    let grace_end = Utc::now() + chrono::Duration::minutes(5);
+    world.rotate_api_token("nightly", Some(grace_end));
+    let (status, _, body) = world.exchange_token(&other, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let claims = decode_with_jwks(
+        &world,
+        body["access_token"].as_str().unwrap(),
+        SigningAlg::Es256,
+    )
+    .await;
+    assert!(
+        claims["exp"].as_i64().unwrap() <= grace_end.timestamp(),
+        "{claims}"
+    );
+
+    // RFC 7009 by the API token: another API token's revocation is a no-op,
+    // the subject's own revokes.
+    let stranger = world.api_token("stranger", None);
+    let revoke = |bearer: String, jwt: String| {
+        let req = Request::post("/oauth/revoke")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+            .body(Body::from(format!("token={jwt}")))
+            .unwrap();
+        world.call(req)
+    };
+    let (status, _, body) = revoke(stranger, jwt.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(world.active(&rs, &jwt).await, "a stranger revoked it");
+    let (status, _, body) = revoke(token.clone(), jwt.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        !world.active(&rs, &jwt).await,
+        "still active after its API token revoked it"
+    );
+    // A Bearer that is no live API token is refused.
+    let (status, _, _) = revoke("m2mt_bogus".into(), jwt.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
