@@ -431,8 +431,11 @@ pub(crate) fn repair(
 }
 
 /// The keys that matter for lookups in unsealed entries of `stored`: token
-/// ids, and the cutoff's `before` (its leading number, or `first_seen` when
-/// it does not parse: everything issued before it was noticed).
+/// ids, and the cutoff's `before`: its leading number, but never later
+/// than `first_seen` (when it does not parse: `first_seen`, everything
+/// issued before it was noticed). An unsealed entry can only revoke, so it
+/// is honoured — yet a hand-written future `issued-before` must not block
+/// the client's tokens issued after the edit, for as long as it is kept.
 pub(crate) fn unsealed_effect(
     stored: &StoredList,
     first_seen: i64,
@@ -441,7 +444,7 @@ pub(crate) fn unsealed_effect(
     let mut cutoff = None;
     for (k, v) in &stored.unsealed {
         if k == CUTOFF_KEY {
-            cutoff = Some(leading_number(v).unwrap_or(first_seen));
+            cutoff = Some(leading_number(v).map_or(first_seen, |t| t.min(first_seen)));
         } else {
             tokens.insert(k.clone());
         }
@@ -696,6 +699,29 @@ mod tests {
         let (tokens, cutoff) = unsealed_effect(&stored, 777);
         assert_eq!(cutoff, Some(777));
         assert!(tokens.contains("t"));
+    }
+
+    /// A hand-written `issued-before` in the future must not block the
+    /// client's tokens issued after the edit: an unsealed cutoff counts
+    /// only up to when this replica first saw it.
+    #[test]
+    fn an_unsealed_cutoff_in_the_future_counts_only_until_it_was_first_seen() {
+        let seen = 1_000_000;
+        let stored = StoredList::read(
+            &cm(
+                Some(CLIENT),
+                &[(CUTOFF_KEY, "4102444800.4102531200.forged".into())],
+            ),
+            Some(&key()),
+        );
+        let (_, cutoff) = unsealed_effect(&stored, seen);
+        assert_eq!(cutoff, Some(seen), "a future cutoff blocks later tokens");
+        // One in the past is taken as written.
+        let stored = StoredList::read(
+            &cm(Some(CLIENT), &[(CUTOFF_KEY, "999.1000.forged".into())]),
+            Some(&key()),
+        );
+        assert_eq!(unsealed_effect(&stored, seen).1, Some(999));
     }
 
     #[test]
