@@ -107,7 +107,8 @@ pub(crate) struct CredentialSummary {
     pub secret_name: Option<String>,
     /// `status.secretVersion` (none before the first secret, and for workload identity).
     pub version: Option<i64>,
-    /// `status.secretHint`: the last characters of the current secret.
+    /// `status.secretHint`: a fingerprint of the current secret (`sha256:`
+    /// and 8 hex digits of its SHA-256), never any of its characters.
     pub secret_hint: Option<String>,
     /// `status.lastUsedTime`.
     pub last_used_time: Option<DateTime<Utc>>,
@@ -464,6 +465,35 @@ pub(crate) fn describe_get(name: &str, namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/kubectl-plugin.md shows what `status -o json` prints: every
+    /// `secretHint` in it has today's fingerprint format, `sha256:` and 8
+    /// hex digits (the former last-4-characters hint leaked the secret).
+    #[test]
+    fn the_documented_output_shows_the_current_secret_hint_format() {
+        let doc = include_str!("../../docs/kubectl-plugin.md");
+        // `status -o json` (`"secretHint": "…"`) and `rotate` (`(secret …)`).
+        let hints: Vec<&str> = [("\"secretHint\": \"", '"'), ("(secret ", ')')]
+            .into_iter()
+            .flat_map(|(start, end)| {
+                doc.match_indices(start).map(move |(i, m)| {
+                    let rest = &doc[i + m.len()..];
+                    &rest[..rest.find(end).unwrap_or(rest.len())]
+                })
+            })
+            .collect();
+        assert!(!hints.is_empty(), "the page shows no secretHint");
+        for hint in hints {
+            let hex = hint.strip_prefix("sha256:").unwrap_or_default();
+            assert!(
+                hex.len() == 8
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "docs/kubectl-plugin.md shows secretHint {hint:?}, not sha256:<8 hex digits>"
+            );
+        }
+    }
     use chrono::{Duration, TimeZone};
     use serde_json::json;
 
@@ -488,7 +518,7 @@ mod tests {
                      "expiresAt": t(Duration::days(180))},
             "status": {
                 "clientId": "m2mc_abc", "secretName": "ci-bot-uploads-credentials",
-                "secretVersion": 3, "secretHint": "…a1b2",
+                "secretVersion": 3, "secretHint": "sha256:1a2b3c4d",
                 "lastRotationTime": t(Duration::minutes(-1)),
                 "lastUsedTime": t(Duration::seconds(-20)),
                 "versionUsage": [
@@ -618,7 +648,7 @@ mod tests {
             "{wide}"
         );
         assert!(
-            wide.contains("ci-bot-uploads-credentials (…a1b2)"),
+            wide.contains("ci-bot-uploads-credentials (sha256:1a2b3c4d)"),
             "{wide}"
         );
     }
