@@ -14,6 +14,11 @@ pub(crate) const FIELD_MANAGER: &str = "m2m-operator";
 /// `status.versionUsage`); the controller never sends those fields.
 pub const USAGE_FIELD_MANAGER: &str = "m2m-token-server";
 
+/// Usage times later than now plus this many seconds are not believed,
+/// by the token server (it overwrites them) nor the controller (it ignores
+/// them): clock skew is far below it, a forged far-future time is not.
+pub(crate) const USAGE_CLOCK_SKEW_SECS: i64 = 60;
+
 /// The label (key, value) every object the operator manages carries.
 pub(crate) const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "m2m-operator");
 

@@ -156,6 +156,9 @@ pub(crate) struct Observed<'a> {
     pub issuer: &'a str,
     /// Longest life of an API token (`--max-api-token-lifetime`).
     pub max_api_token_lifetime: Duration,
+    /// The usage in status the controller believes ([`super::usage`]):
+    /// owned by the token server, not in the future, never less than seen.
+    pub usage: super::usage::TrustedUsage,
     /// The clock.
     pub now: DateTime<Utc>,
 }
@@ -201,6 +204,9 @@ pub(crate) async fn reconcile(
     if cred.metadata.deletion_timestamp.is_some() {
         // The Secret is garbage-collected through its owner reference and
         // token servers drop the credential from their index: nothing to do.
+        if let Some(uid) = &cred.metadata.uid {
+            ctx.usage_memory.forget(uid);
+        }
         return Ok(Action::await_change());
     }
     let key = ctx.verifier_key.load_full().ok_or(Error::KeysNotReady)?;
@@ -258,6 +264,7 @@ pub(crate) async fn reconcile(
         token_url: &ctx.config.token_url,
         issuer: &ctx.config.issuer,
         max_api_token_lifetime: ctx.config.max_api_token_lifetime,
+        usage: ctx.usage_memory.observe(&cred, now),
         now,
     };
     let client_id = client_id_for_uid(&uid);
@@ -819,7 +826,7 @@ fn retire_previous(
     if let Some(unused_for) = retire_unused {
         let (kept, retired) = retire_unused_versions(
             &status.verifiers,
-            &status.version_usage,
+            &o.usage.versions,
             rotated_at,
             unused_for,
             o.now,
@@ -841,7 +848,7 @@ fn retire_previous(
             status
                 .verifiers
                 .iter()
-                .filter_map(|v| early_retirement(v, &status.version_usage, rotated_at, unused_for)),
+                .filter_map(|v| early_retirement(v, &o.usage.versions, rotated_at, unused_for)),
         );
     }
     let window = retire_unused.unwrap_or(DEFAULT_IN_USE_WINDOW);
@@ -850,8 +857,7 @@ fn retire_previous(
         let Some(end) = v.not_after.filter(|end| *end <= o.now) else {
             continue;
         };
-        if let Some(last) = still_in_use(&status.version_usage, v.version, rotated_at, end, window)
-        {
+        if let Some(last) = still_in_use(&o.usage.versions, v.version, rotated_at, end, window) {
             plan.stale_in_use += 1;
             plan.events.push((
                 EventType::Warning,
@@ -880,13 +886,21 @@ fn dormancy(
     dormant_after: Option<Duration>,
     plan: &mut Plan,
 ) -> Option<DateTime<Utc>> {
-    dormancy_of(o.cred, status, dormant_after, o.now, &mut plan.events)
+    dormancy_of(
+        o.cred,
+        status,
+        o.usage.last_used,
+        dormant_after,
+        o.now,
+        &mut plan.events,
+    )
 }
 
 /// [`dormancy`] for any mode (the workload-identity reconcile calls it too).
 pub(super) fn dormancy_of(
     cred: &M2MCredential,
     status: &mut M2MCredentialStatus,
+    last_used: Option<DateTime<Utc>>,
     dormant_after: Option<Duration>,
     now: DateTime<Utc>,
     events: &mut Vec<PlannedEvent>,
@@ -901,7 +915,8 @@ pub(super) fn dormancy_of(
         .creation_timestamp
         .as_ref()
         .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
-    let since = status.last_used_time.max(created).unwrap_or(now);
+    // The trusted last use (super::usage), not status.lastUsedTime as written.
+    let since = last_used.max(created).unwrap_or(now);
     let after_text = cred.spec.dormant_after.as_deref().unwrap_or_default();
     let due = since.checked_add_signed(chrono::Duration::from_std(after).ok()?)?;
     let was_dormant = status
@@ -909,7 +924,7 @@ pub(super) fn dormancy_of(
         .iter()
         .any(|c| c.type_ == DORMANT && c.status == ConditionStatus::True);
     if due <= now {
-        let what = if status.last_used_time.is_some() {
+        let what = if last_used.is_some() {
             "not used since"
         } else {
             "never used since its creation at"
@@ -1479,6 +1494,7 @@ mod plan_tests {
                 token_url: "https://id.example/oauth/token",
                 issuer: "https://id.example",
                 max_api_token_lifetime: Duration::from_secs(8760 * 3600),
+                usage: super::super::usage::TrustedUsage::of(&self.cred, self.now),
                 now: self.now,
             };
             plan(&o, || match self.cred.spec.type_ {
@@ -1579,8 +1595,40 @@ mod plan_tests {
         assert_eq!(w.status().secret_version, 3);
     }
 
-    /// What a token server writes: `version` used at `t`.
+    /// What a token server writes: `version` used at `t` (and the
+    /// managedFields entry server-side apply records for it).
     fn use_version(w: &mut World, version: i64, t: i64) {
+        forge_use(w, version, t);
+        let owned: serde_json::Map<String, serde_json::Value> = w
+            .status()
+            .version_usage
+            .iter()
+            .map(|u| {
+                (
+                    format!("k:{{\"version\":{}}}", u.version),
+                    serde_json::json!({}),
+                )
+            })
+            .collect();
+        w.cred.metadata.managed_fields = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(crate::labels::USAGE_FIELD_MANAGER.into()),
+                operation: Some("Apply".into()),
+                subresource: Some("status".into()),
+                fields_type: Some("FieldsV1".into()),
+                fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                    serde_json::json!({ "f:status": {
+                        "f:lastUsedTime": {}, "f:versionUsage": owned,
+                    }}),
+                )),
+                ..Default::default()
+            },
+        ]);
+    }
+
+    /// Usage written into status by someone else (`kubectl patch
+    /// --subresource=status`): no managedFields entry of the token server.
+    fn forge_use(w: &mut World, version: i64, t: i64) {
         let status = w.cred.status.as_mut().unwrap();
         status.last_used_time = Some(at(t));
         status.version_usage.retain(|u| u.version != version);
@@ -1588,6 +1636,28 @@ mod plan_tests {
             version,
             last_used_time: at(t),
         });
+    }
+
+    /// Usage the token server did not write is not believed, nor a time in
+    /// the future: a forged use of the previous version (another field
+    /// manager's, or in 2100) raises no false `StaleSecretInUse`.
+    #[test]
+    fn forged_or_future_usage_does_not_steer_retirement_or_dormancy() {
+        const Y2100: i64 = 4_102_444_800;
+        let mut w = rotated(None);
+        forge_use(&mut w, 1, 590);
+        w.now = at(610);
+        assert!(
+            event_reasons(&w.plan()).is_empty(),
+            "usage written by another field manager raised StaleSecretInUse"
+        );
+        let mut w = rotated(None);
+        use_version(&mut w, 1, Y2100);
+        w.now = at(610);
+        assert!(
+            event_reasons(&w.plan()).is_empty(),
+            "a use in 2100 raised StaleSecretInUse"
+        );
     }
 
     /// Converged, then rotated at 10 with a 600s grace period.

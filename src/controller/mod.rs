@@ -10,6 +10,7 @@ pub mod restart;
 pub mod run;
 pub mod secret;
 pub mod service_account;
+pub(crate) mod usage;
 pub mod workload;
 
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
@@ -176,6 +177,8 @@ pub(crate) struct Context {
     pub former_key_ids: arc_swap::ArcSwap<Vec<String>>,
     /// Reconcile and credential metrics.
     pub metrics: crate::telemetry::Metrics,
+    /// The latest trusted usage seen per credential ([`usage`]).
+    pub usage_memory: usage::UsageMemory,
 }
 
 impl Context {

@@ -286,6 +286,7 @@ pub(crate) async fn run_controllers(
                 .unwrap_or_default(),
         ),
         metrics: metrics.clone(),
+        usage_memory: Default::default(),
     });
     let (key_changed, key_changes) = futures::channel::mpsc::unbounded();
     let key_loop = tokio::spawn(maintain_keys(

@@ -213,6 +213,7 @@ pub(crate) async fn reconcile(
     let dormant_due = super::credential::dormancy_of(
         cred,
         &mut plan.status,
+        ctx.usage_memory.observe(cred, now).last_used,
         dormant_after,
         now,
         &mut plan.events,

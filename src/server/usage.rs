@@ -203,6 +203,24 @@ impl SeenUsage {
     }
 }
 
+impl SeenUsage {
+    /// This usage without the times later than `now` plus
+    /// [`crate::labels::USAGE_CLOCK_SKEW_SECS`].
+    pub(crate) fn without_future(&self, now: i64) -> Self {
+        let limit = now.saturating_add(crate::labels::USAGE_CLOCK_SKEW_SECS);
+        Self {
+            resource_version: self.resource_version.clone(),
+            last_used: self.last_used.filter(|t| *t <= limit),
+            versions: self
+                .versions
+                .iter()
+                .filter(|(_, t)| **t <= limit)
+                .map(|(v, t)| (*v, *t))
+                .collect(),
+        }
+    }
+}
+
 /// The seen usage of every watched credential, by client id. Written by
 /// the watch, read by the flusher; never on the request path.
 #[derive(Debug, Default)]
@@ -402,6 +420,9 @@ impl UsageWriter {
         // another replica's newer time back. (The watch delivers a
         // credential's status before the index can authenticate it.)
         seen.resource_version.as_ref()?;
+        // A time in the future (forged by a status writer) would win every
+        // `max` below forever: treat it as absent, so this write replaces it.
+        let seen = &seen.without_future(now);
         let written = self.written.get(client_id);
         if !force
             && written
@@ -679,6 +700,27 @@ mod tests {
         r.retain("a", &[2]);
         r.retain("b", &[]);
         assert_eq!(r.snapshot(true), vec![("a".into(), own(&[(2, 95)]))]);
+    }
+
+    /// A usage time in the future (forged by a status writer) would win
+    /// every `max` merge forever: the token server treats it as absent and
+    /// overwrites it with what it saw.
+    #[test]
+    fn future_usage_in_status_is_overwritten() {
+        const Y2100: i64 = 4_102_444_800;
+        let w = UsageWriter::with_spread(res(), 0);
+        let write = w
+            .plan(
+                "a",
+                &own(&[(1, 1000)]),
+                &seen(Some(Y2100), &[(1, Y2100), (2, 900)]),
+                &subject(&[1, 2], false),
+                1000,
+                false,
+            )
+            .expect("a write that replaces the future times");
+        assert_eq!(write.last_used, 1000);
+        assert_eq!(write.versions, own(&[(1, 1000), (2, 900)]));
     }
 
     #[test]
