@@ -616,7 +616,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     let mut ctrl = controller(&ns);
     apply(
         &ns,
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web }\nspec:\n  selector: { matchLabels: { app: web } }\n  template:\n    metadata: { labels: { app: web } }\n    spec: { containers: [{ name: app, image: example.invalid/app }] }\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web, annotations: { m2m.dev/restart-on-rotation: app } }\nspec:\n  selector: { matchLabels: { app: web } }\n  template:\n    metadata: { labels: { app: web } }\n    spec: { containers: [{ name: app, image: example.invalid/app }] }\n",
     );
     credential(
         &ns,
@@ -826,4 +826,80 @@ async fn usage_writes_per_minute_at_1000_credentials_and_2_replicas() {
         conflicts / elapsed
     );
     assert!(per_min <= 2.0 * n as f64 * 1.05, "{per_min} writes/min");
+}
+
+/// A restart target must consent: a workload is restarted only if its
+/// `m2m.dev/restart-on-rotation` annotation names the credential. A
+/// workload that does not is reported exactly like a missing one (Events
+/// must not tell a tenant which Deployments exist).
+#[tokio::test]
+async fn only_a_consenting_workload_is_restarted_and_others_look_missing() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let ns = TestNamespace::new("usage-restart-consent").await;
+    let _ctrl = controller(&ns);
+    let deployment = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{ name: {name}, annotations: {{ {annotations} }} }}\nspec:\n  selector: {{ matchLabels: {{ app: {name} }} }}\n  template:\n    metadata: {{ labels: {{ app: {name} }} }}\n    spec: {{ containers: [{{ name: app, image: example.invalid/app }}] }}\n"
+        )
+    };
+    apply(&ns, &deployment("web", ""));
+    apply(
+        &ns,
+        &deployment("api", "m2m.dev/restart-on-rotation: \"other,app\""),
+    );
+    credential(
+        &ns,
+        "app",
+        ", rotation: { gracePeriod: 1m, restartTargets: [{ kind: Deployment, name: web }, { kind: Deployment, name: api }, { kind: Deployment, name: missing }] }",
+    );
+    credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
+    let deployments = ns.api::<Deployment>();
+    let restarted_at = |d: &Deployment| {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get("kubectl.kubernetes.io/restartedAt")
+            .cloned()
+    };
+    ns.api::<M2MCredential>()
+        .patch("app", &PatchParams::default(), &rotate("r1"))
+        .await
+        .unwrap();
+    credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
+    eventually("api restarted", Duration::from_secs(15), || async {
+        restarted_at(&deployments.get("api").await.ok()?).map(|_| ())
+    })
+    .await;
+    eventually(
+        "restartedVersion recorded",
+        Duration::from_secs(10),
+        || async { (get(&ns, "app").await.status?.restarted_version == Some(2)).then_some(()) },
+    )
+    .await;
+    let web = deployments.get("web").await.unwrap();
+    assert_eq!(
+        restarted_at(&web),
+        None,
+        "a Deployment that does not consent was restarted"
+    );
+    // The refusing and the missing target alike: one Event reason, one
+    // message template (the recorder folds them into one series).
+    let missing = events(&ns, "RestartTargetNotFound").await;
+    assert!(!missing.is_empty());
+    let template = |m: &str| {
+        m.replace("Deployment/web", "Deployment/X")
+            .replace("Deployment/missing", "Deployment/X")
+    };
+    let expected = "Deployment/X (rotation.restartTargets) was not restarted for secret version 2: no such workload in this namespace carries the annotation m2m.dev/restart-on-rotation listing \"app\"";
+    for e in &missing {
+        assert_eq!(
+            template(e.message.as_deref().unwrap_or_default()),
+            expected,
+            "the Events tell a missing target from a refusing one"
+        );
+    }
 }

@@ -15,11 +15,19 @@
 //!   crash between the restarts and the status write never restarts a
 //!   target twice.
 //!
-//! Restarts are rate-limited per controller process ([`RestartLimiter`]):
-//! a rotation of many credentials sharing targets must not restart a
-//! fleet at once. RBAC for it (`get`, `patch` on the three kinds) is the
-//! chart value `rbac.restartTargets`, off by default; without
-//! it the controller reports `RestartTargetForbidden` and moves on.
+//! The target must consent: the controller restarts a workload only if its
+//! own annotation [`RESTART_CONSENT`] lists the credential's name. Whoever
+//! may create M2MCredentials but not patch Deployments must not be able to
+//! restart them (the controller would be a confused deputy), and a target
+//! that does not consent is reported exactly like a missing one, so Events
+//! do not reveal which workloads exist.
+//!
+//! Restarts are rate-limited per namespace ([`RestartLimiter`], one bucket
+//! per namespace): a rotation of many credentials sharing targets must not
+//! restart a fleet at once, and one namespace's rotations must not delay
+//! another's. RBAC for it (`get`, `patch` on the three kinds) is the chart
+//! value `rbac.restartTargets`, off by default; without it the controller
+//! reports `RestartTargetForbidden` and moves on.
 
 use super::{Context, Error, Step, kube_err};
 use crate::crd::{M2MCredential, RestartKind, RestartTarget};
@@ -36,6 +44,18 @@ use std::time::{Duration, Instant};
 /// Annotation on a restarted workload: credential name → secret version it
 /// was last restarted for (a JSON object).
 pub(crate) const RESTARTED_FOR: &str = "m2m.dev/restarted-for";
+
+/// Annotation on a workload that consents to rollout restarts by
+/// credentials of its namespace: a comma-separated list of M2MCredential
+/// names.
+pub const RESTART_CONSENT: &str = "m2m.dev/restart-on-rotation";
+
+/// Whether a workload with these annotations consents to restarts by `credential`.
+pub(crate) fn consents(annotations: &BTreeMap<String, String>, credential: &str) -> bool {
+    annotations
+        .get(RESTART_CONSENT)
+        .is_some_and(|v| v.split(',').any(|n| n.trim() == credential))
+}
 
 /// The pod-template annotation `kubectl rollout restart` sets.
 pub(crate) const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -104,6 +124,14 @@ impl RestartLimiter {
         }
     }
 
+    /// Whether the bucket has refilled completely by `now` (it carries no
+    /// information any more).
+    fn is_full(&self, now: Instant) -> bool {
+        let (tokens, last) = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = now.saturating_duration_since(last).as_secs_f64() / self.every.as_secs_f64();
+        tokens + refill >= self.burst
+    }
+
     /// Take one restart at `now`, or say how long to wait for one.
     pub(crate) fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,13 +148,18 @@ impl RestartLimiter {
     }
 }
 
-/// At most 10 restarts at once, then one every 6 s (10 a minute) per
-/// controller process.
-fn limiter() -> &'static RestartLimiter {
-    static LIMITER: std::sync::LazyLock<RestartLimiter> = std::sync::LazyLock::new(|| {
-        RestartLimiter::new(10, Duration::from_secs(6), Instant::now())
-    });
-    &LIMITER
+/// Per namespace: at most 10 restarts at once, then one every 6 s (10 a
+/// minute). The map holds a bucket per namespace that restarted anything
+/// since its bucket last refilled (full buckets are dropped).
+fn try_acquire(namespace: &str, now: Instant) -> Result<(), Duration> {
+    static LIMITERS: std::sync::LazyLock<Mutex<BTreeMap<String, RestartLimiter>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut limiters = LIMITERS.lock().unwrap_or_else(|e| e.into_inner());
+    limiters.retain(|_, l| !l.is_full(now));
+    limiters
+        .entry(namespace.to_owned())
+        .or_insert_with(|| RestartLimiter::new(10, Duration::from_secs(6), now))
+        .try_acquire(now)
 }
 
 /// What happened to one target.
@@ -136,7 +169,8 @@ pub(crate) enum RestartOutcome {
     Restarted,
     /// It already records this version (an earlier, interrupted attempt).
     AlreadyDone,
-    /// It does not exist.
+    /// It does not exist, or does not consent ([`RESTART_CONSENT`]): the
+    /// two are reported alike.
     NotFound,
     /// The controller may not read or patch it (chart value off).
     Forbidden,
@@ -204,7 +238,8 @@ async fn report(
             EventType::Warning,
             "RestartTargetNotFound",
             format!(
-                "{what} (rotation.restartTargets) does not exist in this namespace; not restarted for secret version {version}"
+                "{what} (rotation.restartTargets) was not restarted for secret version {version}: no such workload in this namespace carries the annotation {RESTART_CONSENT} listing {:?}",
+                cred.name_any()
             ),
         ),
         RestartOutcome::Forbidden => (
@@ -260,10 +295,14 @@ where
         Err(e) => return handled(e),
     };
     let annotations = obj.meta().annotations.clone().unwrap_or_default();
+    // Reported as missing: Events must not reveal which workloads exist.
+    if !consents(&annotations, credential) {
+        return Ok(Attempt::Handled(RestartOutcome::NotFound));
+    }
     if recorded_version(&annotations, credential).is_some_and(|v| v >= version) {
         return Ok(Attempt::Handled(RestartOutcome::AlreadyDone));
     }
-    if let Err(wait) = limiter().try_acquire(Instant::now()) {
+    if let Err(wait) = try_acquire(ns, Instant::now()) {
         return Ok(Attempt::RateLimited(wait));
     }
     let patch = serde_json::json!({
@@ -288,6 +327,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consent_names_the_credential_exactly() {
+        let a = |v: &str| BTreeMap::from([(RESTART_CONSENT.to_owned(), v.to_owned())]);
+        assert!(consents(&a("app"), "app"));
+        assert!(consents(&a("other, app"), "app"));
+        assert!(!consents(&a("application"), "app"));
+        assert!(!consents(&a(""), "app"));
+        assert!(!consents(&BTreeMap::new(), "app"));
+    }
+
+    #[test]
+    fn restart_limits_are_per_namespace() {
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(try_acquire("busy-tenant-test", t0).is_ok());
+        }
+        assert!(try_acquire("busy-tenant-test", t0).is_err());
+        assert!(
+            try_acquire("quiet-tenant-test", t0).is_ok(),
+            "another namespace waits for nobody"
+        );
+    }
 
     #[test]
     fn restart_due_table() {

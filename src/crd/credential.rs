@@ -241,8 +241,11 @@ pub struct CredentialRotation {
     /// Workloads in this namespace that read the secret only once (an
     /// environment variable, a client built at start-up): each gets one
     /// rollout restart per rotation, as `kubectl rollout restart` does, never
-    /// on an operator restart or resync. Needs the chart value
-    /// `rbac.restartTargets` (off by default).
+    /// on an operator restart or resync. A workload is restarted only if
+    /// it consents: its annotation `m2m.dev/restart-on-rotation` lists this
+    /// credential's name (comma-separated); one that does not is reported
+    /// like a missing one. Needs the chart value `rbac.restartTargets` (off
+    /// by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
