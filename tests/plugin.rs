@@ -278,8 +278,8 @@ async fn token_fetches_a_verifiable_token_and_decode_refuses_a_tampered_one() {
     let token = token.trim();
     assert_eq!(token.split('.').count(), 3, "{token}");
 
-    // The issuer is the operator's URL, so its JWKS is reachable.
-    let decoded = ok(&["decode", token]);
+    // The cluster knows the issuer (the credential's Secret) and its JWKS is reachable.
+    let decoded = ok(&["decode", token, "-n", n]);
     assert!(decoded.starts_with("Header:\n"), "{decoded}");
     assert!(
         decoded.contains(&format!("\"sub\": \"m2m:{n}:ci-bot\"")),
@@ -287,7 +287,7 @@ async fn token_fetches_a_verifiable_token_and_decode_refuses_a_tampered_one() {
     );
     assert!(decoded.contains("\"scope\": \"repo:read\""), "{decoded}");
     assert!(decoded.contains("signature: verified by kid "), "{decoded}");
-    let doc = json(&ok(&["decode", token, "-o", "json"]));
+    let doc = json(&ok(&["decode", token, "-n", n, "-o", "json"]));
     assert_eq!(doc["signature"]["status"], "verified");
     assert_eq!(doc["header"]["typ"], "at+jwt");
 
@@ -316,7 +316,9 @@ async fn token_fetches_a_verifiable_token_and_decode_refuses_a_tampered_one() {
         b64.encode(claims.to_string()),
         parts[2]
     );
-    let o = plugin(&["decode", &forged]);
+    // Verified against the issuer the cluster knows for the token's client
+    // (the credential's Secret in -n), never the token's own iss.
+    let o = plugin(&["decode", &forged, "-n", n]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("signature: INVALID"), "{}", stdout(&o));
     assert!(
@@ -325,14 +327,36 @@ async fn token_fetches_a_verifiable_token_and_decode_refuses_a_tampered_one() {
         stderr(&o)
     );
 
-    // JWKS unreachable: shown, not judged.
-    let nowhere = format!("http://127.0.0.1:{}/.well-known/jwks.json", free_port());
-    let o = plugin(&["decode", token, "--jwks-url", &nowhere]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    // The genuine token, the same way: verified.
+    let o = plugin(&["decode", token, "-n", n]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("signature: not checked (JWKS unreachable: "),
+        stdout(&o).contains("signature: verified by kid "),
         "{}",
         stdout(&o)
+    );
+    // No trusted JWKS (a namespace without its credential): shown, not
+    // verified, exit 1.
+    let o = plugin(&["decode", token, "-n", "default"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("signature: NOT VERIFIED (no trusted JWKS"),
+        "{}",
+        stdout(&o)
+    );
+    // JWKS unreachable: shown, not verified, exit 1.
+    let nowhere = format!("http://127.0.0.1:{}/.well-known/jwks.json", free_port());
+    let o = plugin(&["decode", token, "--jwks-url", &nowhere]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("signature: NOT VERIFIED (JWKS unreachable: "),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).starts_with("error: signature not verified"),
+        "{}",
+        stderr(&o)
     );
 
     // A token endpoint that does not answer: the error says what to check.
@@ -421,7 +445,7 @@ async fn token_exchanges_an_api_token_for_a_jwt() {
     ]);
     let jwt = jwt.trim();
     assert_eq!(jwt.split('.').count(), 3, "{jwt}");
-    let doc = json(&ok(&["decode", jwt, "-o", "json"]));
+    let doc = json(&ok(&["decode", jwt, "-n", n, "-o", "json"]));
     assert_eq!(doc["signature"]["status"], "verified");
     assert_eq!(doc["claims"]["sub"], format!("m2m:{n}:ci-bot"));
     assert_eq!(doc["claims"]["scope"], "repo:read");

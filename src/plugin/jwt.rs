@@ -1,11 +1,15 @@
 //! `kubectl m2m decode`: a JWT's header and claims, and its signature
-//! checked against the issuer's JWKS (`<iss>/.well-known/jwks.json`, or
-//! `--jwks-url`) with `jsonwebtoken` — the verifier resource servers use.
+//! checked with `jsonwebtoken` — the verifier resource servers use —
+//! against a JWKS the caller trusts: `--jwks-url`, or the issuer this
+//! cluster knows for the token's client (the `issuer` key of the Secret of
+//! the credential whose `status.clientId` is the token's `client_id`, in
+//! the namespace of `-n`/the context). Never the JWKS the token's own
+//! `iss` names: whoever signs a token chooses its `iss`.
 //!
-//! Three outcomes, never confused: `verified by kid …`; `INVALID` (the key
-//! is unknown or the signature does not match: exit 1); `not checked` (the
-//! JWKS could not be fetched, e.g. an in-cluster issuer seen from a laptop:
-//! exit 0, the claims are still shown).
+//! Three outcomes, never confused: `verified by kid …` (exit 0); `INVALID`
+//! (the key is unknown or the signature does not match: exit 1); `not
+//! verified` (no trusted JWKS, or it could not be fetched, e.g. an
+//! in-cluster issuer seen from a laptop: exit 1, the claims are still shown).
 
 use super::cli::{DecodeArgs, GlobalArgs, OutputFormat};
 use super::table::relative;
@@ -100,7 +104,7 @@ impl SignatureCheck {
             Self::Invalid { reason, jwks_url } => {
                 format!("signature: INVALID ({reason}; JWKS {jwks_url})")
             }
-            Self::NotChecked { reason } => format!("signature: not checked ({reason})"),
+            Self::NotChecked { reason } => format!("signature: NOT VERIFIED ({reason})"),
         }
     }
 }
@@ -133,7 +137,7 @@ pub(crate) fn verify_against(token: &str, jwks: &JwkSet) -> Result<(String, Stri
     }
 }
 
-/// `<iss>/.well-known/jwks.json`.
+/// `<iss>/.well-known/jwks.json` of a trusted issuer (`claims["iss"]`).
 pub(crate) fn default_jwks_url(claims: &Value) -> Option<String> {
     let iss = claims.get("iss")?.as_str()?.trim_end_matches('/');
     (!iss.is_empty()).then(|| format!("{iss}/.well-known/jwks.json"))
@@ -149,19 +153,12 @@ pub(crate) async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<JwkS
     serde_json::from_slice(&body).map_err(|e| format!("{url} is not a JWKS: {e}"))
 }
 
-/// Check `token`'s signature against the JWKS at `jwks_url` (else the one
-/// its `iss` names).
-pub(crate) async fn check_signature(
-    token: &str,
-    decoded: &DecodedJwt,
-    jwks_url: Option<&str>,
-) -> SignatureCheck {
-    let Some(url) = jwks_url
-        .map(str::to_owned)
-        .or_else(|| default_jwks_url(&decoded.claims))
-    else {
+/// Check `token`'s signature against the trusted JWKS at `jwks_url`;
+/// without one, nothing is verified (the token's own `iss` is not trusted).
+pub(crate) async fn check_signature(token: &str, jwks_url: Option<&str>) -> SignatureCheck {
+    let Some(url) = jwks_url.map(str::to_owned) else {
         return SignatureCheck::NotChecked {
-            reason: "the token has no iss claim to find its JWKS; pass --jwks-url".into(),
+            reason: "no trusted JWKS: pass --jwks-url, or -n the namespace of the credential the token was issued to (its Secret names the issuer)".into(),
         };
     };
     let http = match http_client() {
@@ -243,8 +240,8 @@ struct DecodeDocument<'a> {
     signature: &'a SignatureCheck,
 }
 
-/// Decode, verify and print `token`; an invalid signature is an error
-/// (exit 1) after the output is written.
+/// Decode, verify and print `token`; an invalid or unverified signature is
+/// an error (exit 1) after the output is written.
 pub(crate) async fn decode_and_print(
     token: &str,
     jwks_url: Option<&str>,
@@ -252,7 +249,7 @@ pub(crate) async fn decode_and_print(
     out: &mut dyn Write,
 ) -> Result<(), PluginError> {
     let decoded = decode_unverified(token)?;
-    let check = check_signature(token, &decoded, jwks_url).await;
+    let check = check_signature(token, jwks_url).await;
     let doc = DecodeDocument {
         header: &decoded.header,
         claims: &decoded.claims,
@@ -270,7 +267,8 @@ pub(crate) async fn decode_and_print(
     write_out(out, &text)?;
     match check {
         SignatureCheck::Invalid { reason, .. } => Err(PluginError::InvalidSignature(reason)),
-        _ => Ok(()),
+        SignatureCheck::NotChecked { reason } => Err(PluginError::Unverified(reason)),
+        SignatureCheck::Verified { .. } => Ok(()),
     }
 }
 
@@ -295,7 +293,34 @@ pub async fn run(
         .or_else(|| token.strip_prefix("bearer "))
         .unwrap_or(token)
         .trim();
-    decode_and_print(token, args.jwks_url.as_deref(), g.output, out).await
+    let jwks = match &args.jwks_url {
+        Some(url) => Some(url.clone()),
+        None => cluster_jwks_url(g, token).await,
+    };
+    decode_and_print(token, jwks.as_deref(), g.output, out).await
+}
+
+/// The JWKS of the issuer this cluster knows for `token`'s client: the
+/// `issuer` key of the Secret of the credential (in the namespace of
+/// `-n`/the context) whose `status.clientId` is the token's `client_id`.
+/// `None` when there is none to be found or read (then nothing is verified).
+async fn cluster_jwks_url(g: &GlobalArgs, token: &str) -> Option<String> {
+    use k8s_openapi::api::core::v1::Secret;
+    let decoded = decode_unverified(token).ok()?;
+    let client_id = decoded.claims.get("client_id")?.as_str()?.to_owned();
+    let cluster = super::cluster::Cluster::connect(g).await.ok()?;
+    let creds = cluster.credentials().list(&Default::default()).await.ok()?;
+    let status = creds
+        .items
+        .into_iter()
+        .filter_map(|c| c.status)
+        .find(|s| s.client_id.as_deref() == Some(client_id.as_str()))?;
+    let secrets: kube::Api<Secret> =
+        kube::Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let secret = secrets.get(status.secret_name.as_deref()?).await.ok()?;
+    let issuer = secret.data?.get("issuer")?.0.clone();
+    let issuer = String::from_utf8(issuer).ok()?;
+    default_jwks_url(&serde_json::json!({ "iss": issuer.trim() }))
 }
 
 #[cfg(test)]
@@ -317,6 +342,44 @@ mod tests {
             .unwrap()
             .sign(claims.to_string().as_bytes())
             .unwrap()
+    }
+
+    /// A token signed by an attacker's key whose `iss` points at the
+    /// attacker's own JWKS (served here on loopback) must not come out as
+    /// verified, and "could not verify" is a failure, not exit 0: without
+    /// `--jwks-url` or the issuer the cluster knows there is nothing to
+    /// verify against.
+    #[tokio::test]
+    async fn a_token_is_never_verified_against_the_jwks_its_own_iss_names() {
+        let attacker = ring();
+        let jwks = String::from_utf8(attacker.jwks_json().to_vec()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { jwks }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let t = token(
+            &attacker,
+            serde_json::json!({"iss": format!("http://{addr}"), "sub": "m2m:kube-system:admin", "exp": 4_102_444_800_i64}),
+        );
+        let mut out = Vec::new();
+        let result = decode_and_print(&t, None, None, &mut out).await;
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("signature: verified"),
+            "verified against the token's own iss:\n{text}"
+        );
+        assert!(result.is_err(), "an unverified token exits 0:\n{text}");
+        // An unreachable JWKS given explicitly is a failure too.
+        let mut out = Vec::new();
+        let result =
+            decode_and_print(&t, Some("http://127.0.0.1:9/jwks.json"), None, &mut out).await;
+        assert!(result.is_err(), "{}", String::from_utf8_lossy(&out));
     }
 
     #[test]
@@ -404,7 +467,7 @@ mod tests {
         assert!(text.contains("issued:    "), "{text}");
         assert!(text.contains("(EXPIRED 30s ago)"), "{text}");
         assert!(
-            text.ends_with("signature: not checked (JWKS unreachable: x)\n"),
+            text.ends_with("signature: NOT VERIFIED (JWKS unreachable: x)\n"),
             "{text}"
         );
         let v = SignatureCheck::Verified {

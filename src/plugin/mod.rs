@@ -98,6 +98,10 @@ pub enum PluginError {
     /// The signature of a token did not verify (already reported on stdout).
     #[error("signature INVALID: {0}")]
     InvalidSignature(String),
+    /// The signature could not be verified (no trusted JWKS, or it could
+    /// not be fetched); already reported on stdout.
+    #[error("signature not verified: {0}")]
+    Unverified(String),
     /// Writing the output failed.
     #[error("writing the output failed: {0}")]
     Output(String),
