@@ -145,7 +145,8 @@ async fn every_example_applies_and_its_credentials_become_ready() {
         status.roles,
         [
             format!("{}-reporting", ns.name),
-            "release-manager".to_owned()
+            // An M2MRole goes by <namespace>/<name> (issue 21, item 2).
+            format!("{}/release-manager", ns.name)
         ]
     );
     let all = creds.list(&ListParams::default()).await.unwrap().items;
