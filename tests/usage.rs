@@ -609,6 +609,20 @@ async fn a_converged_cluster_resync_writes_nothing() {
     );
 }
 
+/// The `kubectl.kubernetes.io/restartedAt` pod-template annotation of a
+/// Deployment: set by a rollout restart.
+fn restarted_at(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get("kubectl.kubernetes.io/restartedAt")
+        .cloned()
+}
+
 #[tokio::test]
 async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     use k8s_openapi::api::apps::v1::Deployment;
@@ -625,20 +639,9 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     );
     credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     let deployments = ns.api::<Deployment>();
-    let template_annotation = |d: &Deployment| {
-        d.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get("kubectl.kubernetes.io/restartedAt")
-            .cloned()
-    };
     let web = deployments.get("web").await.unwrap();
     assert_eq!(
-        template_annotation(&web),
+        restarted_at(&web),
         None,
         "creating a credential restarts nothing"
     );
@@ -651,7 +654,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     credential_secret(&ns, "app", 2, Duration::from_secs(30)).await;
     let web = eventually("web restarted", Duration::from_secs(15), || async {
         let d = deployments.get("web").await.ok()?;
-        template_annotation(&d).is_some().then_some(d)
+        restarted_at(&d).is_some().then_some(d)
     })
     .await;
     assert_eq!(web.metadata.generation, generation.map(|g| g + 1));
@@ -854,17 +857,6 @@ async fn only_a_consenting_workload_is_restarted_and_others_look_missing() {
     );
     credential_secret(&ns, "app", 1, Duration::from_secs(30)).await;
     let deployments = ns.api::<Deployment>();
-    let restarted_at = |d: &Deployment| {
-        d.spec
-            .as_ref()?
-            .template
-            .metadata
-            .as_ref()?
-            .annotations
-            .as_ref()?
-            .get("kubectl.kubernetes.io/restartedAt")
-            .cloned()
-    };
     ns.api::<M2MCredential>()
         .patch("app", &PatchParams::default(), &rotate("r1"))
         .await
