@@ -123,7 +123,14 @@ fn start_reflectors(client: &Client, watch_ns: Option<&str>) -> anyhow::Result<R
     let reflectors = future::join3(
         watcher(api_for::<M2MCredential>(client, watch_ns), cfg.clone())
             .backoff(WatchBackoff::new())
-            .modify(|o| o.managed_fields_mut().clear())
+            // Only the token server's entry is kept: it says which usage
+            // fields the controller may believe (super::usage).
+            .modify(|o| {
+                o.managed_fields_mut().retain(|m| {
+                    m.manager.as_deref() == Some(crate::labels::USAGE_FIELD_MANAGER)
+                        && m.subresource.as_deref() == Some("status")
+                })
+            })
             .reflect_shared(cred_writer)
             .for_each(|_| future::ready(())),
         watcher(api_for::<ServiceAccount>(client, watch_ns), cfg)
