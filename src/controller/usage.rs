@@ -80,9 +80,10 @@ fn owned_by_token_server(cred: &M2MCredential) -> (bool, BTreeSet<i64>) {
 /// UID), so that usage stripped from status is not taken for no usage.
 /// Lost on restart (the residual risk `docs/security.md` states).
 #[derive(Debug, Default)]
-pub(crate) struct UsageMemory(
-    Mutex<HashMap<String, (Option<DateTime<Utc>>, BTreeMap<i64, DateTime<Utc>>)>>,
-);
+pub(crate) struct UsageMemory(Mutex<HashMap<String, Remembered>>);
+
+/// What [`UsageMemory`] keeps of one credential: the last use, and per version.
+type Remembered = (Option<DateTime<Utc>>, BTreeMap<i64, DateTime<Utc>>);
 
 impl UsageMemory {
     /// Merge what `cred`'s status shows (trusted part only) into what was

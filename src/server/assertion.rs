@@ -201,10 +201,13 @@ struct Valid {
     subject: String,
 }
 
+/// A cached value and when it expires.
+type Expiring<V> = (V, DateTime<Utc>);
+
 /// One bounded map of review results by key, each with an expiry.
 #[derive(Debug)]
 struct BoundedMap<V> {
-    entries: Mutex<HashMap<[u8; 32], (V, DateTime<Utc>)>>,
+    entries: Mutex<HashMap<[u8; 32], Expiring<V>>>,
     capacity: usize,
 }
 
