@@ -212,7 +212,8 @@ measure() {
     out="$(run_wrk "$url" "$path" "$creds" "$c" "$duration")"
     cpu1="$(cpu_seconds "$pid")"
     printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$name" "$config" "$alg" "$c" "$load" \
-      "$(field rps "$out")" "$(field p50_ms "$out")" "$(field p99_ms "$out")" "$(field errors "$out")" \
+      "$(awk -v r="$(field rps "$out")" -v n="$(field requests "$out")" -v e="$(field errors "$out")" \
+        'BEGIN { printf "%.0f", n ? r * (n - e) / n : 0 }')" "$(field p50_ms "$out")" "$(field p99_ms "$out")" "$(field errors "$out")" \
       "$(rss_mb "$pid")" "$(awk -v d="$cpu1" -v s="$cpu0" -v n="$(field requests "$out")" \
         'BEGIN { printf "%.3f", n ? (d - s) * 1000 / n : 0 }')" >>"$work/rows"
     log "  $c connections: $out"
@@ -398,7 +399,7 @@ print_table() {
           load[i], rps[i], p50[i], p99[i], err[i], rss[i], cpu[i], ratio(bench[c[i]], rps[i]), ratio(ts[c[i]], rps[i])
     }' "$work/rows"
   echo
-  echo "errors = non-2xx answers or socket errors (wrk); RSS after the run; CPU s/1k = the server process's CPU seconds per 1,000 tokens;"
+  echo "tokens/s counts successful answers only; errors = non-2xx answers or socket errors (wrk); RSS after the run; CPU s/1k = the server process's CPU seconds per 1,000 tokens;"
   echo "bench/x and ts/x = tokens/s of m2m-operator's bench-server and token-server at the same connections over this row's."
   echo "Client secret hashing: m2m-operator keyed hash (HMAC-SHA256, its only mode); Hydra pbkdf2 (its default, 25,000 iterations)"
   echo "and pbkdf2 at 1 iteration (the schema minimum); Keycloak compares client secrets as stored (no hashing setting exists)."
