@@ -8,8 +8,17 @@
 #   eval "$(tests/cluster/env.sh)"
 #   bench/scale.sh                   # N=5000
 #   SCALE_N=50000 SCALE_NAMESPACES=50 bench/scale.sh
+#   bench/scale.sh --pinned          # control plane + controller on CPU 0,
+#                                    # token server + wrk on CPU 1 (SCALE_PIN=1)
 # Settings: see bench/README.md (SCALE_*, M2M_BIN, RUST_LOG).
 set -euo pipefail
+
+if [[ "${1:-}" == --pinned ]]; then export SCALE_PIN=1; shift; fi
+[[ $# -eq 0 ]] || { echo "usage: bench/scale.sh [--pinned]" >&2; exit 2; }
+if [[ -n "${SCALE_PIN:-}" && "${SCALE_PIN}" != 0 ]]; then
+  command -v taskset >/dev/null || { echo "taskset not found: apt-get install -y util-linux" >&2; exit 1; }
+  [[ -n "${M2M_CLUSTER_DIR:-}" ]] || { echo "M2M_CLUSTER_DIR unset: eval \"\$(tests/cluster/env.sh)\"" >&2; exit 1; }
+fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
