@@ -34,7 +34,8 @@ fn cache_dir() -> PathBuf {
     base.join("m2m-operator")
 }
 
-fn cluster_dir() -> PathBuf {
+/// The state directory of the local control plane (`M2M_CLUSTER_DIR`): logs, PKI.
+pub fn cluster_dir() -> PathBuf {
     std::env::var("M2M_CLUSTER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| cache_dir().join("cluster"))
