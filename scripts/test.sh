@@ -26,6 +26,28 @@ if [[ -x tests/chart/test.sh ]]; then
   tests/chart/test.sh
 fi
 
+# The product as users run it, on the node (tests/on_node.rs): the image and
+# the chart pushed to the local registry, `helm install --wait`, the examples
+# as Pods, rotation and operations under load. Last, one test at a time: the
+# installed operator watches every namespace.
+if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]]; then
+  printf '\n== the product on the node: image, chart, helm install, examples as Pods\n'
+  scripts/image.sh >/dev/null
+  # A second build of the image for the upgrade test (same binary, its own
+  # manifest and revision label).
+  M2M_IMAGE_SOURCE=second-build scripts/image.sh --no-build --tag 0.1.0-next >/dev/null
+  scripts/chart.sh >/dev/null
+  cleanup_release() {
+    helm uninstall m2m-operator -n m2m-system --wait >/dev/null 2>&1 || true
+    kubectl delete namespace m2m-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  }
+  trap cleanup_release EXIT
+  M2M_TEST_SECOND_TAG=0.1.0-next \
+    cargo test --locked --features test-hooks --test on_node -- --ignored --test-threads=1 "$@"
+  cleanup_release
+  trap - EXIT
+fi
+
 if [[ "${M2M_TEST_MIN_K8S:-0}" == 1 ]]; then
   min_version="$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_K8S_MIN_VERSION"')"
   printf '\n== the same schema tests against the minimum supported Kubernetes, v%s\n' "$min_version"
