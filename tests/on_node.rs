@@ -161,13 +161,67 @@ fn container_process(pod: &Pod) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The commands of the first `sh` block under `## Install` in
+/// docs/install.md, continuation lines joined, for `registry`.
+fn install_md_commands(registry: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(repo_root().join("docs/install.md")).unwrap();
+    let section = doc
+        .split("\n## Install\n")
+        .nth(1)
+        .expect("## Install in docs/install.md");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block under ## Install");
+    block
+        .replace("\\\n", " ")
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.replace("<your-registry>", registry))
+        .collect()
+}
+
 #[tokio::test]
 #[ignore = "needs the image and chart in the local registry: scripts/test.sh runs it last"]
 async fn s1_helm_install_from_the_registry_runs_every_component_ready() {
+    // Exactly what docs/install.md tells users to run (the local registry
+    // serves plain HTTP, hence helm's --plain-http).
+    let commands = install_md_commands(REGISTRY);
+    assert_eq!(
+        commands.len(),
+        3,
+        "image, chart, helm install: {commands:?}"
+    );
+    let path = format!(
+        "{}:{}",
+        support::bin_dir().display(),
+        std::env::var("PATH").unwrap()
+    );
     let start = Instant::now();
-    install(&[]);
+    for command in &commands {
+        let command = if command.starts_with("helm ") {
+            format!("{command} --plain-http --timeout 5m")
+        } else {
+            command.clone()
+        };
+        let out = Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(repo_root())
+            .env("PATH", &path)
+            .env("KUBECONFIG", support::kubeconfig_path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     eprintln!(
-        "helm install --wait: {:.1} s",
+        "docs/install.md's three commands (image build + push, chart push, helm install --wait): {:.1} s",
         start.elapsed().as_secs_f64()
     );
     assert_eq!(
