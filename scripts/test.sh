@@ -20,7 +20,30 @@ kubectl version
 # compile time does not count against their timeouts. `test-hooks` compiles
 # in the crash-injection failpoint the crash-recovery test needs.
 cargo build --all-targets --locked --features test-hooks
+
+# The kubelet refreshes a projected token at 80 % of its lifetime (at least
+# 600 s): that test mostly waits, so it runs beside everything else, from its
+# test binary directly (a second `cargo test` would wait for the first).
+refresh_log="$(mktemp)"
+refresh_pid=""
+if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]]; then
+  node_tests="$(cargo test --locked --features test-hooks --test node --no-run --message-format=json 2>/dev/null \
+    | jq -r 'select(.executable != null) | .executable' | tail -n 1)"
+  "$node_tests" --ignored --exact the_kubelet_writes_a_projected_token_and_refreshes_it_before_expiry \
+    --nocapture >"$refresh_log" 2>&1 &
+  refresh_pid=$!
+fi
+
 cargo test --all-targets --locked --features test-hooks -- "$@"
+
+if [[ -n "$refresh_pid" ]]; then
+  printf '\n== the projected-token refresh test (ran beside the others)\n'
+  refresh_status=0
+  wait "$refresh_pid" || refresh_status=$?
+  cat "$refresh_log"
+  rm -f "$refresh_log"
+  [[ "$refresh_status" == 0 ]] || { echo "the projected-token refresh test failed" >&2; exit 1; }
+fi
 
 if [[ -x tests/chart/test.sh ]]; then
   tests/chart/test.sh

@@ -206,6 +206,7 @@ async fn review(client: &kube::Client, token: &str, audience: &str) -> Option<St
 }
 
 #[tokio::test]
+#[ignore = "waits ~8 minutes for the kubelet's refresh: scripts/test.sh runs it beside the other tests"]
 async fn the_kubelet_writes_a_projected_token_and_refreshes_it_before_expiry() {
     const EXPIRATION: u64 = 600; // the apiserver's minimum
     const AUDIENCE: &str = "m2m-node-test";
