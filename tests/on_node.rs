@@ -355,6 +355,44 @@ async fn s2_the_examples_run_as_pods_unchanged() {
     .await;
     assert!(log.contains("\"scope\":\"reports:read\""), "{log}");
     assert!(!log.contains("token request failed"), "{log}");
+
+    // 06: the API token's holder exchanges it for a JWT (RFC 8693).
+    wait_ready(&demo, "grafana-token-exchange", Duration::from_secs(120)).await;
+    let log = eventually(
+        "grafana-token-exchange to log a JWT",
+        Duration::from_secs(60),
+        || async {
+            let l = logs(&demo, "grafana-token-exchange");
+            l.contains("exchanged the API token for a JWT").then_some(l)
+        },
+    )
+    .await;
+    assert!(log.contains("\"sub\":\"m2m:m2m-demo:grafana\""), "{log}");
+    assert!(log.contains("\"access_token\":\"<redacted>\""), "{log}");
+    assert!(
+        !log.contains("m2mt_"),
+        "the API token is never printed: {log}"
+    );
+
+    // 07: the release bot's token carries its roles' scopes and the role.
+    wait_ready(&demo, "release-bot", Duration::from_secs(120)).await;
+    let log = eventually(
+        "release-bot to log a token",
+        Duration::from_secs(60),
+        || async {
+            let l = logs(&demo, "release-bot");
+            l.contains("token: scope").then_some(l)
+        },
+    )
+    .await;
+    assert!(
+        log.contains("deploy:staging") && log.contains("artifacts:read"),
+        "{log}"
+    );
+    assert!(
+        log.contains("release-manager"),
+        "the roles claim names the role: {log}"
+    );
 }
 
 /// Seconds since boot: the same clock inside containers (they share the
@@ -748,4 +786,170 @@ async fn s7_uninstall_keeps_the_credentials_secrets_and_a_reinstall_serves_them(
         (id, secret),
         "the same credential, not a new one"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs the image and chart in the local registry: scripts/test.sh runs it last"]
+async fn s8_a_restart_target_is_restarted_once_and_the_old_secret_retired_when_its_pods_are_gone() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use m2m_operator::crd::M2MCredential;
+    // The controller may patch workloads only with rbac.restartTargets.
+    install(&["--set", "rbac.restartTargets=true"]);
+    let ns = TestNamespace::new("on-node-restart").await;
+    // Pods that copy the secret into environment variables: they see a new
+    // one only when restarted, which is what restartTargets is for.
+    let manifests = format!(
+        r#"apiVersion: m2m.dev/v1alpha1
+kind: ServiceAccount
+metadata: {{ name: app, namespace: {n} }}
+spec: {{ scopes: ["app:run"] }}
+---
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: {{ name: app, namespace: {n} }}
+spec:
+  serviceAccountName: app
+  rotation:
+    gracePeriod: 10m
+    retireWhenUnusedFor: 20s
+    restartTargets: [{{ kind: Deployment, name: web }}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {n}
+  annotations: {{ m2m.dev/restart-on-rotation: app }}
+spec:
+  replicas: 2
+  selector: {{ matchLabels: {{ app: web }} }}
+  template:
+    metadata: {{ labels: {{ app: web }} }}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: client
+          image: curlimages/curl:8.11.1
+          env:
+            - {{ name: CLIENT_ID, valueFrom: {{ secretKeyRef: {{ name: app-credentials, key: client_id }} }} }}
+            - {{ name: CLIENT_SECRET, valueFrom: {{ secretKeyRef: {{ name: app-credentials, key: client_secret }} }} }}
+            - {{ name: TOKEN_URL, valueFrom: {{ secretKeyRef: {{ name: app-credentials, key: token_url }} }} }}
+          command: ["/bin/sh", "-c"]
+          args:
+            - |
+              while true; do
+                code="$(printf 'user = "%s:%s"\n' "$CLIENT_ID" "$CLIENT_SECRET" |
+                  curl --silent --config - -o /dev/null -w '%{{http_code}}' -d grant_type=client_credentials "$TOKEN_URL")"
+                echo "HTTP $code"
+                sleep 1
+              done
+"#,
+        n = ns.name
+    );
+    let out = kubectl_stdin(&["apply", "-f", "-"], &manifests);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = ns.api::<M2MCredential>();
+    eventually(
+        "version 1 in use by the Pods",
+        Duration::from_secs(120),
+        || async {
+            creds
+                .get("app")
+                .await
+                .ok()?
+                .status?
+                .last_used_time
+                .map(|_| ())
+        },
+    )
+    .await;
+    let deployments = ns.api::<Deployment>();
+    let generation = deployments
+        .get("web")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+
+    let start = Instant::now();
+    assert!(
+        kubectl(&[
+            "-n",
+            &ns.name,
+            "annotate",
+            "--overwrite",
+            "m2mcred",
+            "app",
+            "m2m.dev/rotate=on-node"
+        ])
+        .status
+        .success()
+    );
+    // Restarted once: the new Pods start with the new secret in their env.
+    eventually(
+        "the rollout to finish",
+        Duration::from_secs(120),
+        || async {
+            let d = deployments.get("web").await.ok()?;
+            let s = d.status?;
+            (d.metadata.generation == Some(generation + 1)
+                && s.updated_replicas == Some(2)
+                && s.ready_replicas == Some(2)
+                && s.replicas == Some(2))
+            .then_some(())
+        },
+    )
+    .await;
+    let restarted = start.elapsed();
+    // Nothing uses version 1 any more: retired after retireWhenUnusedFor,
+    // long before the 10m grace period ends.
+    eventually("version 1 retired", Duration::from_secs(120), || async {
+        let versions: Vec<i64> = creds
+            .get("app")
+            .await
+            .ok()?
+            .status?
+            .verifiers
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        (versions == vec![2]).then_some(())
+    })
+    .await;
+    eprintln!(
+        "restart target: rollout with the new secret done {:.1} s after the rotation; version 1 retired after {:.1} s (grace 10m, retireWhenUnusedFor 20s)",
+        restarted.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(
+        d.metadata.generation,
+        Some(generation + 1),
+        "restarted exactly once"
+    );
+    // The new Pods get tokens with the new secret.
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap();
+    for pod in pods.items.iter().filter(|p| is_ready(p)) {
+        let name = pod.metadata.name.clone().unwrap();
+        let log = eventually(
+            "a token with the new secret",
+            Duration::from_secs(30),
+            || async {
+                let l = logs(&ns, &name);
+                l.contains("HTTP 200").then_some(l)
+            },
+        )
+        .await;
+        assert!(!log.contains("HTTP 401"), "{name}: {log}");
+    }
 }

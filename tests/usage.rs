@@ -656,7 +656,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     .await;
     assert_eq!(web.metadata.generation, generation.map(|g| g + 1));
     assert_eq!(
-        web.metadata.annotations.unwrap()["m2m.dev/restarted-for"],
+        web.metadata.annotations.as_ref().unwrap()["m2m.dev/restarted-for"],
         r#"{"app":2}"#
     );
     eventually(
