@@ -28,7 +28,7 @@ refresh_log="$(mktemp)"
 refresh_pid=""
 if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]]; then
   node_tests="$(cargo test --locked --features test-hooks --test node --no-run --message-format=json 2>/dev/null \
-    | jq -r 'select(.executable != null) | .executable' | tail -n 1)"
+    | jq -r 'select(.target.name == "node" and .executable != null) | .executable')"
   "$node_tests" --ignored --exact the_kubelet_writes_a_projected_token_and_refreshes_it_before_expiry \
     --nocapture >"$refresh_log" 2>&1 &
   refresh_pid=$!
@@ -68,7 +68,7 @@ if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]
   # The test binary directly: docs/install.md's commands, which the first
   # test runs, include a cargo build that a running `cargo test` would block.
   on_node_tests="$(cargo test --locked --features test-hooks --test on_node --no-run --message-format=json 2>/dev/null \
-    | jq -r 'select(.executable != null) | .executable' | tail -n 1)"
+    | jq -r 'select(.target.name == "on_node" and .executable != null) | .executable')"
   M2M_TEST_SECOND_TAG=0.1.0-next "$on_node_tests" --ignored --test-threads=1 "$@"
   cleanup_release
   trap - EXIT

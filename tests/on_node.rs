@@ -234,20 +234,25 @@ async fn s1_helm_install_from_the_registry_runs_every_component_ready() {
         2,
         "two token servers Ready"
     );
-    // One leader among the controllers.
-    let holder = eventually("a leader", Duration::from_secs(30), || async {
-        leader().await
-    })
+    // One leader among the controllers (a Lease left by an earlier release
+    // names a Pod that is gone until it expires: wait that out).
+    eventually(
+        "a leader among the controller Pods",
+        Duration::from_secs(60),
+        || async {
+            let holder = leader().await?;
+            let names: Vec<String> = pods_of("controller")
+                .await
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect();
+            names
+                .iter()
+                .any(|n| holder.contains(n.as_str()))
+                .then_some(())
+        },
+    )
     .await;
-    let names: Vec<String> = pods_of("controller")
-        .await
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    assert!(
-        names.iter().any(|n| holder.contains(n.as_str())),
-        "leader {holder} is one of {names:?}"
-    );
     // Both token servers behind the Service.
     let client = support::client().await;
     let slices = Api::<EndpointSlice>::namespaced(client, SYSTEM)
@@ -876,6 +881,15 @@ spec:
         .metadata
         .generation
         .unwrap();
+    let old_pods: Vec<String> = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
 
     let start = Instant::now();
     assert!(
@@ -899,6 +913,7 @@ spec:
             let d = deployments.get("web").await.ok()?;
             let s = d.status?;
             (d.metadata.generation == Some(generation + 1)
+                && s.observed_generation == Some(generation + 1)
                 && s.updated_replicas == Some(2)
                 && s.ready_replicas == Some(2)
                 && s.replicas == Some(2))
@@ -934,12 +949,23 @@ spec:
         "restarted exactly once"
     );
     // The new Pods get tokens with the new secret.
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .unwrap();
-    for pod in pods.items.iter().filter(|p| is_ready(p)) {
+    let pods = eventually("two new Pods Ready", Duration::from_secs(60), || async {
+        let pods: Vec<Pod> = ns
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let fresh = pods
+            .iter()
+            .all(|p| !old_pods.contains(p.metadata.name.as_ref().unwrap()));
+        (fresh && pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods)
+    })
+    .await;
+    for pod in &pods {
         let name = pod.metadata.name.clone().unwrap();
         let log = eventually(
             "a token with the new secret",
