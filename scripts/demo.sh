@@ -1,170 +1,139 @@
 #!/usr/bin/env bash
-# The one-command demo (README): starts the local control plane, installs
-# the CRDs, runs the operator on this host, applies the examples, fetches an
-# access token with curl, shows its claims, rotates the credential by
-# annotation, and proves the old secret is refused and the new one accepted.
-# Then workload identity: a credential with no secret at all, exchanging a
-# Kubernetes service-account token (minted with kubectl create token, since
-# pods do not run here) for an access token, and refusing another's.
-# Last, adoption-aware retirement: `kubectl m2m status` before and after a
-# rotation with rotation.retireWhenUnusedFor, the old version retired as soon
-# as nothing used it any more.
+# The one-command demo (README), on the local cluster's node as a user runs
+# it: builds the operator image and pushes it and the chart to the local
+# registry, `helm install`s the chart from there (the operator runs as Pods:
+# two controllers, one leading, and two token servers behind their
+# Service), applies the examples, and tells the story through Pods:
+#   - a Pod fetching tokens with its mounted credential Secret (example 04);
+#   - a rotation by annotation, picked up by a running client from its
+#     Secret volume without a restart and without a failed request;
+#   - workload identity: a Pod authenticating with the service-account token
+#     the kubelet projected into it, no secret anywhere (example 05);
+#   - adoption-aware retirement: `kubectl m2m status` before and after a
+#     rotation with rotation.retireWhenUnusedFor, the old version retired as
+#     soon as the Pods stopped using it.
+# Nothing of the operator runs on the host.
 #
 #   ./scripts/demo.sh          run the demo (leaves everything running)
-#   ./scripts/demo.sh stop     stop the operator and the control plane
+#   ./scripts/demo.sh stop     uninstall the release and stop the cluster
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 
-STATE="${M2M_DEMO_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/m2m-operator/demo}"
-PORT="${M2M_DEMO_PORT:-18080}"
-ADMIN_PORT="${M2M_DEMO_ADMIN_PORT:-18081}"
-ISSUER="http://127.0.0.1:$PORT"
 NS=m2m-demo
+SYSTEM=m2m-system
 CRED=ci-bot-uploads
-mkdir -p "$STATE"
+REGISTRY=127.0.0.1:15000
+T0=$SECONDS
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m==> %s\033[0m  (%ss)\n' "$*" "$((SECONDS - T0))"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
-
-stop_operator() {
-  if [[ -f "$STATE/operator.pid" ]]; then
-    kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
-    rm -f "$STATE/operator.pid"
-  fi
-}
+indent() { sed 's/^/    /'; }
 
 if [[ "${1:-}" == "stop" ]]; then
-  stop_operator
+  eval "$(tests/cluster/env.sh)"
+  helm uninstall m2m-operator -n "$SYSTEM" --wait 2>/dev/null || true
   tests/cluster/down.sh
   echo "demo stopped"
   exit 0
 fi
 
-step "Starting the local Kubernetes control plane (first run builds it: ~6 min)"
+step "Starting the local cluster: control plane + one node (first run builds it: ~15 min on 2 cores)"
 tests/cluster/install.sh
 tests/cluster/up.sh >/dev/null
 eval "$(tests/cluster/env.sh)"
-kubectl version 2>/dev/null | sed 's/^/    /' || true
+kubectl get nodes -o wide | indent
 
-step "Building m2m-operator and the kubectl plugin (kubectl-m2m)"
-cargo build --locked --bin m2m-operator --bin kubectl-m2m
-BIN="$ROOT/target/debug/m2m-operator"
-export PATH="$ROOT/target/debug:$PATH"   # `kubectl m2m` finds kubectl-m2m here
+step "Building the operator image (no Docker: cargo, umoci, skopeo) and pushing it and the chart"
+scripts/image.sh --registry "$REGISTRY" | indent
+scripts/chart.sh --registry "$REGISTRY" | indent
+cargo build --release --locked --bin kubectl-m2m
+export PATH="$ROOT/target/release:$PATH"   # `kubectl m2m` finds kubectl-m2m here
 
-step "Installing the CRDs (m2m-operator crds | kubectl apply)"
-"$BIN" crds | kubectl apply --server-side --field-manager=m2m-demo -f -
-kubectl wait --for=condition=Established --timeout=60s crd/m2mcredentials.m2m.dev crd/serviceaccounts.m2m.dev
+step "helm install m2m-operator oci://$REGISTRY/charts/m2m-operator --wait"
+# Short usage resolutions so the retirement part need not wait (defaults: 60s, 5s).
+helm upgrade --install m2m-operator "oci://$REGISTRY/charts/m2m-operator" --version 0.1.0 --plain-http \
+  --namespace "$SYSTEM" --create-namespace \
+  --set "image.repository=$REGISTRY/m2m-operator" \
+  --set 'tokenServer.extraArgs={--usage-resolution=10s,--usage-resolution-in-grace=2s}' \
+  --wait --timeout 5m | sed -n '1,6p' | indent
+kubectl -n "$SYSTEM" get pods -o wide | indent
+echo "    leader: $(kubectl -n "$SYSTEM" get lease m2m-operator-controller -o jsonpath='{.spec.holderIdentity}')"
 
-step "Running the operator on this host (controller + token server on $ISSUER)"
-stop_operator
-kubectl get ns m2m-system >/dev/null 2>&1 || kubectl create ns m2m-system
-# Short usage resolutions so the demo need not wait (defaults: 60s, 5s).
-nohup "$BIN" run --namespace m2m-system --issuer "$ISSUER" \
-  --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
-  --usage-resolution 10s --usage-resolution-in-grace 2s \
-  >"$STATE/operator.log" 2>&1 &
-echo $! >"$STATE/operator.pid"
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
-  kill -0 "$(cat "$STATE/operator.pid")" 2>/dev/null || { tail -20 "$STATE/operator.log"; die "operator exited"; }
-  sleep 0.2
+step "Applying the examples: kubectl apply -f examples/"
+kubectl apply -f examples/ | indent
+kubectl -n "$NS" wait --for=condition=Ready --timeout=60s "m2mcredential/$CRED" | indent
+kubectl -n "$NS" get m2m | indent
+
+step "The token-client Pod (example 04) fetches a token through the Service's DNS name"
+kubectl -n "$NS" wait --for=condition=Ready --timeout=120s pod/token-client | indent
+for _ in $(seq 1 60); do
+  kubectl -n "$NS" logs token-client 2>/dev/null | grep -q "token issued" && break
+  sleep 1
 done
-curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || die "operator not ready; log: $STATE/operator.log"
-echo "    ready; log: $STATE/operator.log"
+kubectl -n "$NS" logs token-client | head -n 4 | indent
 
-step "Applying the examples"
-for f in examples/0*.yaml; do
-  echo "    kubectl apply -f $f"
-  kubectl apply -f "$f" | sed 's/^/      /'
-done
-kubectl -n "$NS" wait --for=condition=Ready --timeout=60s "m2mcredential/$CRED"
-kubectl -n "$NS" get m2m
+step "A client Pod requesting a token every second, re-reading the mounted Secret each time"
+cat <<'YAML' >"$ROOT/target/demo-watcher.yaml"
+apiVersion: v1
+kind: Pod
+metadata: { name: rotation-watcher, namespace: m2m-demo }
+spec:
+  automountServiceAccountToken: false
+  securityContext: { runAsNonRoot: true, runAsUser: 100, runAsGroup: 101, fsGroup: 101, seccompProfile: { type: RuntimeDefault } }
+  containers:
+    - name: curl
+      image: curlimages/curl:8.11.1
+      securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: [ALL] } }
+      command: ["/bin/sh", "-c"]
+      args:
+        - |
+          d=/var/run/secrets/m2m
+          while true; do
+            out="$(printf 'user = "%s:%s"\n' "$(cat $d/client_id)" "$(cat $d/client_secret)" |
+              curl --silent --config - -w '\n%{http_code}' -d grant_type=client_credentials "$(cat $d/token_url)")"
+            sv="$(printf '%s' "$out" | head -n 1 | cut -d. -f2 | tr '_-' '/+' | base64 -d 2>/dev/null | sed -n 's/.*"m2m_sv":\([0-9]*\).*/\1/p')"
+            echo "$(date -u +%H:%M:%S) HTTP $(printf '%s' "$out" | tail -n 1), token of secret version ${sv:-none}"
+            sleep 1
+          done
+      volumeMounts: [{ name: credentials, mountPath: /var/run/secrets/m2m, readOnly: true }]
+  volumes: [{ name: credentials, secret: { secretName: ci-bot-uploads-credentials, defaultMode: 0440 } }]
+YAML
+kubectl apply -f "$ROOT/target/demo-watcher.yaml" | indent
+kubectl -n "$NS" wait --for=condition=Ready --timeout=120s pod/rotation-watcher | indent
+sleep 3
+kubectl -n "$NS" logs rotation-watcher | tail -n 2 | indent
 
-secret_field() { kubectl -n "$NS" get secret "$CRED-credentials" -o "jsonpath={.data.$1}" | base64 -d; }
-CLIENT_ID="$(secret_field client_id)"
-OLD_SECRET="$(secret_field client_secret)"
-TOKEN_URL="$(secret_field token_url)"
-
-step "Fetching an access token with curl (client_secret_basic)"
-echo "    curl -u \"\$client_id:\$client_secret\" -d grant_type=client_credentials $TOKEN_URL"
-RESPONSE="$(curl -sS -u "$CLIENT_ID:$OLD_SECRET" -d grant_type=client_credentials "$TOKEN_URL")"
-echo "$RESPONSE" | python3 -c 'import json,sys; r=json.load(sys.stdin); r["access_token"]=r["access_token"][:32]+"…"; print(json.dumps(r, indent=2))' | sed 's/^/    /'
-ACCESS_TOKEN="$(echo "$RESPONSE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
-
-step "Its decoded header and claims"
-python3 - "$ACCESS_TOKEN" <<'PY' | sed 's/^/    /'
-import base64, json, sys
-def part(p):
-    return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
-h, c, _ = sys.argv[1].split(".")
-print("header:", json.dumps(part(h)))
-print(json.dumps(part(c), indent=2))
-PY
-
-step "Rotating the credential: kubectl annotate m2mcred $CRED m2m.dev/rotate=<new value>"
+step "Rotating $CRED with a 2m grace period: kubectl annotate m2mcred $CRED m2m.dev/rotate=<new value>"
 OLD_VERSION="$(kubectl -n "$NS" get m2mcred "$CRED" -o jsonpath='{.status.secretVersion}')"
-kubectl -n "$NS" annotate m2mcred "$CRED" --overwrite "m2m.dev/rotate=demo-$(date +%s)"
-for _ in $(seq 1 100); do
-  v="$(kubectl -n "$NS" get m2mcred "$CRED" -o jsonpath='{.status.secretVersion}')"
-  [[ "$v" != "$OLD_VERSION" ]] && break
-  sleep 0.2
+NEW_VERSION=$((OLD_VERSION + 1))
+kubectl -n "$NS" patch m2mcred "$CRED" --type merge -p '{"spec":{"rotation":{"gracePeriod":"2m"}}}' | indent
+kubectl -n "$NS" annotate m2mcred "$CRED" --overwrite "m2m.dev/rotate=demo-$(date +%s)" | indent
+ROTATED_AT=$SECONDS
+for _ in $(seq 1 90); do
+  kubectl -n "$NS" logs rotation-watcher --since=5s 2>/dev/null | grep -q "version $NEW_VERSION\$" && break
+  sleep 1
 done
-NEW_SECRET="$(secret_field client_secret)"
-[[ "$(secret_field client_id)" == "$CLIENT_ID" ]] || die "client id changed"
-[[ "$NEW_SECRET" != "$OLD_SECRET" ]] || die "secret did not rotate"
-kubectl -n "$NS" get m2mcred "$CRED" -o wide
-echo "    secret version $OLD_VERSION -> $v, same client id $CLIENT_ID"
-sleep 1   # token servers follow the status through their watch
+echo "    the running Pod switched to version $NEW_VERSION after ~$((SECONDS - ROTATED_AT)) s (the kubelet's Secret sync), no restart:"
+kubectl -n "$NS" logs rotation-watcher --since=40s | grep -E "version ($OLD_VERSION|$NEW_VERSION)\$" | tail -n 4 | indent
+failed="$(kubectl -n "$NS" logs rotation-watcher | grep -vc 'HTTP 200' || true)"
+echo "    requests that failed: $failed (the old secret stays valid for the grace period)"
+kubectl -n "$NS" get m2mcred "$CRED" -o wide | indent
 
-step "The old secret is refused"
-code="$(curl -sS -o "$STATE/old.json" -w '%{http_code}' -u "$CLIENT_ID:$OLD_SECRET" -d grant_type=client_credentials "$TOKEN_URL")"
-echo "    HTTP $code $(cat "$STATE/old.json")"
-[[ "$code" == 401 ]] || die "old secret was not refused"
+step "Workload identity (example 05): the Pod's own service-account token, written by the kubelet"
+kubectl -n "$NS" get m2mcred report-publisher \
+  -o custom-columns='NAME:.metadata.name,MODE:.status.mode,SUBJECT:.status.workloadIdentity.subject' | indent
+kubectl -n "$NS" get secret report-publisher-credentials >/dev/null 2>&1 && die "a workload-identity credential got a Secret"
+echo "    no Secret report-publisher-credentials: nothing stored, nothing to rotate"
+kubectl -n "$NS" wait --for=condition=Ready --timeout=120s pod/report-publisher | indent
+for _ in $(seq 1 60); do
+  kubectl -n "$NS" logs report-publisher 2>/dev/null | grep -q "token issued" && break
+  sleep 1
+done
+kubectl -n "$NS" logs report-publisher | head -n 2 | indent
 
-step "The new secret is accepted"
-code="$(curl -sS -o "$STATE/new.json" -w '%{http_code}' -u "$CLIENT_ID:$NEW_SECRET" -d grant_type=client_credentials "$TOKEN_URL")"
-echo "    HTTP $code $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print({k: (v[:24]+"…" if k=="access_token" else v) for k,v in r.items()})' "$STATE/new.json")"
-[[ "$code" == 200 ]] || die "new secret was not accepted"
-
-step "Introspecting the first token (issued under the rotated-away secret)"
-curl -sS -u "$CLIENT_ID:$NEW_SECRET" --data-urlencode "token=$ACCESS_TOKEN" "$ISSUER/oauth/introspect" | sed 's/^/    /'
-echo
-
-step "Workload identity: no secret at all (examples/05-workload-identity.yaml)"
-WI_CRED=report-publisher
-kubectl -n "$NS" wait --for=condition=Ready --timeout=60s "m2mcredential/$WI_CRED"
-kubectl -n "$NS" get m2mcred "$WI_CRED" -o custom-columns='NAME:.metadata.name,MODE:.status.mode,SUBJECT:.status.workloadIdentity.subject,AUDIENCE:.status.workloadIdentity.audience'
-kubectl -n "$NS" get secret "$WI_CRED-credentials" >/dev/null 2>&1 && die "a workload-identity credential got a Secret"
-echo "    no Secret $WI_CRED-credentials: nothing stored, nothing to rotate"
-echo "    Pods do not run here (no kubelet), so mint the token the Pod's projected volume would hold:"
-echo "    kubectl -n $NS create token report-publisher --audience $ISSUER"
-SA_TOKEN="$(kubectl -n "$NS" create token report-publisher --audience "$ISSUER")"
-echo "    curl -d grant_type=client_credentials -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer --data-urlencode client_assertion@<token file> $TOKEN_URL"
-code="$(printf '%s' "$SA_TOKEN" | curl -sS -o "$STATE/wi.json" -w '%{http_code}' \
-  -d grant_type=client_credentials \
-  -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
-  --data-urlencode client_assertion@- "$TOKEN_URL")"
-echo "    HTTP $code $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print({k: (v[:24]+"…" if k=="access_token" else v) for k,v in r.items()})' "$STATE/wi.json")"
-[[ "$code" == 200 ]] || die "the service-account token was not accepted"
-WI_TOKEN="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$STATE/wi.json")"
-python3 - "$WI_TOKEN" <<'PY' | sed 's/^/    /'
-import base64, json, sys
-p = sys.argv[1].split(".")[1]
-c = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
-print("claims:", json.dumps({k: c[k] for k in ("sub", "client_id", "scope", "aud", "m2m_sv")}))
-PY
-step "A token of another ServiceAccount is refused"
-OTHER_TOKEN="$(kubectl -n "$NS" create token default --audience "$ISSUER")"
-code="$(printf '%s' "$OTHER_TOKEN" | curl -sS -o "$STATE/wi-other.json" -w '%{http_code}' \
-  -d grant_type=client_credentials \
-  -d client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer \
-  --data-urlencode client_assertion@- "$TOKEN_URL")"
-echo "    HTTP $code $(cat "$STATE/wi-other.json")"
-[[ "$code" == 401 ]] || die "another ServiceAccount's token was accepted"
-
-step "Adoption-aware retirement: rotation.retireWhenUnusedFor"
-AD_YAML="$(cat <<'YAML'
+step "Adoption-aware retirement: rotation.retireWhenUnusedFor, with a Deployment using the secret"
+cat <<'YAML' | tee "$ROOT/target/demo-adoption.yaml" | indent
 apiVersion: m2m.dev/v1alpha1
 kind: M2MCredential
 metadata:
@@ -176,57 +145,45 @@ spec:
     gracePeriod: 1h            # the upper bound
     retireWhenUnusedFor: 20s   # ...ended early once the old secret goes unused
 YAML
-)"
-printf '%s\n' "$AD_YAML" | sed 's/^/    /'
 kubectl -n "$NS" delete m2mcred adoption-demo --ignore-not-found --wait >/dev/null   # a fresh one on re-runs
-printf '%s\n' "$AD_YAML" | kubectl apply -f - | sed 's/^/    /'
-kubectl -n "$NS" wait --for=condition=Ready --timeout=60s m2mcredential/adoption-demo
-ad_field() { kubectl -n "$NS" get secret adoption-demo-credentials -o "jsonpath={.data.$1}" | base64 -d; }
-AD_ID="$(ad_field client_id)"
-AD_OLD="$(ad_field client_secret)"
-curl -fsS -o /dev/null -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL"
-echo "    a client used secret version 1; the token server records it (no API call per request)"
-for _ in $(seq 1 50); do
-  [[ -n "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.lastUsedTime}')" ]] && break
-  sleep 0.2
-done
-echo "    kubectl m2m status -n $NS"
-kubectl m2m status -n "$NS" | sed 's/^/    /'
-
-step "Rotating adoption-demo; its clients switch to the new secret at once"
-kubectl -n "$NS" annotate m2mcred adoption-demo --overwrite "m2m.dev/rotate=demo-$(date +%s)"
-for _ in $(seq 1 100); do
-  [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.secretVersion}')" == 2 ]] && [[ "$(ad_field client_secret)" != "$AD_OLD" ]] && break
-  sleep 0.2
-done
-sleep 1
-AD_NEW="$(ad_field client_secret)"
-curl -fsS -o /dev/null -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL" \
-  && echo "    the old secret still works: version 1 is in its grace period"
-curl -fsS -o /dev/null -u "$AD_ID:$AD_NEW" -d grant_type=client_credentials "$TOKEN_URL" \
-  && echo "    the new secret works: version 2"
-sleep 3
-echo "    kubectl m2m status -n $NS   (version 1 still in grace, with its last use)"
-kubectl m2m status -n "$NS" | sed 's/^/    /'
-
-step "Nobody uses version 1 any more: retired after 20s, not after the 1h grace period"
+kubectl apply -f "$ROOT/target/demo-adoption.yaml" | indent
+kubectl -n "$NS" wait --for=condition=Ready --timeout=60s m2mcredential/adoption-demo | indent
+sed -e 's/rotation-watcher/adoption-client/' -e 's/ci-bot-uploads-credentials/adoption-demo-credentials/' \
+  "$ROOT/target/demo-watcher.yaml" | kubectl apply -f - | indent
+kubectl -n "$NS" wait --for=condition=Ready --timeout=120s pod/adoption-client | indent
 for _ in $(seq 1 60); do
+  [[ -n "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.lastUsedTime}')" ]] && break
+  sleep 1
+done
+echo "    the Pod uses secret version 1; the token servers record it (no API call per request)"
+kubectl m2m status -n "$NS" | indent
+
+step "Rotating adoption-demo: the Pod switches once the kubelet delivers the new secret"
+kubectl -n "$NS" annotate m2mcred adoption-demo --overwrite "m2m.dev/rotate=demo-$(date +%s)" | indent
+for _ in $(seq 1 90); do
+  kubectl -n "$NS" logs adoption-client --since=5s 2>/dev/null | grep -q "version 2\$" && break
+  sleep 1
+done
+kubectl -n "$NS" logs adoption-client --since=30s | tail -n 3 | indent
+echo "    kubectl m2m status -n $NS   (version 1 in grace, its last use)"
+kubectl m2m status -n "$NS" | indent
+
+step "Nobody uses version 1 any more: retired after 20s unused, not after the 1h grace period"
+for _ in $(seq 1 90); do
   [[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.verifiers[*].version}')" == 2 ]] && break
   sleep 1
 done
-kubectl -n "$NS" get events --field-selector reason=PreviousSecretRetired -o custom-columns='REASON:.reason,MESSAGE:.message' | sed 's/^/    /'
-echo "    kubectl m2m status -n $NS"
-kubectl m2m status -n "$NS" | sed 's/^/    /'
-code="$(curl -sS -o /dev/null -w '%{http_code}' -u "$AD_ID:$AD_OLD" -d grant_type=client_credentials "$TOKEN_URL")"
-echo "    the old secret now: HTTP $code"
-[[ "$code" == 401 ]] || die "the unused old secret was not retired"
+[[ "$(kubectl -n "$NS" get m2mcred adoption-demo -o jsonpath='{.status.verifiers[*].version}')" == 2 ]] \
+  || die "version 1 of adoption-demo was not retired"
+kubectl -n "$NS" get events --field-selector reason=PreviousSecretRetired -o custom-columns='REASON:.reason,MESSAGE:.message' | indent
+kubectl m2m status -n "$NS" | indent
 
 cat <<MSG
 
-Done. Everything is still running:
-  - operator (controller + token server): $ISSUER   log: $STATE/operator.log
-  - kubectl:  eval "\$(tests/cluster/env.sh)"; kubectl -n $NS get m2m
-  - discovery: curl $ISSUER/.well-known/oauth-authorization-server
+Done in $((SECONDS - T0)) s. Everything is still running, as Pods on node m2m-node:
+  - eval "\$(tests/cluster/env.sh)"; kubectl -n $SYSTEM get pods; kubectl -n $NS get m2m,pods
+  - kubectl -n $NS logs -f token-client
+  - discovery from a Pod: http://m2m-operator.m2m-system.svc:8080/.well-known/oauth-authorization-server
 
 Stop everything with:  ./scripts/demo.sh stop
 MSG

@@ -20,10 +20,58 @@ kubectl version
 # compile time does not count against their timeouts. `test-hooks` compiles
 # in the crash-injection failpoint the crash-recovery test needs.
 cargo build --all-targets --locked --features test-hooks
+
+# The kubelet refreshes a projected token at 80 % of its lifetime (at least
+# 600 s): that test mostly waits, so it runs beside everything else, from its
+# test binary directly (a second `cargo test` would wait for the first).
+refresh_log="$(mktemp)"
+refresh_pid=""
+if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]]; then
+  node_tests="$(cargo test --locked --features test-hooks --test node --no-run --message-format=json 2>/dev/null \
+    | jq -r 'select(.target.name == "node" and .executable != null) | .executable')"
+  "$node_tests" --ignored --exact the_kubelet_writes_a_projected_token_and_refreshes_it_before_expiry \
+    --nocapture >"$refresh_log" 2>&1 &
+  refresh_pid=$!
+fi
+
 cargo test --all-targets --locked --features test-hooks -- "$@"
+
+if [[ -n "$refresh_pid" ]]; then
+  printf '\n== the projected-token refresh test (ran beside the others)\n'
+  refresh_status=0
+  wait "$refresh_pid" || refresh_status=$?
+  cat "$refresh_log"
+  rm -f "$refresh_log"
+  [[ "$refresh_status" == 0 ]] || { echo "the projected-token refresh test failed" >&2; exit 1; }
+fi
 
 if [[ -x tests/chart/test.sh ]]; then
   tests/chart/test.sh
+fi
+
+# The product as users run it, on the node (tests/on_node.rs): the image and
+# the chart pushed to the local registry, `helm install --wait`, the examples
+# as Pods, rotation and operations under load. Last, one test at a time: the
+# installed operator watches every namespace.
+if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]]; then
+  printf '\n== the product on the node: image, chart, helm install, examples as Pods\n'
+  scripts/image.sh >/dev/null
+  # A second build of the image for the upgrade test (same binary, its own
+  # manifest and revision label).
+  M2M_IMAGE_SOURCE=second-build scripts/image.sh --no-build --tag 0.1.0-next >/dev/null
+  scripts/chart.sh >/dev/null
+  cleanup_release() {
+    helm uninstall m2m-operator -n m2m-system --wait >/dev/null 2>&1 || true
+    kubectl delete namespace m2m-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  }
+  trap cleanup_release EXIT
+  # The test binary directly: docs/install.md's commands, which the first
+  # test runs, include a cargo build that a running `cargo test` would block.
+  on_node_tests="$(cargo test --locked --features test-hooks --test on_node --no-run --message-format=json 2>/dev/null \
+    | jq -r 'select(.target.name == "on_node" and .executable != null) | .executable')"
+  M2M_TEST_SECOND_TAG=0.1.0-next "$on_node_tests" --ignored --test-threads=1 "$@"
+  cleanup_release
+  trap - EXIT
 fi
 
 if [[ "${M2M_TEST_MIN_K8S:-0}" == 1 ]]; then

@@ -9,6 +9,8 @@ set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=node.sh
+source "$M2M_CLUSTER_SCRIPTS_DIR/node.sh"
 
 usage() {
   sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
@@ -60,6 +62,21 @@ main() {
     flock 9
   fi
   local i
+  # The node first, whatever M2M_NODE says now: the kubelet (so it restarts
+  # nothing), the Pods' processes, then containerd and the rest.
+  stop_component apiserver-proxy
+  stop_component kube-proxy
+  stop_component kubelet
+  stop_component kube-scheduler
+  # The machine-wide parts only when the node is ours (or nobody's).
+  local ours=0
+  if node_owned_by_us || { [[ ! -s "$M2M_NODE_OWNER_FILE" ]] && [[ -d "$M2M_NODE_DIR" ]]; }; then
+    ours=1
+  fi
+  ((ours == 0)) || node_kill_pods
+  stop_component containerd
+  stop_component registry
+  ((ours == 0)) || node_cleanup
   # Reverse start order: controller manager, apiserver, etcd.
   for ((i = ${#M2M_COMPONENTS[@]} - 1; i >= 0; i--)); do
     stop_component "${M2M_COMPONENTS[i]}"

@@ -30,6 +30,12 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 APT_PACKAGES=(
   curl jq wrk openssl ca-certificates unzip util-linux
 )
+# The node: container runtime, CNI plugins, Service networking, image tools,
+# and gcc for the static pause binary.
+NODE_APT_PACKAGES=(
+  containerd runc containernetworking-plugins iptables conntrack iproute2 socat
+  umoci skopeo busybox-static gcc libc6-dev
+)
 
 as_root() {
   if [[ "$(id -u)" -eq 0 ]]; then
@@ -141,7 +147,8 @@ build_kubernetes() {
   # kubectl only for the default release: the bin dir's kubectl serves all.
   local cmds=(kube-apiserver kube-controller-manager) c cached=1
   if [[ "$version" == "$M2M_K8S_DEFAULT_VERSION" ]]; then
-    cmds+=(kubectl)
+    # The node's commands come from the same module (one build, one cache).
+    cmds+=(kubectl kubelet kube-proxy kube-scheduler)
   fi
   for c in "${cmds[@]}"; do
     [[ -x "$out/$c" ]] || cached=0
@@ -193,6 +200,77 @@ build_etcd() {
     m2m_die "etcd build failed (full log: $log)"
   fi
   m2m_log "etcd built in $((SECONDS - start)) s"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+}
+
+# --- the node's add-ons: CoreDNS, the registry, and the images they serve ------
+# Go modules in tests/cluster/{coredns,registry}/; the pause binary from the
+# k8s.io/kubernetes module's own source; images built with umoci
+# (scripts/lib/oci.sh) into one OCI layout that up.sh pushes to the registry.
+build_node_addons() {
+  local out="$M2M_NODE_BUILD_OUT" curl_version
+  curl_version="$(dpkg-query -W -f='${Version}' curl)"
+  if [[ -x "$out/coredns" && -x "$out/registry" \
+    && "$(cat "$out/images/curl.version" 2>/dev/null)" == "$curl_version" ]]; then
+    m2m_log "node add-ons (CoreDNS v$M2M_COREDNS_VERSION, registry v$M2M_REGISTRY_VERSION, pause $M2M_PAUSE_VERSION): cached in $out"
+    return 0
+  fi
+  find_go
+  local log="$M2M_CACHE_DIR/build/node-addons.log" start=$SECONDS name
+  mkdir -p "$(dirname "$log")" "$out.tmp"
+  : >"$log"
+  for name in coredns registry; do
+    m2m_log "building $name (log: $log)"
+    if ! (cd "$M2M_CLUSTER_SCRIPTS_DIR/$name" && go build -mod=readonly -trimpath \
+      -ldflags "-s -w" -o "$out.tmp/$name" .) >>"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      m2m_die "$name build failed (full log: $log)"
+    fi
+  done
+  grep -q "github.com/coredns/coredns v$M2M_COREDNS_VERSION\$" "$M2M_CLUSTER_SCRIPTS_DIR/coredns/go.mod" \
+    || m2m_die "tests/cluster/coredns/go.mod does not require CoreDNS v$M2M_COREDNS_VERSION (lib.sh)"
+  grep -q "github.com/distribution/distribution/v3 v$M2M_REGISTRY_VERSION\$" "$M2M_CLUSTER_SCRIPTS_DIR/registry/go.mod" \
+    || m2m_die "tests/cluster/registry/go.mod does not require distribution v$M2M_REGISTRY_VERSION (lib.sh)"
+
+  # pause: the sandbox every Pod's containers join (Kubernetes' build/pause).
+  local k8s_src pause_c
+  k8s_src="$(cd "$M2M_CLUSTER_SCRIPTS_DIR/k8s/v$M2M_K8S_DEFAULT_VERSION" \
+    && GOFLAGS= go mod download -json "k8s.io/kubernetes@v$M2M_K8S_DEFAULT_VERSION" | jq -r .Dir)"
+  pause_c="$k8s_src/build/pause/linux/pause.c"
+  [[ -r "$pause_c" ]] || m2m_die "no $pause_c in the k8s.io/kubernetes module"
+  gcc -Os -Wall -Werror -static -DVERSION="v$M2M_PAUSE_VERSION-m2m" -o "$out.tmp/pause" "$pause_c" >>"$log" 2>&1 \
+    || { tail -n 20 "$log" >&2; m2m_die "building pause failed"; }
+
+  # shellcheck source=../../scripts/lib/oci.sh
+  source "$M2M_CLUSTER_SCRIPTS_DIR/../../scripts/lib/oci.sh"
+  local layout="$out.tmp/images" root
+  root="$(mktemp -d "$M2M_CACHE_DIR/rootfs.XXXXXX")"
+  m2m_log "building the pause, CoreDNS and curl images (umoci) into $layout"
+  install -D -m 0755 "$out.tmp/pause" "$root/pause/pause"
+  oci_build "$layout" pause "$root/pause" --config.entrypoint /pause --config.user 65535:65535 >>"$log" 2>&1
+  install -D -m 0755 "$out.tmp/coredns" "$root/coredns/coredns"
+  oci_build "$layout" coredns "$root/coredns" --config.entrypoint /coredns --config.user 65532:65532 \
+    --config.exposedports 1053/udp --config.exposedports 1053/tcp >>"$log" 2>&1
+  # curlimages/curl's shape (a shell, curl, CA certificates, user curl_user,
+  # uid 100) from Debian's curl and busybox: the examples' Pods run it as is.
+  local c="$root/curl" applet
+  oci_copy_binary "$c" /usr/bin/curl
+  install -D -m 0755 /bin/busybox "$c/bin/busybox"
+  while read -r applet; do
+    [[ -e "$c/bin/$applet" || "$applet" == busybox ]] || ln -s busybox "$c/bin/$applet"
+  done < <(/bin/busybox --list)
+  install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$c/etc/ssl/certs/ca-certificates.crt"
+  printf 'root:x:0:0:root:/root:/bin/sh\ncurl_user:x:100:101:curl:/home/curl_user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$c/etc/passwd"
+  printf 'root:x:0:\ncurl_group:x:101:\nnogroup:x:65534:\n' >"$c/etc/group"
+  install -d -m 0777 "$c/tmp"
+  install -d -o 100 -g 101 "$c/home/curl_user"
+  oci_build "$layout" curl "$c" --config.entrypoint /usr/bin/curl --config.user 100:101 \
+    --config.workingdir /home/curl_user --config.env PATH=/usr/bin:/bin \
+    --config.env CURL_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt >>"$log" 2>&1
+  printf '%s\n' "$curl_version" >"$layout/curl.version"
+  rm -rf "$root"
+  m2m_log "node add-ons built in $((SECONDS - start)) s"
   rm -rf "$out"
   mv "$out.tmp" "$out"
 }
@@ -304,6 +382,10 @@ main() {
   else
     build_etcd
     build_kubernetes
+  fi
+  if [[ "$M2M_NODE" == 1 ]]; then
+    apt_install_missing "${NODE_APT_PACKAGES[@]}"
+    build_node_addons
   fi
   # The bin dir (on PATH via env.sh) holds the default release's tools; a
   # cluster of another M2M_K8S_VERSION takes its binaries from its own build.

@@ -14,11 +14,15 @@ set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=node.sh
+source "$M2M_CLUSTER_SCRIPTS_DIR/node.sh"
 
 # --- binaries ----------------------------------------------------------------
 ensure_binaries() {
   if [[ -z "$(m2m_bin kube-apiserver)" || -z "$(m2m_bin etcd)" || -z "$(m2m_bin kubectl)" ]] \
-    || { ! m2m_use_assets && [[ -z "$(m2m_bin kube-controller-manager)" ]]; }; then
+    || { ! m2m_use_assets && [[ -z "$(m2m_bin kube-controller-manager)" ]]; } \
+    || { [[ "$M2M_NODE" == 1 ]] && [[ -z "$(m2m_bin kubelet)" || -z "$(m2m_bin kube-proxy)" \
+      || -z "$(m2m_bin kube-scheduler)" || -z "$(m2m_bin coredns)" || -z "$(m2m_bin registry)" ]]; }; then
     m2m_log "binaries missing: running install.sh"
     "$M2M_CLUSTER_SCRIPTS_DIR/install.sh"
   fi
@@ -47,6 +51,11 @@ ensure_pki() {
       -addext "subjectKeyIdentifier=hash" 2>/dev/null \
       || m2m_die "openssl: could not create the CA"
   fi
+  # A node's Pods reach the apiserver at the node's address: it must be a SAN.
+  if [[ "$M2M_NODE" == 1 && -s "$d/apiserver.crt" ]] \
+    && ! openssl x509 -in "$d/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$M2M_NODE_IP\b"; then
+    rm -f "$d/apiserver.crt" "$d/apiserver.key"
+  fi
   if [[ ! -s "$d/apiserver.crt" || ! -s "$d/apiserver.key" ]]; then
     m2m_log "generating kube-apiserver serving certificate (SAN 127.0.0.1, localhost)"
     # The first IP of the service range is the in-cluster `kubernetes` service.
@@ -61,7 +70,7 @@ basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
 authorityKeyIdentifier=keyid
-subjectAltName=IP:127.0.0.1,DNS:localhost,$bind_san,IP:$svc_ip,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,DNS:localhost,$bind_san,IP:$svc_ip,IP:$M2M_NODE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
     openssl req -new -nodes -newkey rsa:2048 -sha256 \
       -keyout "$d/apiserver.key" -out "$d/apiserver.csr" -subj "/CN=kube-apiserver" 2>/dev/null \
@@ -86,6 +95,9 @@ EOF
   # token,user,uid,"group1,group2"
   (umask 077 && printf '%s,admin,admin,"system:masters"\n' "$token" >"$d/tokens.csv")
   chmod 0600 "$d"/*.key "$M2M_TOKEN_FILE"
+  if [[ "$M2M_NODE" == 1 ]]; then
+    node_pki
+  fi
 }
 
 # Writes a kubeconfig using the admin token and the cluster CA.
@@ -158,7 +170,9 @@ wait_ready() {
   shift 2
   local deadline=$((SECONDS + M2M_READY_TIMEOUT))
   until "$@"; do
-    m2m_component_running "$name" || return 1
+    # Just spawned, the PID may still be setsid/nohup/env about to exec the
+    # component: only a PID that is gone means the component exited.
+    m2m_component_running "$name" || kill -0 "$(cat "$(m2m_pid_file "$name")" 2>/dev/null)" 2>/dev/null || return 1
     if ((SECONDS >= deadline)); then
       show_log_tail "$name"
       m2m_die "timed out after ${M2M_READY_TIMEOUT}s waiting for $what"
@@ -243,10 +257,25 @@ launch_apiserver() {
   local extra=()
   read -r -a extra <<<"$M2M_APISERVER_EXTRA_ARGS"
   mkdir -p "$M2M_CLUSTER_DIR/apiserver-certs"
+  # With a node, the `kubernetes` Service's endpoint is the node's address
+  # (Pods cannot reach loopback), kept by the apiserver's lease reconciler;
+  # the apiserver talks to the kubelet with a client certificate, and the
+  # Node authorizer (lib.sh) with NodeRestriction limits what the kubelet may do.
+  local node_args=(--advertise-address="$M2M_BIND_ADDRESS" --endpoint-reconciler-type=none)
+  if [[ "$M2M_NODE" == 1 ]]; then
+    node_args=(
+      --advertise-address="$M2M_NODE_IP"
+      --endpoint-reconciler-type=lease
+      --kubelet-client-certificate="$M2M_PKI_DIR/apiserver-kubelet-client.crt"
+      --kubelet-client-key="$M2M_PKI_DIR/apiserver-kubelet-client.key"
+      --kubelet-preferred-address-types=InternalIP,Hostname
+      --enable-admission-plugins=NodeRestriction
+    )
+  fi
   spawn kube-apiserver "$APISERVER_BIN" \
     --etcd-servers="$M2M_ETCD_URL" \
     --bind-address="$M2M_BIND_ADDRESS" \
-    --advertise-address="$M2M_BIND_ADDRESS" \
+    "${node_args[@]}" \
     --secure-port="$M2M_APISERVER_PORT" \
     --cert-dir="$M2M_CLUSTER_DIR/apiserver-certs" \
     --tls-cert-file="$M2M_PKI_DIR/apiserver.crt" \
@@ -260,7 +289,6 @@ launch_apiserver() {
     --service-account-signing-key-file="$M2M_PKI_DIR/sa.key" \
     --service-cluster-ip-range="$M2M_SERVICE_CLUSTER_IP_RANGE" \
     --allow-privileged=true \
-    --endpoint-reconciler-type=none \
     --profiling=false \
     --v="${M2M_APISERVER_VERBOSITY:-0}" \
     "${extra[@]}"
@@ -341,6 +369,10 @@ main() {
   write_kubeconfig "$M2M_KUBECONFIG" admin
   start_controller_manager
   ensure_namespace "$M2M_NAMESPACE"
+  if [[ "$M2M_NODE" == 1 ]]; then
+    node_network_up
+    start_node
+  fi
   m2m_log "control plane up in $((SECONDS - start)) s; kubeconfig: $M2M_KUBECONFIG (context $M2M_CONTEXT)"
   m2m_log "use it with: eval \"\$($M2M_CLUSTER_SCRIPTS_DIR/env.sh)\""
   printf '%s\n' "$M2M_KUBECONFIG"

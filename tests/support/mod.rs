@@ -34,7 +34,8 @@ fn cache_dir() -> PathBuf {
     base.join("m2m-operator")
 }
 
-fn cluster_dir() -> PathBuf {
+/// The state directory of the local control plane (`M2M_CLUSTER_DIR`): logs, PKI.
+pub fn cluster_dir() -> PathBuf {
     std::env::var("M2M_CLUSTER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| cache_dir().join("cluster"))
@@ -94,6 +95,8 @@ pub struct TestNamespace {
     pub client: Client,
     /// The namespace name.
     pub name: String,
+    /// Deleted when dropped (false for [`TestNamespace::existing`]).
+    owned: bool,
 }
 
 impl TestNamespace {
@@ -128,7 +131,22 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create test namespace");
-        Self { client, name }
+        Self {
+            client,
+            name,
+            owned: true,
+        }
+    }
+
+    /// A handle on namespace `name` that exists already (the examples'
+    /// `m2m-demo`, say); it is left in place when dropped.
+    pub async fn existing(name: &str) -> Self {
+        let client = client().await;
+        Self {
+            client,
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     /// Typed API for namespaced kind `K` in this namespace.
@@ -148,7 +166,7 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        if std::env::var_os("M2M_TEST_KEEP_NAMESPACES").is_some() {
+        if !self.owned || std::env::var_os("M2M_TEST_KEEP_NAMESPACES").is_some() {
             return;
         }
         let name = self.name.clone();
