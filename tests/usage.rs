@@ -686,7 +686,7 @@ async fn a_restart_target_is_restarted_exactly_once_per_rotation() {
     // The spec is untouched (the Deployment's status may move: with a node,
     // the deployment controller rolls the restart out).
     assert_eq!(again.metadata.generation, web.metadata.generation);
-    assert_eq!(template_annotation(&again), template_annotation(&web));
+    assert_eq!(restarted_at(&again), restarted_at(&web));
     assert_eq!(events(&ns, "RolloutRestarted").await.len(), 1);
 
     // The next rotation restarts it once more.
