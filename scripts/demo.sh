@@ -71,7 +71,7 @@ for _ in $(seq 1 60); do
   kubectl -n "$NS" logs token-client 2>/dev/null | grep -q "token issued" && break
   sleep 1
 done
-kubectl -n "$NS" logs token-client | head -n 4 | indent
+kubectl -n "$NS" logs token-client | sed -n "1,4p" | indent
 
 step "A client Pod requesting a token every second, re-reading the mounted Secret each time"
 cat <<'YAML' >"$ROOT/target/demo-watcher.yaml"
@@ -115,7 +115,7 @@ for _ in $(seq 1 90); do
   sleep 1
 done
 echo "    the running Pod switched to version $NEW_VERSION after ~$((SECONDS - ROTATED_AT)) s (the kubelet's Secret sync), no restart:"
-kubectl -n "$NS" logs rotation-watcher --since=40s | grep -E "version ($OLD_VERSION|$NEW_VERSION)\$" | tail -n 4 | indent
+kubectl -n "$NS" logs rotation-watcher --since=40s | { grep -E "version ($OLD_VERSION|$NEW_VERSION)\$" || true; } | tail -n 4 | indent
 failed="$(kubectl -n "$NS" logs rotation-watcher | grep -vc 'HTTP 200' || true)"
 echo "    requests that failed: $failed (the old secret stays valid for the grace period)"
 kubectl -n "$NS" get m2mcred "$CRED" -o wide | indent
@@ -130,7 +130,7 @@ for _ in $(seq 1 60); do
   kubectl -n "$NS" logs report-publisher 2>/dev/null | grep -q "token issued" && break
   sleep 1
 done
-kubectl -n "$NS" logs report-publisher | head -n 2 | indent
+kubectl -n "$NS" logs report-publisher | sed -n "1,2p" | indent
 
 step "Adoption-aware retirement: rotation.retireWhenUnusedFor, with a Deployment using the secret"
 cat <<'YAML' | tee "$ROOT/target/demo-adoption.yaml" | indent
