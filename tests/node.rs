@@ -326,15 +326,6 @@ async fn an_updated_secret_reaches_the_files_of_a_running_pod() {
     // The kubelet resyncs a Pod's volumes every syncFrequency (+ jitter):
     // well within three periods, never "at the next restart".
     assert!(delay <= 30, "took {delay} s");
-    let restarts = ns
-        .api::<Pod>()
-        .get("reader")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .container_statuses
-        .unwrap()[0]
-        .restart_count;
+    let restarts = pods::restart_count(&ns, "reader").await;
     assert_eq!(restarts, 0, "the same process saw the change");
 }

@@ -315,6 +315,20 @@ async fn s1_helm_install_from_the_registry_runs_every_component_ready() {
     }
 }
 
+/// Once example Pod `pod` is Ready, its log as soon as it contains `marker`.
+async fn example_log(demo: &TestNamespace, pod: &str, marker: &str) -> String {
+    wait_ready(demo, pod, Duration::from_secs(120)).await;
+    eventually(
+        &format!("{pod} to log {marker:?}"),
+        Duration::from_secs(60),
+        || async {
+            let l = logs(demo, pod);
+            l.contains(marker).then_some(l)
+        },
+    )
+    .await
+}
+
 #[tokio::test]
 #[ignore = "needs the image and chart in the local registry: scripts/test.sh runs it last"]
 async fn s2_the_examples_run_as_pods_unchanged() {
@@ -329,15 +343,10 @@ async fn s2_the_examples_run_as_pods_unchanged() {
     let demo = TestNamespace::existing(DEMO).await;
 
     // 04: the token client logs a token issued through the Service's DNS name.
-    wait_ready(&demo, "token-client", Duration::from_secs(120)).await;
-    let log = eventually(
-        "token-client to log a token",
-        Duration::from_secs(60),
-        || async {
-            let l = logs(&demo, "token-client");
-            l.contains(&format!("token issued by {TOKEN_URL}"))
-                .then_some(l)
-        },
+    let log = example_log(
+        &demo,
+        "token-client",
+        &format!("token issued by {TOKEN_URL}"),
     )
     .await;
     assert!(log.contains("\"sub\":\"m2m:m2m-demo:ci-bot\""), "{log}");
@@ -348,28 +357,15 @@ async fn s2_the_examples_run_as_pods_unchanged() {
 
     // 05: the workload-identity Pod authenticates with the token the kubelet
     // wrote into its projected volume: no Secret exists for it.
-    wait_ready(&demo, "report-publisher", Duration::from_secs(120)).await;
-    let log = eventually(
-        "report-publisher to log a token",
-        Duration::from_secs(60),
-        || async {
-            let l = logs(&demo, "report-publisher");
-            l.contains("token issued:").then_some(l)
-        },
-    )
-    .await;
+    let log = example_log(&demo, "report-publisher", "token issued:").await;
     assert!(log.contains("\"scope\":\"reports:read\""), "{log}");
     assert!(!log.contains("token request failed"), "{log}");
 
     // 06: the API token's holder exchanges it for a JWT (RFC 8693).
-    wait_ready(&demo, "grafana-token-exchange", Duration::from_secs(120)).await;
-    let log = eventually(
-        "grafana-token-exchange to log a JWT",
-        Duration::from_secs(60),
-        || async {
-            let l = logs(&demo, "grafana-token-exchange");
-            l.contains("exchanged the API token for a JWT").then_some(l)
-        },
+    let log = example_log(
+        &demo,
+        "grafana-token-exchange",
+        "exchanged the API token for a JWT",
     )
     .await;
     assert!(log.contains("\"sub\":\"m2m:m2m-demo:grafana\""), "{log}");
@@ -380,16 +376,7 @@ async fn s2_the_examples_run_as_pods_unchanged() {
     );
 
     // 07: the release bot's token carries its roles' scopes and the role.
-    wait_ready(&demo, "release-bot", Duration::from_secs(120)).await;
-    let log = eventually(
-        "release-bot to log a token",
-        Duration::from_secs(60),
-        || async {
-            let l = logs(&demo, "release-bot");
-            l.contains("token: scope").then_some(l)
-        },
-    )
-    .await;
+    let log = example_log(&demo, "release-bot", "token: scope").await;
     assert!(
         log.contains("deploy:staging") && log.contains("artifacts:read"),
         "{log}"
@@ -566,16 +553,7 @@ async fn s3_a_running_client_picks_up_a_rotated_secret_without_a_restart() {
         failed.is_empty(),
         "no request failed during the rotation: {failed:?}"
     );
-    let restarts = demo
-        .api::<Pod>()
-        .get("rotation-watcher")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .container_statuses
-        .unwrap()[0]
-        .restart_count;
+    let restarts = pods::restart_count(&demo, "rotation-watcher").await;
     assert_eq!(restarts, 0, "picked up without a restart");
 }
 

@@ -34,6 +34,7 @@ APT_PACKAGES=(
 # and gcc for the static pause binary.
 NODE_APT_PACKAGES=(
   containerd runc containernetworking-plugins iptables conntrack iproute2 socat
+  procps kmod
   umoci skopeo busybox-static gcc libc6-dev
 )
 

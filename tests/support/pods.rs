@@ -128,3 +128,16 @@ pub async fn events(ns: &TestNamespace, name: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// How often the first container of Pod `name` was restarted.
+pub async fn restart_count(ns: &TestNamespace, name: &str) -> i32 {
+    ns.api::<Pod>()
+        .get(name)
+        .await
+        .expect("get Pod")
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .expect("a container status")
+        .restart_count
+}
