@@ -139,7 +139,7 @@ async fn kubectl_explain_from_openapi_v3_shows_every_field_and_type() {
 #[tokio::test]
 async fn kubectl_watch_wait_ready_and_managed_fields_on_both_kinds() {
     let ns = TestNamespace::new("conventions").await;
-    let _op = Operator::start_with(
+    let op = Operator::start_with(
         &ns,
         OperatorOptions {
             subcommand: "controller",
@@ -202,11 +202,15 @@ spec: { serviceAccountName: ci-bot }
         "m2mcred/ci-bot-uploads",
     ]);
     let waited = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl wait: {waited} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let objects = kubectl(&["get", "m2m", "-n", &ns.name, "-o", "yaml"]);
+        panic!(
+            "kubectl wait: {waited} {}\nobjects:\n{}\noperator log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&objects.stdout),
+            op.log_text()
+        );
+    }
     assert!(
         waited.contains("serviceaccount.m2m.dev/ci-bot condition met"),
         "{waited}"
