@@ -139,19 +139,28 @@ pub fn plan(
             },
         ));
     }
-    let ready: Result<String, (&'static str, String)> =
-        match (&input.grant, &binding_ok, &input.issuer) {
-            (Err(e), _, _) => Err((e.reason(), e.to_string())),
-            (_, Err(e), _) => Err(e.clone()),
-            (Ok(_), Ok(_), IssuerState::Found { ready: false, .. }) => Err((
-                "IssuerNotReady",
-                format!("{id} is not ready (see its conditions): its tokens may be refused"),
-            )),
-            (Ok(_), Ok(iss), _) => Ok(format!(
-                "client {} obtains tokens with JWTs of {iss} ({id}) whose sub is {:?}",
-                input.client_id, binding.subject
-            )),
-        };
+    let ready: Result<String, (&'static str, String)> = match (
+        &input.grant,
+        &binding_ok,
+        &input.issuer,
+    ) {
+        (Err(e), _, _) => Err((e.reason(), e.to_string())),
+        (_, Err(e), _) => Err(e.clone()),
+        // The issuer's own readiness (keys reachable) is its status,
+        // not the binding's: the credential says so without turning
+        // unready, which would flap every credential of an issuer with
+        // the issuer's network.
+        (Ok(_), Ok(iss), issuer) => Ok(format!(
+            "client {} obtains tokens with JWTs of {iss} ({id}) whose sub is {:?}{}",
+            input.client_id,
+            binding.subject,
+            if matches!(issuer, IssuerState::Found { ready: false, .. }) {
+                "; the issuer is not ready (see its conditions): its tokens may be refused until it is"
+            } else {
+                ""
+            }
+        )),
+    };
     let condition = match &ready {
         Ok(msg) => cond(READY, true, "Issuing", msg, input.generation, now),
         Err((reason, msg)) => cond(READY, false, reason, msg, input.generation, now),
@@ -351,18 +360,20 @@ mod tests {
             (IssuerState::Missing, "IssuerNotFound"),
             (IssuerState::NotAllowed, "IssuerNotAllowed"),
             (IssuerState::Invalid("x".into()), "IssuerInvalid"),
-            (
-                IssuerState::Found {
-                    issuer: "https://ci.example".into(),
-                    ready: false,
-                },
-                "IssuerNotReady",
-            ),
         ] {
             let p = run(&old, &f, issuer, 1);
             assert_eq!(ready(&p), (ConditionStatus::False, reason.into()));
             assert_eq!(p.events[0].1, reason);
         }
+        // An issuer whose keys are unreachable: the binding is still valid.
+        let unready = IssuerState::Found {
+            issuer: "https://ci.example".into(),
+            ready: false,
+        };
+        let p = run(&old, &f, unready, 1);
+        assert_eq!(ready(&p), (ConditionStatus::True, "Issuing".into()));
+        let message = &p.status.conditions[0].message;
+        assert!(message.contains("the issuer is not ready"), "{message}");
         let bad = spec("s", Some("claims.x =="));
         assert_eq!(ready(&run(&old, &bad, found(), 1)).1, "InvalidCondition");
     }

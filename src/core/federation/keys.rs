@@ -8,7 +8,7 @@
 //! skipped (and counted), not an error for the whole set — issuers publish
 //! encryption keys beside signing keys.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 /// The JWS algorithms a federated token may use (SPEC §9).
@@ -148,11 +148,15 @@ pub fn parse_jwks(json: &[u8]) -> Result<KeySet, JwksError> {
 }
 
 /// One JWK as a verification key, if it is a usable signing key.
-fn usable(value: serde_json::Value) -> Option<VerificationKey> {
-    let jwk: Jwk = serde_json::from_value(value).ok()?;
-    if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
-        return None;
+fn usable(mut value: serde_json::Value) -> Option<VerificationKey> {
+    // `use`: absent, `sig`, or SPIFFE's `jwt-svid` (the JWT-SVID keys of a
+    // SPIRE trust bundle); `enc`, `x509-svid` and anything else are skipped.
+    match value.get("use").map(|u| u.as_str()) {
+        None | Some(Some("sig" | "jwt-svid")) => {}
+        _ => return None,
     }
+    value.as_object_mut()?.remove("use");
+    let jwk: Jwk = serde_json::from_value(value).ok()?;
     let family: Vec<Algorithm> = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa.algorithms().to_vec(),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
@@ -202,20 +206,22 @@ mod tests {
             {"kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig", "n": RSA_N, "e": "AQAB"},
             {"kty": "RSA", "kid": "r2", "n": RSA_N, "e": "AQAB"},
             {"kty": "RSA", "kid": "enc", "use": "enc", "n": RSA_N, "e": "AQAB"},
+            {"kty": "RSA", "kid": "x509", "use": "x509-svid", "n": RSA_N, "e": "AQAB"},
+            {"kty": "RSA", "kid": "svid", "use": "jwt-svid", "n": RSA_N, "e": "AQAB"},
             {"kty": "oct", "kid": "h", "k": "c2VjcmV0"},
             {"kty": "RSA", "kid": "wrong-alg", "alg": "ES256", "n": RSA_N, "e": "AQAB"},
             {"kty": "weird"}
         ]});
         let keys = parse_jwks(set.to_string().as_bytes()).unwrap();
         let kids: Vec<_> = keys.keys.iter().map(|k| k.kid.clone().unwrap()).collect();
-        assert_eq!(kids, ["r1", "r2"]);
-        assert_eq!(keys.skipped, 4);
+        assert_eq!(kids, ["r1", "r2", "svid"]);
+        assert_eq!(keys.skipped, 5);
         assert_eq!(keys.keys[0].algorithms, [Algorithm::RS256]);
         assert_eq!(keys.keys[1].algorithms.len(), 6);
         assert!(!keys.keys[1].algorithms.contains(&Algorithm::HS256));
         assert_eq!(keys.candidates(Some("r1"), Algorithm::RS256).count(), 1);
         assert_eq!(keys.candidates(Some("r1"), Algorithm::PS256).count(), 0);
-        assert_eq!(keys.candidates(None, Algorithm::PS256).count(), 1);
+        assert_eq!(keys.candidates(None, Algorithm::PS256).count(), 2);
     }
 
     #[test]
