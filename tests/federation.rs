@@ -284,6 +284,30 @@ async fn both_answer(bases: &[&str], token: &str, want: u16, what: &str) -> Dura
     }
 }
 
+/// `/metrics` of `op`, asserting that `m2m_federation_assertions_total`
+/// has each of `results` for the issuer label `issuer`.
+async fn assert_results(op: &Operator, issuer: &str, results: &[&str]) -> String {
+    let metrics = http()
+        .get(format!("{}/metrics", op.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for result in results {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("m2m_federation_assertions_total")
+                    && l.contains(issuer)
+                    && l.contains(&format!("result=\"{result}\""))),
+            "no {result} for {issuer} in:\n{metrics}"
+        );
+    }
+    metrics
+}
+
 /// The scenario's objects: a ClusterTrustedIssuer for the other cluster
 /// allowed for namespaces labelled for this test, an m2m ServiceAccount and
 /// a credential binding `system:serviceaccount:<other_ns>:uploader`.
@@ -485,25 +509,12 @@ spec:
         assert_with(&op.url, &forge(&good, &header(&good), &expired), None).await,
     );
     // The metric names the issuer and the reason.
-    let metrics = http()
-        .get(format!("{}/metrics", op.admin_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let issuer_label = format!("issuer=\"ClusterTrustedIssuer/{issuer_name}\"");
-    for result in ["ok", "subject", "audience", "lifetime", "unknown_kid"] {
-        assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("m2m_federation_assertions_total")
-                    && l.contains(&issuer_label)
-                    && l.contains(&format!("result=\"{result}\""))),
-            "no {result} for the issuer in:\n{metrics}"
-        );
-    }
+    let metrics = assert_results(
+        &op,
+        &format!("issuer=\"ClusterTrustedIssuer/{issuer_name}\""),
+        &["ok", "subject", "audience", "lifetime", "unknown_kid"],
+    )
+    .await;
     assert!(
         metrics.contains("m2m_federation_key_refreshes_total"),
         "{metrics}"
@@ -668,4 +679,283 @@ spec:
         200,
         "the old key still verifies"
     );
+}
+
+/// The npm `oidc-provider` package where tests/cluster/install.sh puts it.
+fn oidc_provider_dir() -> PathBuf {
+    let dir = support::bin_dir()
+        .parent()
+        .expect("cache dir")
+        .join("versions/oidc-provider-9.13.3");
+    assert!(
+        dir.join("node_modules/oidc-provider").is_dir(),
+        "{} lacks oidc-provider: run tests/cluster/install.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// `tests/federation/oidc-issuer.mjs` running: a generic OIDC provider
+/// issuing GitHub-Actions-shaped tokens. Killed when dropped.
+struct OidcIssuer {
+    child: std::process::Child,
+    url: String,
+    ca_pem: String,
+    http: reqwest::Client,
+}
+
+impl Drop for OidcIssuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcIssuer {
+    /// Start it with one client per (owner, repo, ref) — the client id is
+    /// GitHub's `sub` — and GitHub's claims for it.
+    fn start(dir: &std::path::Path, repos: &[(&str, &str, &str)]) -> Self {
+        use std::io::BufRead;
+        let (ca, cert, key) = support::make_pki(dir, "oidc");
+        let clients: Vec<Value> = repos
+            .iter()
+            .map(|(owner, repo, git_ref)| {
+                json!({
+                    "sub": format!("repo:{owner}/{repo}:ref:{git_ref}"),
+                    "claims": {
+                        "repository": format!("{owner}/{repo}"),
+                        "repository_owner": owner,
+                        "ref": git_ref,
+                        "event_name": "push",
+                    }
+                })
+            })
+            .collect();
+        let port = support::free_port();
+        let mut child = Command::new("node")
+            .arg("tests/federation/oidc-issuer.mjs")
+            .arg(port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .env("OIDC_PROVIDER_DIR", oidc_provider_dir())
+            .env("CLIENTS", serde_json::to_string(&clients).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("oidc-issuer.mjs said {line:?}"))
+            .to_owned();
+        let ca_pem = std::fs::read_to_string(&ca).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        Self {
+            child,
+            url,
+            ca_pem,
+            http,
+        }
+    }
+
+    /// A token for `sub` with `aud` = `resource` (none: an opaque token).
+    async fn token(&self, sub: &str, resource: Option<&str>) -> String {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", sub),
+            ("client_secret", "not-a-secret-of-the-operator"),
+        ];
+        if let Some(r) = resource {
+            form.push(("resource", r));
+        }
+        let body: Value = self
+            .http
+            .post(format!("{}/token", self.url))
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {body}"))
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_github_shaped_oidc_provider_is_bounded_by_claim_rules() {
+    let ns = TestNamespace::new("fed-oidc").await;
+    let dir = std::env::temp_dir().join(format!("m2m-fed-oidc-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gh = OidcIssuer::start(
+        &dir,
+        &[
+            ("acme", "app", "refs/heads/main"),
+            ("acme", "other", "refs/heads/main"),
+            ("evil", "app", "refs/heads/main"),
+        ],
+    );
+    let port = support::free_port();
+    let our_issuer = format!("http://127.0.0.1:{port}");
+    let ca = gh.ca_pem.replace('\n', "\n    ");
+    let issuer_yaml = |rule: &str| {
+        format!(
+            r#"apiVersion: m2m.dev/v1alpha1
+kind: TrustedIssuer
+metadata: {{ name: github }}
+spec:
+  issuer: {}
+  caBundle: |
+    {ca}
+  maxTokenLifetime: 10m
+  claimValidationRules:
+    - expression: '{rule}'
+      message: only acme's repositories
+"#,
+            gh.url
+        )
+    };
+    apply(&ns, &issuer_yaml(r#"claims.repository_owner == "acme""#));
+    apply(
+        &ns,
+        r#"apiVersion: m2m.dev/v1alpha1
+kind: ServiceAccount
+metadata: { name: ci-bot }
+spec: { scopes: ["artifacts:write"] }
+---
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: { name: app-main }
+spec:
+  serviceAccountName: ci-bot
+  federation:
+    issuerRef: { kind: TrustedIssuer, name: github }
+    subject: "repo:acme/app:ref:refs/heads/main"
+    condition: 'claims.ref == "refs/heads/main" && claims.event_name == "push"'
+---
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: { name: other-production }
+spec:
+  serviceAccountName: ci-bot
+  federation:
+    issuerRef: { kind: TrustedIssuer, name: github }
+    subject: "repo:acme/other:ref:refs/heads/main"
+    condition: 'claims.environment == "production"'
+---
+# The audience-only pitfall: a binding of another owner's repository (a
+# typo, a recycled name) — the issuer's owner rule still refuses it.
+apiVersion: m2m.dev/v1alpha1
+kind: M2MCredential
+metadata: { name: careless }
+spec:
+  serviceAccountName: ci-bot
+  federation:
+    issuerRef: { kind: TrustedIssuer, name: github }
+    subject: "repo:evil/app:ref:refs/heads/main"
+"#,
+    );
+    let op = Operator::start_with(
+        &ns,
+        OperatorOptions {
+            listen_port: Some(port),
+            ..Default::default()
+        },
+    );
+    let replica = Operator::start_with(
+        &ns,
+        OperatorOptions {
+            subcommand: "token-server",
+            issuer: Some(our_issuer.clone()),
+            ..Default::default()
+        },
+    );
+    op.wait_ready().await;
+    replica.wait_ready().await;
+    let bases = [op.url.as_str(), replica.url.as_str()];
+    for name in ["app-main", "other-production", "careless"] {
+        wait_federation_ready(&ns, name).await;
+    }
+    let refused = |what: &'static str| {
+        move |(code, body): (u16, Value)| {
+            assert_eq!(
+                (code, body["error"].as_str()),
+                (401, Some("invalid_client")),
+                "{what}: {body}"
+            );
+        }
+    };
+    let acme = gh
+        .token("repo:acme/app:ref:refs/heads/main", Some(&our_issuer))
+        .await;
+    assert_eq!(claims(&acme)["repository_owner"], "acme");
+    for base in bases {
+        let (code, body) = assert_with(base, &acme, None).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(exchange(&op.url, &acme).await.0, 200);
+    let evil = gh
+        .token("repo:evil/app:ref:refs/heads/main", Some(&our_issuer))
+        .await;
+    refused("another repository owner (audience-only pitfall)")(
+        assert_with(&op.url, &evil, None).await,
+    );
+    let other = gh
+        .token("repo:acme/other:ref:refs/heads/main", Some(&our_issuer))
+        .await;
+    refused("a condition on a claim the token lacks")(assert_with(&op.url, &other, None).await);
+    let opaque = gh.token("repo:acme/app:ref:refs/heads/main", None).await;
+    refused("no aud (an opaque token)")(assert_with(&op.url, &opaque, None).await);
+    let foreign = gh
+        .token(
+            "repo:acme/app:ref:refs/heads/main",
+            Some("https://elsewhere.example"),
+        )
+        .await;
+    refused("a foreign aud")(assert_with(&op.url, &foreign, None).await);
+
+    // A rule change reaches both replicas within 2 s (the cached
+    // verification is dropped with the issuer's old spec).
+    apply(
+        &ns,
+        &issuer_yaml(r#"claims.repository_owner == "someone-else""#),
+    );
+    let took = both_answer(&bases, &acme, 401, "claim rule changed").await;
+    eprintln!("claim rule change: refused by both replicas after {took:?}");
+    apply(&ns, &issuer_yaml(r#"claims.repository_owner == "acme""#));
+    both_answer(&bases, &acme, 200, "claim rule restored").await;
+
+    // A rule that does not compile: Ready=False with the compiler's
+    // message, and nothing of the issuer is accepted.
+    apply(&ns, &issuer_yaml("claims.repository_owner =="));
+    let issuers: Api<m2m_operator::crd::TrustedIssuer> = ns.api();
+    let message = eventually("issuer Ready=False", Duration::from_secs(30), || async {
+        let s = issuers.get("github").await.ok()?.status?;
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (c.status == ConditionStatus::False && c.reason == "InvalidClaimValidationRule")
+            .then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.starts_with("claimValidationRules[0]: compiling:"),
+        "{message}"
+    );
+    both_answer(&bases, &acme, 401, "rule does not compile").await;
+    assert_results(
+        &op,
+        &format!("issuer=\"TrustedIssuer/{}/github\"", ns.name),
+        &["ok", "claim_rule", "condition", "audience"],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
