@@ -34,7 +34,12 @@ if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]
   refresh_pid=$!
 fi
 
+# tests/federation.rs starts "another cluster" (a second kube-apiserver,
+# tests/cluster/issuer-cluster.sh) on first use; stop it afterwards.
+trap 'tests/cluster/issuer-cluster.sh down || true' EXIT
 cargo test --all-targets --locked --features test-hooks -- "$@"
+tests/cluster/issuer-cluster.sh down
+trap - EXIT
 
 if [[ -n "$refresh_pid" ]]; then
   printf '\n== the projected-token refresh test (ran beside the others)\n'

@@ -204,6 +204,10 @@ pub struct TokenServerOptions {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub token_review_max_per_second: u32,
 
+    /// Federation (trusted issuers' keys).
+    #[command(flatten)]
+    pub federation: FederationOptions,
+
     /// Open connections per process on the token endpoint; at the limit no
     /// new connection is accepted until one closes.
     #[arg(long, env = "M2M_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -260,11 +264,55 @@ impl TokenServerOptions {
         }
     }
 
+    /// The federation bounds the flags describe (the verified-token cache
+    /// shares the workload-identity cache's flags).
+    pub(crate) fn federation_bounds(&self) -> crate::server::federation::FederationBounds {
+        crate::server::federation::FederationBounds {
+            refresh_interval: self.federation.federation_refresh_interval,
+            max_key_staleness: self.federation.federation_max_key_staleness,
+            cache_ttl: self.assertion_cache_ttl,
+            cache_entries: self.assertion_cache_entries,
+            unknown_kid_interval: self.federation.federation_unknown_kid_interval,
+        }
+    }
+
     /// The assertion cache bounds the flags describe.
     pub(crate) fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
         crate::server::assertion::CacheBounds {
             ttl: self.assertion_cache_ttl,
             entries: self.assertion_cache_entries,
+        }
+    }
+}
+
+/// The token server's federation flags (SPEC §9, docs/federation.md).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FederationOptions {
+    /// Federation: how often every replica refreshes each trusted
+    /// issuer's keys (an unknown `kid` refreshes sooner, at most once per
+    /// `--federation-unknown-kid-interval`).
+    #[arg(long, env = "M2M_FEDERATION_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration_flag)]
+    pub federation_refresh_interval: std::time::Duration,
+
+    /// Federation: while an issuer cannot be reached its last good keys
+    /// are used for at most this long after their last successful
+    /// refresh; then its tokens get `503` until a refresh succeeds.
+    #[arg(long, env = "M2M_FEDERATION_MAX_KEY_STALENESS", default_value = "24h", value_parser = parse_duration_flag)]
+    pub federation_max_key_staleness: std::time::Duration,
+
+    /// Federation: a token with a `kid` the issuer's keys lack refreshes
+    /// them at most this often per issuer (the request waits up to 2 s).
+    #[arg(long, env = "M2M_FEDERATION_UNKNOWN_KID_INTERVAL", default_value = "10s", value_parser = parse_duration_flag)]
+    pub federation_unknown_kid_interval: std::time::Duration,
+}
+
+impl Default for FederationOptions {
+    fn default() -> Self {
+        let b = crate::server::federation::FederationBounds::default();
+        Self {
+            federation_refresh_interval: b.refresh_interval,
+            federation_max_key_staleness: b.max_key_staleness,
+            federation_unknown_kid_interval: b.unknown_kid_interval,
         }
     }
 }

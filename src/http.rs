@@ -508,6 +508,7 @@ mod tests {
             token_review_max_per_second: 50,
             usage_resolution: Duration::from_secs(60),
             usage_resolution_in_grace: Duration::from_secs(5),
+            federation: Default::default(),
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {

@@ -23,6 +23,7 @@ pub mod controller;
 pub mod core;
 pub mod crd;
 pub mod http;
+pub mod issuer_keys;
 pub mod labels;
 pub mod plugin;
 pub mod runtime;

@@ -140,6 +140,17 @@ pub struct CredentialStateLabels {
     pub state: String,
 }
 
+/// Labels of federation metrics: the issuer object (`ClusterTrustedIssuer/ci`,
+/// `TrustedIssuer/<ns>/<name>`, or `unknown` — never a token's own `iss`,
+/// so the label set is bounded by the issuer objects) and a result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FederationLabels {
+    /// The issuer object.
+    pub issuer: String,
+    /// What happened.
+    pub result: &'static str,
+}
+
 /// Labels of connection metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -201,6 +212,10 @@ pub struct Metrics {
     /// `m2m_stale_secret_in_use_total`: grace periods that ended while the
     /// previous secret version was still in use.
     pub stale_secret_in_use: Counter,
+    /// `m2m_federation_assertions_total{issuer, result}`.
+    pub federation_assertions: Family<FederationLabels, Counter>,
+    /// `m2m_federation_key_refreshes_total{issuer, result}`.
+    pub federation_key_refreshes: Family<FederationLabels, Counter>,
     registry: Arc<Registry>,
 }
 
@@ -311,7 +326,21 @@ impl Metrics {
             "Grace periods that ended while the previous secret version was still in use",
             stale_secret_in_use.clone(),
         );
+        let federation_assertions = Family::<FederationLabels, Counter>::default();
+        registry.register(
+            "federation_assertions",
+            "Federated JWTs checked, by issuer object and result",
+            federation_assertions.clone(),
+        );
+        let federation_key_refreshes = Family::<FederationLabels, Counter>::default();
+        registry.register(
+            "federation_key_refreshes",
+            "Trusted-issuer key refreshes by this replica, by issuer object and result",
+            federation_key_refreshes.clone(),
+        );
         Self {
+            federation_assertions,
+            federation_key_refreshes,
             usage_writes,
             usage_unwritten,
             stale_secret_in_use,
@@ -344,6 +373,26 @@ impl Metrics {
     pub(crate) fn observe_client_auth(&self, method: &'static str, outcome: &'static str) {
         self.client_auth
             .get_or_create(&ClientAuthLabels { method, outcome })
+            .inc();
+    }
+
+    /// Count one federated JWT check.
+    pub(crate) fn observe_federation(&self, issuer: &str, result: &'static str) {
+        self.federation_assertions
+            .get_or_create(&FederationLabels {
+                issuer: issuer.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Count one trusted-issuer key refresh.
+    pub(crate) fn observe_federation_refresh(&self, issuer: &str, result: &'static str) {
+        self.federation_key_refreshes
+            .get_or_create(&FederationLabels {
+                issuer: issuer.to_owned(),
+                result,
+            })
             .inc();
     }
 

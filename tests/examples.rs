@@ -155,10 +155,11 @@ async fn every_example_applies_and_its_credentials_become_ready() {
         "expected the examples' credentials, found {}",
         all.len()
     );
-    // Every secret-based credential's Secret exists; workload-identity ones have none.
+    // Every secret-based credential's Secret exists; workload-identity and
+    // federation ones have none.
     let count = all
         .iter()
-        .filter(|c| c.spec.workload_identity.is_none())
+        .filter(|c| c.spec.workload_identity.is_none() && c.spec.federation.is_none())
         .count();
     assert!(count < all.len(), "an example uses workload identity");
     eventually("example Secrets", Duration::from_secs(10), || async {

@@ -249,6 +249,36 @@ pub(crate) async fn reconcile(
         };
         return super::workload::reconcile(&cred, &ctx, &input, &uid, now).await;
     }
+    // Federation hook: no secret, no Secret either (see super::federation).
+    if let Some(f) = &cred.spec.federation
+        && cred.spec.type_ == CredentialType::ClientSecret
+    {
+        if !ctx.issuers.synced() {
+            // Not listed yet: an issuer not seen is not known to be missing.
+            return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+        }
+        let grant = resolve_grant(
+            &cred.spec,
+            account.as_ref().map(|a| &a.spec),
+            &roles,
+            policy.as_ref(),
+            now,
+        );
+        let client_id = client_id_for_uid(&uid);
+        let input = super::federation::FederationInputs {
+            namespace: &ns,
+            name: &cred_name,
+            uid: &uid,
+            client_id: &client_id,
+            generation: cred.metadata.generation,
+            spec: f,
+            expires_at: cred.spec.expires_at,
+            grant: grant.as_ref(),
+            issuer: super::federation::issuer_state(&ctx, &ns, f),
+            key: &key,
+        };
+        return super::federation::reconcile(&cred, &ctx, &input, now).await;
+    }
     let existing = secrets
         .get_opt(&secret_name(&cred))
         .await
@@ -338,7 +368,10 @@ pub(crate) fn plan(
     };
     let old_status = o.cred.status.clone().unwrap_or_default();
     let mut status = old_status.clone();
-    let was_workload_identity = old_status.mode == Some(CredentialMode::WorkloadIdentity);
+    let was_workload_identity = matches!(
+        old_status.mode,
+        Some(CredentialMode::WorkloadIdentity | CredentialMode::Federation)
+    );
     let mode = match o.cred.spec.type_ {
         CredentialType::ClientSecret => CredentialMode::ClientSecret,
         CredentialType::ApiToken => CredentialMode::ApiToken,
@@ -346,15 +379,16 @@ pub(crate) fn plan(
     // spec.type is immutable (a CEL rule); where the apiserver does not
     // enforce it, the credential keeps its mode and reports the change.
     let type_changed = status.secret_version > 0
-        && old_status
-            .mode
-            .is_some_and(|m| m != mode && m != CredentialMode::WorkloadIdentity);
+        && old_status.mode.is_some_and(|m| {
+            m != mode && m != CredentialMode::WorkloadIdentity && m != CredentialMode::Federation
+        });
     status.mode = if type_changed {
         old_status.mode
     } else {
         Some(mode)
     };
     status.workload_identity = None;
+    status.federation = None;
     status.observed_generation = o.cred.metadata.generation;
     status.client_id = Some(client_id.clone());
     status.expires_at = o.cred.spec.expires_at;

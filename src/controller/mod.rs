@@ -4,6 +4,8 @@
 //! operator key Secret (verifier key and JWT signing keys).
 
 pub mod credential;
+pub mod federation;
+pub mod issuer;
 pub mod keys;
 pub mod lease;
 pub mod restart;
@@ -96,6 +98,8 @@ pub enum Step {
     PatchServiceAccountStatus,
     /// Reading or patching a `rotation.restartTargets` workload.
     RestartTarget,
+    /// Applying a ClusterTrustedIssuer's or TrustedIssuer's status.
+    PatchIssuerStatus,
 }
 
 impl Step {
@@ -109,6 +113,7 @@ impl Step {
             Self::PatchCredentialStatus => "patch_credential_status",
             Self::PatchServiceAccountStatus => "patch_serviceaccount_status",
             Self::RestartTarget => "restart_target",
+            Self::PatchIssuerStatus => "patch_issuer_status",
         }
     }
 
@@ -122,6 +127,7 @@ impl Step {
             Self::PatchCredentialStatus => "patch credential status",
             Self::PatchServiceAccountStatus => "patch ServiceAccount status",
             Self::RestartTarget => "restart a rotation.restartTargets workload",
+            Self::PatchIssuerStatus => "patch issuer status",
         }
     }
 }
@@ -179,6 +185,8 @@ pub(crate) struct Context {
     pub metrics: crate::telemetry::Metrics,
     /// The latest trusted usage seen per credential ([`usage`]).
     pub usage_memory: usage::UsageMemory,
+    /// Trusted issuers (federation, [`issuer`]).
+    pub issuers: issuer::IssuerStores,
 }
 
 impl Context {

@@ -275,6 +275,13 @@ pub(crate) async fn run_controllers(
         _ = stop_early(&mut stop_rx) => return Ok(()),
     }
 
+    // Federation hook: the issuer controllers, whose stores the credential
+    // reconciles read (see super::issuer).
+    let (issuers, issuer_triggered) = super::issuer::IssuerControllers::new(
+        &client,
+        config.watch_namespace.as_deref(),
+        r.credentials.clone(),
+    );
     let recorder = Recorder::new(client.clone(), reporter(config.instance.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -294,6 +301,7 @@ pub(crate) async fn run_controllers(
         ),
         metrics: metrics.clone(),
         usage_memory: Default::default(),
+        issuers: issuers.stores(),
     });
     let (key_changed, key_changes) = futures::channel::mpsc::unbounded();
     let key_loop = tokio::spawn(maintain_keys(
@@ -307,9 +315,17 @@ pub(crate) async fn run_controllers(
     let gauge_loop = tokio::spawn(export_credential_states(ctx.clone()));
     let reflector_task = r.task.abort_handle();
     let role_task = roles.task.abort_handle();
-    let controllers = future::join(
-        credential_controller(&ctx, &client, &r, key_changes, stop.clone()),
+    let controllers = future::join3(
+        credential_controller(
+            &ctx,
+            &client,
+            &r,
+            key_changes,
+            issuer_triggered,
+            stop.clone(),
+        ),
         account_controller(&ctx, r, roles, stop.clone()),
+        issuers.run(ctx.clone(), stop.clone()),
     );
     tracing::info!("controllers started");
     tokio::select! {
@@ -331,6 +347,7 @@ fn credential_controller<S>(
     client: &Client,
     r: &Reflectors,
     key_changes: futures::channel::mpsc::UnboundedReceiver<()>,
+    issuer_triggered: futures::channel::mpsc::UnboundedReceiver<ObjectRef<M2MCredential>>,
     stop: S,
 ) -> impl Future<Output = ()> + use<S>
 where
@@ -371,6 +388,8 @@ where
                 .map(|c| ObjectRef::from_obj(&*c))
         })
         .reconcile_all_on(key_changes)
+        // Federation hook: a changed issuer reconciles the credentials binding it.
+        .reconcile_on(issuer_triggered)
         .trigger_backoff(WatchBackoff::new())
         .graceful_shutdown_on(stop)
         .run(

@@ -85,6 +85,7 @@ pub fn plan(
     status.last_rotation_time = None;
     status.next_rotation_time = None;
     status.mode = Some(CredentialMode::WorkloadIdentity);
+    status.federation = None;
     status.conditions.retain(|c| c.type_ != SECRET_SYNCED);
 
     let binding = resolve_binding(input.namespace, input.spec);
@@ -162,26 +163,21 @@ fn epoch_status(
         client_id: input.client_id,
         version: 0,
     };
-    let generation = input.generation.unwrap_or(1).max(1);
-    let nothing_unseen = old
-        .observed_generation
-        .is_some_and(|seen| seen >= generation - 1);
-    let kept = old.workload_identity.as_ref().filter(|o| {
-        o.subject == subject
-            && o.audience == audience
-            && o.epoch > 0
-            && nothing_unseen
-            && input
-                .key
-                .is_sealed(&binding.with_version(o.epoch), &epoch_verifier(o))
-    });
-    let epoch = match kept {
-        Some(o) => o.epoch,
-        None => {
-            let previous = old.workload_identity.as_ref().map_or(0, |o| o.epoch);
-            generation.max(previous.saturating_add(1))
-        }
-    };
+    let old_wi = old.workload_identity.as_ref();
+    let epoch = choose_epoch(
+        old_wi.map(|o| o.epoch),
+        |e| {
+            old_wi.is_some_and(|o| {
+                o.subject == subject
+                    && o.audience == audience
+                    && input
+                        .key
+                        .is_sealed(&binding.with_version(e), &epoch_verifier(o))
+            })
+        },
+        old.observed_generation,
+        input.generation,
+    );
     let mut status = WorkloadIdentityStatus {
         subject,
         audience: audience.to_owned(),
@@ -192,6 +188,25 @@ fn epoch_status(
     input.key.seal(&binding.with_version(epoch), &mut sealed);
     status.seal = sealed.seal;
     status
+}
+
+/// The epoch of a binding (workload identity or federation): the old one
+/// when `same_and_sealed` says it names this same binding with a valid
+/// seal and no spec generation went unseen since (which might have hidden
+/// a switch away and back); otherwise the current generation, above every
+/// earlier epoch of the credential.
+pub(super) fn choose_epoch(
+    old_epoch: Option<i64>,
+    same_and_sealed: impl FnOnce(i64) -> bool,
+    observed_generation: Option<i64>,
+    generation: Option<i64>,
+) -> i64 {
+    let generation = generation.unwrap_or(1).max(1);
+    let nothing_unseen = observed_generation.is_some_and(|seen| seen >= generation - 1);
+    match old_epoch {
+        Some(e) if e > 0 && nothing_unseen && same_and_sealed(e) => e,
+        _ => generation.max(old_epoch.unwrap_or(0).saturating_add(1)),
+    }
 }
 
 /// Apply [`plan`] for `cred`.

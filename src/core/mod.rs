@@ -5,6 +5,7 @@
 pub mod api_token;
 pub mod client_secret;
 pub mod duration;
+pub mod federation;
 pub mod grant;
 pub mod policy;
 pub mod roles;

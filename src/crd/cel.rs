@@ -107,3 +107,61 @@ pub fn api_token_has_no_workload_identity() -> Rule {
 pub fn immutable(field: &str, hint: &str) -> Rule {
     Rule::new("self == oldSelf").message(format!("{field} is immutable: {hint}").as_str())
 }
+
+// --- Federation (SPEC §9) -------------------------------------------------
+
+/// An issuer or JWKS URL is `https://` without query or fragment.
+pub fn https_url(field: &str) -> Rule {
+    Rule::new("self.startsWith('https://') && !self.contains('?') && !self.contains('#')").message(
+        Message::Expression(format!(
+            "'{field} must be an https:// URL without query or fragment, not ' + self"
+        )),
+    )
+}
+
+/// At most one of `discovery`, `jwksURL` and `jwks` says where the keys are.
+pub fn one_key_source() -> Rule {
+    Rule::new("[has(self.discovery), has(self.jwksURL), has(self.jwks)].filter(x, x).size() <= 1")
+        .message("set at most one of discovery, jwksURL and jwks (none: discovery)")
+}
+
+/// At most one of `caBundle` and `clusterTrustBundle` replaces the system roots.
+pub fn one_trust_anchor() -> Rule {
+    Rule::new("!has(self.caBundle) || !has(self.clusterTrustBundle)")
+        .message("set at most one of caBundle and clusterTrustBundle")
+}
+
+/// Longest `maxTokenLifetime` an issuer may accept.
+pub const MAX_FEDERATED_TOKEN_LIFETIME: &str = "24h";
+
+/// `maxTokenLifetime` is positive and at most [`MAX_FEDERATED_TOKEN_LIFETIME`].
+pub fn max_token_lifetime_bounds() -> Rule {
+    Rule::new(format!(
+        "duration(self) > duration('0s') && duration(self) <= duration('{MAX_FEDERATED_TOKEN_LIFETIME}')"
+    ))
+    .message(Message::Expression(format!(
+        "'maxTokenLifetime must be longer than 0s and at most {MAX_FEDERATED_TOKEN_LIFETIME}, not ' + self"
+    )))
+}
+
+/// A credential authenticates one way: a generated secret (neither set),
+/// `workloadIdentity` or `federation`.
+pub fn one_authentication() -> Rule {
+    Rule::new("!has(self.workloadIdentity) || !has(self.federation)")
+        .message("set at most one of workloadIdentity and federation (neither: a generated client secret)")
+        .field_path(".federation")
+}
+
+/// A federated credential has no secret to rotate.
+pub fn federation_has_no_rotation() -> Rule {
+    Rule::new("!has(self.federation) || !has(self.rotation)")
+        .message("rotation does not apply to a federation credential (it has no secret to rotate): remove spec.rotation or spec.federation")
+        .field_path(".rotation")
+}
+
+/// An API token is a generated secret, never an external JWT.
+pub fn api_token_has_no_federation() -> Rule {
+    Rule::new("!has(self.type) || self.type != 'APIToken' || !has(self.federation)")
+        .message("federation does not apply to an APIToken credential (an API token is a generated secret): remove spec.federation or spec.type")
+        .field_path(".federation")
+}

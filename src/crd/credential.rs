@@ -37,6 +37,10 @@ use std::collections::BTreeMap;
 #[x_kube(validation = crate::crd::cel::workload_identity_has_no_rotation())]
 #[x_kube(validation = crate::crd::cel::type_immutable())]
 #[x_kube(validation = crate::crd::cel::api_token_has_no_workload_identity())]
+// Federation hook (SPEC §9, src/crd/issuer.rs).
+#[x_kube(validation = crate::crd::cel::one_authentication())]
+#[x_kube(validation = crate::crd::cel::federation_has_no_rotation())]
+#[x_kube(validation = crate::crd::cel::api_token_has_no_federation())]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
     /// credential authenticates as. Immutable: to bind another identity,
@@ -118,6 +122,13 @@ pub struct M2MCredentialSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentity>,
 
+    /// Authenticate with a JWT of a trusted external issuer (another
+    /// cluster, a CI system, SPIFFE; see `ClusterTrustedIssuer`) instead of
+    /// a generated client secret. Like `workloadIdentity`: no secret, no
+    /// Secret, no `rotation`; excludes `workloadIdentity` and `APIToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<Box<super::issuer::Federation>>,
+
     /// Mark the credential `Dormant=True` (with a Warning Event) once it has
     /// not been used for this long, e.g. `720h`, so unused credentials can be
     /// found and removed; it clears on the next use. Counted from the last
@@ -181,6 +192,8 @@ pub enum CredentialMode {
     ApiToken,
     /// A Kubernetes service-account token (`spec.workloadIdentity`).
     WorkloadIdentity,
+    /// A JWT of a trusted external issuer (`spec.federation`).
+    Federation,
 }
 
 /// The Kubernetes identity a workload-identity credential accepts.
@@ -383,13 +396,17 @@ pub struct M2MCredentialStatus {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub verifiers: Vec<SecretVerifier>,
 
-    /// `ClientSecret`, `APIToken` or `WorkloadIdentity`: how the credential authenticates.
+    /// `ClientSecret`, `APIToken`, `WorkloadIdentity` or `Federation`: how the credential authenticates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<CredentialMode>,
 
     /// The bound Kubernetes ServiceAccount, in workload-identity mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentityStatus>,
+
+    /// The bound external issuer and subject, in federation mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<super::issuer::FederationStatus>,
 
     /// Last successful authentication with any secret version (or workload
     /// identity), to the token server's usage resolution. Written only by

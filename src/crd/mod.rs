@@ -5,6 +5,7 @@
 pub mod cel;
 mod conditions;
 mod credential;
+mod issuer;
 mod role;
 mod service_account;
 
@@ -13,6 +14,12 @@ pub use credential::{
     CredentialMode, CredentialRotation, CredentialType, M2MCredential, M2MCredentialSpec,
     M2MCredentialStatus, RestartKind, RestartTarget, SecretTemplate, SecretVerifier, VersionUsage,
     WorkloadIdentity, WorkloadIdentityStatus,
+};
+pub use issuer::{
+    ClaimValidationRule, ClusterTrustBundleRef, ClusterTrustedIssuer, ClusterTrustedIssuerSpec,
+    ConfigMapKeyRef, Discovery, Federation, FederationStatus, IssuerKey, IssuerKind, IssuerRef,
+    IssuerSpec, MAX_CLAIM_RULES, MAX_EXPRESSION_LENGTH, StaticJwks, TrustedIssuer,
+    TrustedIssuerSpec, TrustedIssuerStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
 pub use service_account::{
@@ -48,6 +55,8 @@ pub fn crds()
         M2MCredential::crd(),
         M2MRole::crd(),
         ClusterM2MRole::crd(),
+        ClusterTrustedIssuer::crd(),
+        TrustedIssuer::crd(),
     ]
 }
 

@@ -82,6 +82,26 @@ pub(crate) fn token_end(
         .min()
 }
 
+/// The RFC 8693 parameters every exchange checks, whatever its subject
+/// token: no delegation (`actor_token`), and a `requested_token_type`, if
+/// any, this server issues.
+pub(crate) fn check_exchange(form: &Form) -> Result<(), OAuthError> {
+    if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
+        return Err(OAuthError::invalid_request(
+            "actor_token is not supported (no delegation)",
+        ));
+    }
+    if let Some(requested) = form.get("requested_token_type")
+        && requested != ACCESS_TOKEN_TYPE
+        && requested != JWT_TOKEN_TYPE
+    {
+        return Err(OAuthError::invalid_request(format!(
+            "requested_token_type must be {ACCESS_TOKEN_TYPE} or {JWT_TOKEN_TYPE}"
+        )));
+    }
+    Ok(())
+}
+
 impl TokenServer {
     /// The `APIToken` credential `token` belongs to and the token version
     /// it matched, if it is one of the credential's live tokens. Equal work
@@ -148,19 +168,7 @@ impl TokenServer {
         keys: &KeyMaterial,
         now: DateTime<Utc>,
     ) -> Result<(Arc<CredentialEntry>, i64), OAuthError> {
-        if form.get("actor_token").is_some() || form.get("actor_token_type").is_some() {
-            return Err(OAuthError::invalid_request(
-                "actor_token is not supported (no delegation)",
-            ));
-        }
-        if let Some(requested) = form.get("requested_token_type")
-            && requested != ACCESS_TOKEN_TYPE
-            && requested != JWT_TOKEN_TYPE
-        {
-            return Err(OAuthError::invalid_request(format!(
-                "requested_token_type must be {ACCESS_TOKEN_TYPE} or {JWT_TOKEN_TYPE}"
-            )));
-        }
+        check_exchange(form)?;
         let token = form
             .get("subject_token")
             .ok_or_else(|| OAuthError::invalid_request("missing subject_token"))?;

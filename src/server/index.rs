@@ -80,6 +80,10 @@ pub struct CredentialEntry {
     /// ([`crate::core::workload::epoch_verifier`]) when it names the
     /// binding the spec declares; `None` until the controller confirmed it.
     pub workload_epoch: Option<SecretVerifier>,
+    /// Federation (SPEC §9): the bound issuer and subject; `None` otherwise.
+    pub federation: Option<Arc<crate::core::federation::FederationBinding>>,
+    /// Federation: `status.federation` as a sealed epoch.
+    pub federation_epoch: Option<SecretVerifier>,
 }
 
 /// Which of an entry's verifiers carry a valid seal under a verifier key,
@@ -166,6 +170,16 @@ impl CredentialEntry {
             .then_some(epoch.version)
     }
 
+    /// The current federation epoch: the one the controller sealed for the
+    /// issuer and subject the spec binds.
+    pub(crate) fn federation_epoch(&self, key: &VerifierKey) -> Option<i64> {
+        let binding = self.federation.as_ref()?;
+        let epoch = self.federation_epoch.as_ref()?;
+        (epoch.digest == binding.epoch_digest()
+            && key.is_sealed(&self.binding(epoch.version), epoch))
+        .then_some(epoch.version)
+    }
+
     /// Whether secret `version` is accepted at `now`. A workload-identity
     /// credential accepts only its current epoch.
     pub(crate) fn accepts_version(
@@ -177,6 +191,10 @@ impl CredentialEntry {
         // workload-identity hook: tokens carry the binding's current epoch.
         if self.workload.is_some() {
             return self.workload_epoch(key) == Some(version);
+        }
+        // Federation hook: likewise the binding's current epoch.
+        if self.federation.is_some() {
+            return self.federation_epoch(key) == Some(version);
         }
         let sealed = self.seals(key);
         self.verifiers
@@ -219,6 +237,22 @@ impl CredentialEntry {
     }
 }
 
+/// Remove `client_id` from the ids listed under `key` (and the key once empty).
+fn remove_id<K: std::hash::Hash + Eq + Clone>(
+    map: &mut imbl::HashMap<K, Vec<String>>,
+    key: K,
+    client_id: &str,
+) {
+    if let Some(ids) = map.get(&key) {
+        let ids: Vec<String> = ids.iter().filter(|id| *id != client_id).cloned().collect();
+        if ids.is_empty() {
+            map.remove(&key);
+        } else {
+            map.insert(key, ids);
+        }
+    }
+}
+
 /// A scope policy as a Namespace annotation states it.
 pub(crate) type PolicyResult = Result<ScopePolicy, ScopePolicyError>;
 
@@ -243,6 +277,8 @@ pub(crate) struct CredentialSource {
     pub verifiers: Vec<SecretVerifier>,
     /// `status.workloadIdentity` as a sealed epoch.
     pub workload_epoch: Option<SecretVerifier>,
+    /// `status.federation` as a sealed epoch (boxed: most credentials have none).
+    pub federation_epoch: Option<Box<SecretVerifier>>,
     /// `status.nextRotationTime` (API tokens' `exp` in introspection).
     pub next_rotation: Option<DateTime<Utc>>,
     /// It has a `deletionTimestamp`: treated as absent (deletion revokes at once).
@@ -268,6 +304,7 @@ impl CredentialSource {
                 token_ttl: spec.token_ttl.clone(),
                 expires_at: spec.expires_at,
                 workload_identity: spec.workload_identity.clone(),
+                federation: spec.federation.clone(),
                 type_: spec.type_,
                 rotation: match spec.type_ {
                     CredentialType::ApiToken => spec.rotation.clone(),
@@ -285,6 +322,11 @@ impl CredentialSource {
                 .as_ref()
                 .and_then(|s| s.workload_identity.as_ref())
                 .map(crate::core::workload::epoch_verifier),
+            federation_epoch: cred
+                .status
+                .as_ref()
+                .and_then(|s| s.federation.as_ref())
+                .map(|f| Box::new(crate::core::federation::epoch_verifier(f))),
             next_rotation: match spec.type_ {
                 CredentialType::ApiToken => cred.status.as_ref().and_then(|s| s.next_rotation_time),
                 CredentialType::ClientSecret => None,
@@ -410,6 +452,8 @@ pub struct CredentialIndex {
     /// Workload identity: client ids of the credentials validly binding a
     /// Kubernetes ServiceAccount, by its subject `system:serviceaccount:<ns>:<name>`.
     by_subject: imbl::HashMap<String, Vec<String>>,
+    /// Federation: client ids of the credentials binding (issuer, subject).
+    by_federated: imbl::HashMap<(crate::core::federation::IssuerId, String), Vec<String>>,
 }
 
 impl CredentialIndex {
@@ -464,6 +508,17 @@ impl CredentialIndex {
     /// with this subject (workload identity).
     pub(crate) fn by_subject(&self, subject: &str) -> &[String] {
         self.by_subject.get(subject).map_or(&[], Vec::as_slice)
+    }
+
+    /// Client ids of the credentials binding `subject` of `issuer` (federation).
+    pub(crate) fn by_federated(
+        &self,
+        issuer: &crate::core::federation::IssuerId,
+        subject: &str,
+    ) -> &[String] {
+        self.by_federated
+            .get(&(issuer.clone(), subject.to_owned()))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The credential with this client id.
@@ -600,6 +655,7 @@ impl CredentialIndexer {
             && record.entry.uid == source.uid
             && record.entry.verifiers == source.verifiers
             && record.entry.workload_epoch == source.workload_epoch
+            && record.entry.federation_epoch.as_ref() == source.federation_epoch.as_deref()
             && record.entry.api_token_end == api_token_end
         {
             return false;
@@ -620,7 +676,31 @@ impl CredentialIndexer {
         // No secret works with workload identity set (an APIToken with
         // workloadIdentity is refused as a whole), nor an API token without
         // an end (the controller also drops its verifiers).
+        // Federation hook: neither an API token nor a workload-identity
+        // credential authenticates through an external issuer.
+        let federation = source
+            .spec
+            .federation
+            .as_ref()
+            .filter(|_| !api_token && workload.is_none())
+            .map(|f| {
+                Arc::new(crate::core::federation::FederationBinding::resolve(
+                    &namespace, f,
+                ))
+            });
+        if let Some(f) = &federation {
+            let key = (f.issuer.clone(), f.subject.clone());
+            let mut ids = self
+                .index
+                .by_federated
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            ids.push(client_id.clone());
+            self.index.by_federated.insert(key, ids);
+        }
         let no_secret = source.spec.workload_identity.is_some()
+            || source.spec.federation.is_some()
             || (api_token
                 && source.spec.expires_at.is_none()
                 && source.spec.rotation.every.is_none());
@@ -654,6 +734,8 @@ impl CredentialIndexer {
                 None
             },
             workload,
+            federation_epoch: federation.as_ref().and(source.federation_epoch.map(|b| *b)),
+            federation,
             api_token,
             api_token_end,
         });
@@ -692,19 +774,15 @@ impl CredentialIndexer {
             self.index.by_client_id.remove(&entry.client_id);
         }
         if let Some(Ok(binding)) = &entry.workload {
-            let subject = binding.subject();
-            if let Some(ids) = self.index.by_subject.get(&subject) {
-                let ids: Vec<String> = ids
-                    .iter()
-                    .filter(|id| **id != entry.client_id)
-                    .cloned()
-                    .collect();
-                if ids.is_empty() {
-                    self.index.by_subject.remove(&subject);
-                } else {
-                    self.index.by_subject.insert(subject, ids);
-                }
-            }
+            remove_id(
+                &mut self.index.by_subject,
+                binding.subject(),
+                &entry.client_id,
+            );
+        }
+        if let Some(f) = &entry.federation {
+            let key = (f.issuer.clone(), f.subject.clone());
+            remove_id(&mut self.index.by_federated, key, &entry.client_id);
         }
         let account_key = (key.0, entry.service_account.clone());
         if let Some(names) = self.by_account.get_mut(&account_key) {

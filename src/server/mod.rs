@@ -12,6 +12,8 @@
 //! - [`api_token`]: API tokens — introspection and RFC 8693 token exchange.
 //! - [`assertion`]: workload identity — Kubernetes service-account tokens as
 //!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
+//! - [`federation`]: JWTs of trusted external issuers (other clusters, CI
+//!   systems, SPIFFE) as client assertions, verified offline.
 //! - [`bench`] (cargo feature `bench`): a cluster-free server for the
 //!   benchmark (`bench-server`).
 //!
@@ -25,6 +27,7 @@ pub mod assertion;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod error;
+pub mod federation;
 pub mod form;
 pub mod index;
 pub mod oauth;
@@ -94,6 +97,7 @@ struct Inner {
     metrics: Metrics,
     revocations: Arc<dyn RevocationStore>,
     assertions: Arc<assertion::AssertionVerifier>,
+    federation: Arc<federation::FederationState>,
 }
 
 /// The token endpoint's shared handle (cheap to clone).
@@ -130,6 +134,24 @@ impl TokenServer {
         revocations: Arc<dyn RevocationStore>,
         assertions: Arc<assertion::AssertionVerifier>,
     ) -> Self {
+        let federation = Arc::new(federation::FederationState::new(
+            None,
+            &config.operator_namespace,
+            Default::default(),
+            metrics.clone(),
+        ));
+        Self::with_federation(config, state, metrics, revocations, assertions, federation)
+    }
+
+    /// Like [`TokenServer::with_assertions`], trusting the issuers of `federation`.
+    pub(crate) fn with_federation(
+        config: ServerConfig,
+        state: Arc<TokenState>,
+        metrics: Metrics,
+        revocations: Arc<dyn RevocationStore>,
+        assertions: Arc<assertion::AssertionVerifier>,
+        federation: Arc<federation::FederationState>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -138,6 +160,7 @@ impl TokenServer {
                 metrics,
                 revocations,
                 assertions,
+                federation,
             }),
         }
     }
@@ -316,6 +339,19 @@ pub async fn run_token_server(
             let _ = usage_stopped.await;
         },
     ));
+    // Federation hook: trusted issuers, their keys and Namespace labels.
+    let federation = Arc::new(federation::FederationState::new(
+        Some(client.clone()),
+        &config.operator_namespace,
+        opts.federation_bounds(),
+        metrics.clone(),
+    ));
+    let federation_watches = tokio::spawn(federation::run_watches(
+        client.clone(),
+        federation.clone(),
+        watch_namespace.clone(),
+        readiness.flag("token-server-federation"),
+    ));
     let watches = tokio::spawn(watch::run_watches(
         client,
         watch::WatchConfig {
@@ -328,12 +364,13 @@ pub async fn run_token_server(
         watch_ready,
     ));
     tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
-    let server = TokenServer::with_assertions(
+    let server = TokenServer::with_federation(
         config,
         state,
         metrics.clone(),
         Arc::new(revocations),
         assertions,
+        federation,
     );
     let result = serve(router(server), opts, metrics, shutdown).await;
     // Write the usage the last interval held back, while the watch still
@@ -341,6 +378,7 @@ pub async fn run_token_server(
     let _ = stop_usage.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), usage).await;
     watches.abort();
+    federation_watches.abort();
     repairs.abort();
     result
 }

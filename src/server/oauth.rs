@@ -192,6 +192,8 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             verifiers: Vec::new(),
             workload: None,
             workload_epoch: None,
+            federation: None,
+            federation_epoch: None,
             api_token: false,
             api_token_end: None,
             seals: Default::default(),
@@ -483,12 +485,43 @@ impl TokenServer {
                 let actor = self
                     .authenticate_actor(credentials, assertion.as_ref(), source, &keys, refuse, now)
                     .await?;
-                let result = self.authenticate_exchange(form, source, &keys, now);
+                // Federation hook: a JWT of a trusted issuer as subject_token.
+                let (result, method) = if super::federation::is_jwt_subject(form) {
+                    let r = self
+                        .authenticate_federated_exchange(form, source, &keys, now)
+                        .await;
+                    (r, super::federation::METHOD)
+                } else {
+                    let r = self.authenticate_exchange(form, source, &keys, now);
+                    (r, super::api_token::METHOD)
+                };
                 let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
-                let method = super::api_token::METHOD;
                 self.inner.metrics.observe_client_auth(method, outcome);
                 let (entry, version) = result.map_err(|error| Refusal { error, who: who() })?;
                 (entry, version, method, keys, actor)
+            }
+            // Federation hook: an assertion whose `iss` a trusted issuer has.
+            Some(assertion) if self.is_federated(&assertion.token) => {
+                let known = assertion
+                    .client_id
+                    .as_deref()
+                    .is_some_and(|id| self.inner.state.credentials().get(id).is_some());
+                let who = || Some(Box::new(Who::asserted(&assertion, known)));
+                let keys = self.keys().map_err(|error| Refusal { error, who: who() })?;
+                let result = self
+                    .authenticate_federated(
+                        &assertion.token,
+                        assertion.client_id.as_deref(),
+                        source,
+                        &keys,
+                        now,
+                    )
+                    .await;
+                let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+                let method = super::federation::METHOD;
+                self.inner.metrics.observe_client_auth(method, outcome);
+                let (entry, epoch) = result.map_err(|error| Refusal { error, who: who() })?;
+                (entry, epoch, method, keys, None)
             }
             Some(assertion) => {
                 let known = assertion
@@ -605,6 +638,7 @@ impl TokenServer {
             credential = %audit_field(&entry.name),
             service_account = %audit_field(&entry.service_account),
             auth_method = method,
+            issuer = entry.federation.as_ref().map(|f| f.issuer.to_string()),
             scope = %audit_field(&scope),
             jti = %audit_field(&jti),
             secret_version = version,

@@ -167,9 +167,16 @@ def main():
     check(
         "token-server: patches ConfigMaps (revocation lists) in its own namespace only",
         cm_patch
-        and not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", "patch")
-        and not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", "get"),
+        and not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", "patch"),
     )
+    # Federation reads a static JWK Set (jwks.configMapRef) by name in any
+    # namespace: `get` cluster-wide, never list/watch (which would expose
+    # every ConfigMap) nor any write.
+    for verb in ("list", "watch", "create", "update", "delete"):
+        check(
+            f"token-server: no cluster-wide `{verb}` on configmaps",
+            not rules_granting(docs, "ClusterRole", ts_sa, "configmaps", verb),
+        )
     # Workload identity: create TokenReviews, and nothing else around tokens.
     check(
         "token-server: cluster-wide `create` on tokenreviews (workload identity)",

