@@ -6,6 +6,7 @@ pub mod cel;
 mod conditions;
 mod credential;
 mod role;
+mod sender;
 mod service_account;
 
 pub use conditions::{Condition, ConditionStatus, set_condition};
@@ -15,6 +16,7 @@ pub use credential::{
     WorkloadIdentity, WorkloadIdentityStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
+pub use sender::{MutualTls, SAN_URI_PATTERN, SenderConstraint};
 pub use service_account::{
     RoleKind, RoleRef, ServiceAccount, ServiceAccountSpec, ServiceAccountStatus,
 };

@@ -80,6 +80,9 @@ pub struct CredentialEntry {
     /// ([`crate::core::workload::epoch_verifier`]) when it names the
     /// binding the spec declares; `None` until the controller confirmed it.
     pub workload_epoch: Option<SecretVerifier>,
+    /// Sender-constraint hook: `spec.senderConstraint` and `spec.mtls`
+    /// ([`super::binding`]).
+    pub sender: crate::core::sender::SenderPolicy,
 }
 
 /// Which of an entry's verifiers carry a valid seal under a verifier key,
@@ -269,6 +272,8 @@ impl CredentialSource {
                 expires_at: spec.expires_at,
                 workload_identity: spec.workload_identity.clone(),
                 type_: spec.type_,
+                sender_constraint: spec.sender_constraint,
+                mtls: spec.mtls.clone(),
                 rotation: match spec.type_ {
                     CredentialType::ApiToken => spec.rotation.clone(),
                     CredentialType::ClientSecret => Default::default(),
@@ -653,6 +658,7 @@ impl CredentialIndexer {
             } else {
                 None
             },
+            sender: crate::core::sender::SenderPolicy::of(&source.spec),
             workload,
             api_token,
             api_token_end,
