@@ -59,7 +59,9 @@ pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
 pub const DPOP_NONCE_HEADER: HeaderName = HeaderName::from_static("dpop-nonce");
 /// Proof signing algorithms accepted, as metadata lists them
 /// (`dpop_signing_alg_values_supported`).
-pub const SIGNING_ALGS: [&str; 5] = ["ES256", "ES384", "EdDSA", "RS256", "PS256"];
+/// `Ed25519` is RFC 9864's fully-specified name for `EdDSA` with Ed25519,
+/// which current clients (oauth4webapi 3) send.
+pub const SIGNING_ALGS: [&str; 6] = ["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"];
 /// Longest accepted proof (an RSA-4096 proof is about 2 KiB).
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// How far ahead of this server's clock a proof's `iat` may be.
@@ -188,7 +190,7 @@ fn allowed_alg(alg: &str) -> Option<Algorithm> {
     Some(match alg {
         "ES256" => Algorithm::ES256,
         "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
+        "EdDSA" | "Ed25519" => Algorithm::EdDSA,
         "RS256" => Algorithm::RS256,
         "PS256" => Algorithm::PS256,
         _ => return None,

@@ -96,7 +96,7 @@ async fn a_dpop_proof_binds_the_token_and_introspection_reports_it() {
         .await;
     assert_eq!(
         meta["dpop_signing_alg_values_supported"],
-        serde_json::json!(["ES256", "ES384", "EdDSA", "RS256", "PS256"])
+        serde_json::json!(["ES256", "ES384", "EdDSA", "Ed25519", "RS256", "PS256"])
     );
     assert!(
         meta.get("tls_client_certificate_bound_access_tokens")
