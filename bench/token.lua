@@ -47,6 +47,45 @@ else
   wrk.headers["Authorization"] = "Basic " .. b64(id_secret)
 end
 
+-- DPoP (M2M_BENCH_DPOP_PROOFS: a file of proofs, one per line, made by
+-- `m2m-operator bench-dpop`): every request carries the next unused proof
+-- of this thread (thread i of n takes lines i, i+n, ...), because the
+-- server refuses a replayed one. Proofs are signed before the run, so the
+-- load generator's own signing costs nothing during it.
+local proofs_file = os.getenv("M2M_BENCH_DPOP_PROOFS")
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+local proofs, next_proof = nil, 1
+function init(args)
+  if proofs_file and proofs_file ~= "" then
+    proofs = {}
+    local n = tonumber(os.getenv("M2M_BENCH_THREADS") or "1")
+    local i = 0
+    for line in io.lines(proofs_file) do
+      if i % n == id then table.insert(proofs, line) end
+      i = i + 1
+    end
+  end
+end
+
+if proofs_file and proofs_file ~= "" then
+  function request()
+    local proof = proofs[next_proof] or proofs[1]
+    next_proof = next_proof + 1
+    local headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers["DPoP"] = proof
+    return wrk.format(nil, nil, headers, nil)
+  end
+end
+
 function done(summary, latency, requests)
   local secs = summary.duration / 1e6
   local bad = summary.errors.status + summary.errors.connect + summary.errors.read

@@ -33,6 +33,31 @@ pub enum Command {
     #[cfg(feature = "bench")]
     #[command(hide = true)]
     BenchServer(BenchServerArgs),
+    /// Benchmark only: DPoP proofs for the load generator, and the cost of verifying one.
+    #[cfg(feature = "bench")]
+    #[command(hide = true)]
+    BenchDpop(BenchDpopArgs),
+}
+
+/// `m2m-operator bench-dpop` (hidden, `bench` feature).
+#[cfg(feature = "bench")]
+#[derive(Debug, Clone, Args)]
+pub struct BenchDpopArgs {
+    /// Proof algorithm: `ES256` or `EdDSA`.
+    #[arg(long, default_value = "ES256")]
+    pub alg: String,
+    /// The token endpoint URL the proofs name (`htu`).
+    #[arg(long)]
+    pub htu: String,
+    /// How many proofs to write.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: usize,
+    /// Where to write them, one per line.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Proofs verified in the micro-benchmark.
+    #[arg(long, default_value_t = 5_000)]
+    pub verify_iterations: usize,
 }
 
 /// `m2m-operator bench-server` (hidden): serves `/oauth/token` from generated
@@ -60,6 +85,22 @@ pub struct BenchServerArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Oldest accepted DPoP proof `iat` (the benchmark's proofs are made
+    /// before each run).
+    #[arg(long, default_value = "600s", value_parser = parse_duration_flag)]
+    pub dpop_proof_max_age: Duration,
+    /// Also serve over TLS here (for the mTLS columns).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+    /// TLS certificate of `--tls-listen`.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS key of `--tls-listen`.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CAs of client certificates on `--tls-listen`.
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -237,6 +278,71 @@ pub struct TokenServerOptions {
     /// period (adoption-aware retirement decides on it).
     #[arg(long, env = "M2M_USAGE_RESOLUTION_IN_GRACE", default_value = "5s", value_parser = parse_duration_flag)]
     pub usage_resolution_in_grace: std::time::Duration,
+
+    /// Sender-constrained tokens: DPoP and client certificates.
+    #[command(flatten)]
+    pub sender: SenderArgs,
+}
+
+/// Flags of sender-constrained tokens (RFC 9449 DPoP, RFC 8705 mTLS).
+#[derive(Debug, Clone, Args, PartialEq, Eq)]
+pub struct SenderArgs {
+    /// PEM file of the CAs TLS client certificates must chain to; with it,
+    /// the TLS listener asks for a client certificate (optional), binds
+    /// tokens to it (`cnf["x5t#S256"]`) and accepts `tls_client_auth`.
+    /// Reloaded when it changes.
+    #[arg(long, env = "M2M_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Trust the CAs of every `ClusterTrustBundle` (certificates.k8s.io/v1)
+    /// with this `spec.signerName` for client certificates, as they change
+    /// (e.g. `m2m.dev/workload-identity`). Needs `list`/`watch` on
+    /// clustertrustbundles.
+    #[arg(long, env = "M2M_TLS_CLIENT_CA_SIGNER", requires = "tls_cert")]
+    pub tls_client_ca_signer: Option<String>,
+
+    /// Oldest `iat` a DPoP proof may have.
+    #[arg(long, env = "M2M_DPOP_PROOF_MAX_AGE", default_value = "60s", value_parser = parse_duration_flag)]
+    pub dpop_proof_max_age: std::time::Duration,
+
+    /// DPoP proofs remembered per replica to refuse replays (about 16 bytes
+    /// each); when full of proofs still in their window, DPoP requests get
+    /// `503` until some age out.
+    #[arg(long, env = "M2M_DPOP_REPLAY_CACHE_ENTRIES",
+          default_value_t = crate::server::dpop::DEFAULT_REPLAY_ENTRIES,
+          value_parser = parse_replay_entries)]
+    pub dpop_replay_cache_entries: usize,
+
+    /// Require a server nonce in DPoP proofs (RFC 9449 §8): a proof without
+    /// a current one is answered `use_dpop_nonce` with a `DPoP-Nonce` header.
+    #[arg(long, env = "M2M_DPOP_NONCE")]
+    pub dpop_nonce: bool,
+
+    /// Another URL of the token endpoint a DPoP proof's `htu` may name
+    /// (e.g. the in-cluster URL when `--issuer` is an external one);
+    /// `<issuer>/oauth/token` always works. Repeatable.
+    #[arg(long, env = "M2M_DPOP_HTU", value_delimiter = ',')]
+    pub dpop_htu: Vec<String>,
+}
+
+impl SenderArgs {
+    /// The DPoP checks these flags describe.
+    pub fn dpop_config(&self) -> crate::server::dpop::DpopConfig {
+        crate::server::dpop::DpopConfig {
+            max_age: self.dpop_proof_max_age,
+            replay_entries: self.dpop_replay_cache_entries,
+            nonce: self.dpop_nonce,
+            extra_htu: self.dpop_htu.clone(),
+        }
+    }
+}
+
+/// At least one replay-cache entry.
+fn parse_replay_entries(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a positive integer".into()),
+    }
 }
 
 /// 1 to 10,000: a list of that many entries stays far below the ConfigMap limit.
@@ -248,6 +354,25 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
 }
 
 impl TokenServerOptions {
+    /// Where client-certificate trust comes from (none without TLS).
+    pub(crate) fn client_trust_sources(&self) -> crate::server::mtls::TrustSources {
+        if self.tls_cert.is_none() {
+            return Default::default();
+        }
+        crate::server::mtls::TrustSources {
+            ca_file: self.sender.tls_client_ca.clone(),
+            signer: self.sender.tls_client_ca_signer.clone(),
+        }
+    }
+
+    /// The sender-constraint options of the handlers.
+    pub(crate) fn sender_options(&self) -> crate::server::binding::SenderOptions {
+        crate::server::binding::SenderOptions {
+            dpop: self.sender.dpop_config(),
+            client_certificates: self.client_trust_sources().is_enabled(),
+        }
+    }
+
     /// The usage write intervals the flags describe.
     pub(crate) fn usage_resolution(&self) -> crate::server::usage::UsageResolution {
         crate::server::usage::UsageResolution {

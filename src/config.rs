@@ -160,6 +160,7 @@ impl Config {
             default_role: self.default_role.clone(),
             operator_namespace: self.operator_namespace.clone(),
             limits: opts.limits(),
+            sender: opts.sender_options(),
         }
     }
 }

@@ -143,10 +143,11 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(WithPeer {
+        let mut service = WithPeer {
             app: app.clone(),
             peer,
-        });
+            client_cert: None,
+        };
         let watcher = graceful.watcher();
         let limits = limits.clone();
         let tls = tls
@@ -162,13 +163,26 @@ pub async fn serve(
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(deadline, acceptor.accept(tcp)).await
                     {
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let session = stream.get_ref().1;
+                        let h2 = session.alpn_protocol() == Some(b"h2");
+                        // mTLS hook: the verified client certificate, parsed
+                        // once per connection (RFC 8705).
+                        service.client_cert = session
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|der| {
+                                crate::server::mtls::PeerCertificate(Arc::new(
+                                    crate::server::mtls::ClientCert::from_der(der),
+                                ))
+                            });
+                        let service = TowerToHyperService::new(service);
                         serve_connection(stream, h2, &limits, service, watcher).await;
                     }
                 }
                 None => {
                     if let Ok(Some(h2)) = tokio::time::timeout(deadline, is_h2_preface(&tcp)).await
                     {
+                        let service = TowerToHyperService::new(service);
                         serve_connection(tcp, h2, &limits, service, watcher).await;
                     }
                 }
@@ -224,6 +238,8 @@ async fn is_h2_preface(tcp: &TcpStream) -> Option<bool> {
 struct WithPeer {
     app: Router,
     peer: std::net::SocketAddr,
+    /// The connection's TLS client certificate, if it sent one.
+    client_cert: Option<crate::server::mtls::PeerCertificate>,
 }
 
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
@@ -242,6 +258,9 @@ impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.peer));
+        if let Some(cert) = &self.client_cert {
+            request.extensions_mut().insert(cert.clone());
+        }
         self.app.call(request)
     }
 }
@@ -509,6 +528,14 @@ mod tests {
             usage_resolution: Duration::from_secs(60),
             usage_resolution_in_grace: Duration::from_secs(5),
             federation: Default::default(),
+            sender: crate::cli::SenderArgs {
+                tls_client_ca: None,
+                tls_client_ca_signer: None,
+                dpop_proof_max_age: Duration::from_secs(60),
+                dpop_replay_cache_entries: 16,
+                dpop_nonce: false,
+                dpop_htu: vec![],
+            },
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {

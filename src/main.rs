@@ -18,6 +18,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => runtime::run_all(args).await,
         #[cfg(feature = "bench")]
         Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
+        #[cfg(feature = "bench")]
+        Command::BenchDpop(args) => m2m_operator::server::bench::run_dpop(args),
     }
 }
 

@@ -10,5 +10,6 @@ pub mod grant;
 pub mod policy;
 pub mod roles;
 pub mod rotation;
+pub mod sender;
 pub mod verifier;
 pub mod workload;

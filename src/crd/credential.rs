@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 #[x_kube(validation = crate::crd::cel::one_authentication())]
 #[x_kube(validation = crate::crd::cel::federation_has_no_rotation())]
 #[x_kube(validation = crate::crd::cel::api_token_has_no_federation())]
+#[x_kube(validation = super::sender::api_token_has_no_mtls())]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
     /// credential authenticates as. Immutable: to bind another identity,
@@ -138,6 +139,23 @@ pub struct M2MCredentialSpec {
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
     #[x_kube(validation = crate::crd::cel::positive_duration("dormantAfter"))]
     pub dormant_after: Option<String>,
+
+    /// Require every token of this credential to be bound to a key the
+    /// client holds: `DPoP` (RFC 9449: each token request carries a `DPoP`
+    /// proof) or `MTLS` (RFC 8705: each token request comes with a TLS
+    /// client certificate). A request without the binding is refused
+    /// (`invalid_dpop_proof`, or `invalid_request` for `MTLS`). Unset (the
+    /// default): tokens are bearer tokens unless the request brings a
+    /// proof or a client certificate, which bind them anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_constraint: Option<super::sender::SenderConstraint>,
+
+    /// Accept a TLS client certificate as client authentication
+    /// (`tls_client_auth`, RFC 8705 §2.1): the certificate must chain to a
+    /// CA the token server trusts and carry this SAN. Other client
+    /// authentication (the secret, workload identity) keeps working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<super::sender::MutualTls>,
 }
 
 /// Bind a core `v1/ServiceAccount` of the credential's namespace: a pod

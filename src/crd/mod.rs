@@ -7,6 +7,7 @@ mod conditions;
 mod credential;
 mod issuer;
 mod role;
+mod sender;
 mod service_account;
 
 pub use conditions::{Condition, ConditionStatus, set_condition};
@@ -22,6 +23,7 @@ pub use issuer::{
     TrustedIssuerSpec, TrustedIssuerStatus,
 };
 pub use role::{ClusterM2MRole, ClusterM2MRoleSpec, M2MRole, M2MRoleSpec};
+pub use sender::{MutualTls, SAN_URI_PATTERN, SenderConstraint};
 pub use service_account::{
     RoleKind, RoleRef, ServiceAccount, ServiceAccountSpec, ServiceAccountStatus,
 };

@@ -115,6 +115,15 @@ pub struct TokenArgs {
     /// endpoint's `/.well-known/jwks.json`].
     #[arg(long)]
     pub jwks_url: Option<String>,
+    /// Ask for a DPoP-bound token (RFC 9449): the request carries a proof
+    /// of the `--dpop-key` key, and only that key's holder can use the token.
+    #[arg(long)]
+    pub dpop: bool,
+    /// The DPoP private key (PKCS#8 PEM, P-256 or Ed25519); created (P-256,
+    /// mode 0600) if the file does not exist [default: a throw-away key,
+    /// which leaves the token unusable: for `--decode`].
+    #[arg(long, requires = "dpop")]
+    pub dpop_key: Option<std::path::PathBuf>,
 }
 
 /// `decode`.

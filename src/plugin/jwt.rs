@@ -227,6 +227,9 @@ pub(crate) fn render_text(
         };
         out.push_str(&format!("expires:   {} ({when})\n", exp.to_rfc3339()));
     }
+    // Sender-constraint hook: what the token is bound to (`cnf`).
+    out.push_str(&super::dpop::binding_line(&decoded.claims));
+    out.push('\n');
     out.push_str(&check.line());
     out.push('\n');
     out

@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod dpop;
 pub mod jwt;
 pub mod rotate;
 pub mod status;

@@ -255,8 +255,49 @@ async fn fetch_token(
     ns: &str,
 ) -> Result<String, PluginError> {
     let url = &request.url;
+    // DPoP hook (`--dpop`): a proof of the key with every attempt.
+    let dpop = match args.dpop {
+        true => Some(super::dpop::key(args.dpop_key.as_deref())?),
+        false => None,
+    };
+    let mut nonce: Option<String> = None;
+    loop {
+        let response = send_token_request(request, args, dpop.as_ref(), nonce.as_deref()).await?;
+        match response {
+            Sent::Nonce(n) if nonce.is_none() => nonce = Some(n),
+            Sent::Nonce(_) => {
+                return Err(PluginError::TokenEndpoint(format!(
+                    "the token endpoint {url} asked for a DPoP nonce twice"
+                )));
+            }
+            Sent::Answer(status, body) => {
+                return token_from_answer(url, status, &body, summary, name, ns);
+            }
+        }
+    }
+}
+
+/// What one attempt of the token request got.
+enum Sent {
+    /// `use_dpop_nonce` with this `DPoP-Nonce` (RFC 9449 §8): try again.
+    Nonce(String),
+    /// Any other answer.
+    Answer(u16, Vec<u8>),
+}
+
+async fn send_token_request(
+    request: &ClientRequest,
+    args: &TokenArgs,
+    dpop: Option<&crate::server::dpop::client::ProofKey>,
+    nonce: Option<&str>,
+) -> Result<Sent, PluginError> {
+    let url = &request.url;
     let mut form = request_form(args);
-    let post = http_client()?.post(url.clone());
+    let mut post = http_client()?.post(url.clone());
+    if let Some(key) = dpop {
+        let proof = super::dpop::proof(key, url, nonce)?;
+        post = post.header("DPoP", proof);
+    }
     let post = match &request.auth {
         Auth::Client { id, secret } => post.basic_auth(basic_part(id), Some(basic_part(secret))),
         Auth::ApiToken(token) => {
@@ -286,17 +327,41 @@ async fn fetch_token(
             }
         })?;
     let status = response.status();
+    let server_nonce = response
+        .headers()
+        .get("dpop-nonce")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response.bytes().await.map_err(|e| {
         PluginError::TokenEndpoint(format!(
             "reading the answer of {url} failed: {}",
             error_chain(&e)
         ))
     })?;
-    if !status.is_success() {
-        let err: ErrorResponse = serde_json::from_slice(&body).unwrap_or_default();
-        return Err(refusal(url, status.as_u16(), err, summary, name, ns));
+    if let Some(n) = server_nonce
+        && dpop.is_some()
+        && status.as_u16() == 400
+        && serde_json::from_slice::<ErrorResponse>(&body).is_ok_and(|e| e.error == "use_dpop_nonce")
+    {
+        return Ok(Sent::Nonce(n));
     }
-    let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+    Ok(Sent::Answer(status.as_u16(), body.to_vec()))
+}
+
+/// The access token of an answer, or the refusal.
+fn token_from_answer(
+    url: &Url,
+    status: u16,
+    body: &[u8],
+    summary: &CredentialSummary,
+    name: &str,
+    ns: &str,
+) -> Result<String, PluginError> {
+    if !(200..300).contains(&status) {
+        let err: ErrorResponse = serde_json::from_slice(body).unwrap_or_default();
+        return Err(refusal(url, status, err, summary, name, ns));
+    }
+    let token: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         PluginError::TokenEndpoint(format!("{url} answered without an access_token: {e}"))
     })?;
     Ok(token.access_token)
@@ -319,6 +384,10 @@ fn refusal(
             "; the API token in the Secret may have just been rotated, expired, or the credential is not Ready: check kubectl m2m status -n {ns} {name}"
         ),
         "invalid_scope" => " ; ask only for scopes in the credential's spec.scopes".to_owned(),
+        "invalid_dpop_proof" => {
+            " ; with spec.senderConstraint: DPoP pass --dpop (and --dpop-key to keep the key)"
+                .to_owned()
+        }
         "unauthorized_client" => format!(
             "; its ServiceAccount may be disabled or invalid: check kubectl get m2msa -n {ns} {}",
             summary.service_account_name
@@ -395,6 +464,8 @@ mod tests {
             token_url: None,
             decode: false,
             jwks_url: None,
+            dpop: false,
+            dpop_key: None,
         };
         assert_eq!(
             request_form(&args),

@@ -13,6 +13,8 @@
 //! | `invalid_request` | 400 | token exchange: missing or unsupported `subject_token_type`, missing `subject_token`, an `actor_token`, client authentication sent, or a `subject_token` that is not a live API token (RFC 8693 §2.2.2) |
 //! | `invalid_scope` | 400 | a requested scope outside the credential's grant |
 //! | `invalid_target` | 400 | a requested `audience`/`resource` the credential may not use (RFC 8707) |
+//! | `invalid_dpop_proof` | 400 | a `DPoP` proof failed a check of RFC 9449 §4.3, was replayed, or is missing for a `senderConstraint: DPoP` credential ([`super::dpop`]) |
+//! | `use_dpop_nonce` | 400, with `DPoP-Nonce` | `--dpop-nonce` is on and the proof has no current nonce (RFC 9449 §8) |
 //! | `temporarily_unavailable` | 503 | no signing key loaded yet, or the revocation list could not be written |
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -32,6 +34,8 @@ pub struct OAuthError {
     pub basic_challenge: bool,
     /// Add `Retry-After` (seconds).
     pub retry_after: Option<u64>,
+    /// Add `DPoP-Nonce` (RFC 9449 §8).
+    pub dpop_nonce: Option<String>,
 }
 
 impl OAuthError {
@@ -46,6 +50,7 @@ impl OAuthError {
             status,
             basic_challenge: false,
             retry_after: None,
+            dpop_nonce: None,
         }
     }
 
@@ -114,6 +119,23 @@ impl OAuthError {
     /// `invalid_target`, 400 (RFC 8707).
     pub(crate) fn invalid_target(description: impl Into<Cow<'static, str>>) -> Self {
         Self::new("invalid_target", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `invalid_dpop_proof`, 400 (RFC 9449 §5): a proof that fails a check.
+    pub(crate) fn invalid_dpop_proof(description: impl Into<Cow<'static, str>>) -> Self {
+        Self::new("invalid_dpop_proof", StatusCode::BAD_REQUEST, description)
+    }
+
+    /// `use_dpop_nonce`, 400, with the nonce to use (RFC 9449 §8).
+    pub(crate) fn use_dpop_nonce(nonce: String) -> Self {
+        Self {
+            dpop_nonce: Some(nonce),
+            ..Self::new(
+                "use_dpop_nonce",
+                StatusCode::BAD_REQUEST,
+                "the authorization server requires a nonce in the DPoP proof: use the DPoP-Nonce response header",
+            )
+        }
     }
 
     /// `temporarily_unavailable`, 503.
@@ -204,6 +226,13 @@ impl IntoResponse for OAuthError {
         }
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(nonce) = self
+            .dpop_nonce
+            .as_deref()
+            .and_then(super::dpop::nonce_header)
+        {
+            headers.insert(super::dpop::DPOP_NONCE_HEADER, nonce);
         }
         response
     }

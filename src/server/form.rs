@@ -162,6 +162,8 @@ pub struct OAuthRequest {
     /// An API token sent as `Authorization: Bearer m2mt_…` (only
     /// revocation accepts it, for the JWTs exchanged from that token).
     pub api_token: Option<String>,
+    /// The DPoP proof and TLS client certificate (sender-constraint hook).
+    pub sender: super::binding::SenderContext,
 }
 
 impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
@@ -187,6 +189,7 @@ impl<S: Send + Sync> FromRequest<S> for OAuthRequest {
             credentials,
             source,
             api_token,
+            sender: super::binding::SenderContext::from_parts(&parts),
         })
     }
 }

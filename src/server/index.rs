@@ -84,6 +84,9 @@ pub struct CredentialEntry {
     pub federation: Option<Arc<crate::core::federation::FederationBinding>>,
     /// Federation: `status.federation` as a sealed epoch.
     pub federation_epoch: Option<SecretVerifier>,
+    /// Sender-constraint hook: `spec.senderConstraint` and `spec.mtls`
+    /// ([`super::binding`]).
+    pub sender: crate::core::sender::SenderPolicy,
 }
 
 /// Which of an entry's verifiers carry a valid seal under a verifier key,
@@ -306,6 +309,8 @@ impl CredentialSource {
                 workload_identity: spec.workload_identity.clone(),
                 federation: spec.federation.clone(),
                 type_: spec.type_,
+                sender_constraint: spec.sender_constraint,
+                mtls: spec.mtls.clone(),
                 rotation: match spec.type_ {
                     CredentialType::ApiToken => spec.rotation.clone(),
                     CredentialType::ClientSecret => Default::default(),
@@ -733,6 +738,7 @@ impl CredentialIndexer {
             } else {
                 None
             },
+            sender: crate::core::sender::SenderPolicy::of(&source.spec),
             workload,
             federation_epoch: federation.as_ref().and(source.federation_epoch.map(|b| *b)),
             federation,

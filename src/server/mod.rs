@@ -14,6 +14,9 @@
 //!   RFC 7523 client assertions, checked by TokenReview and cached (bounded).
 //! - [`federation`]: JWTs of trusted external issuers (other clusters, CI
 //!   systems, SPIFFE) as client assertions, verified offline.
+//! - [`binding`], [`dpop`] and [`mtls`]: sender-constrained tokens — DPoP
+//!   proofs (RFC 9449) and TLS client certificates (RFC 8705) bind tokens
+//!   to a key the client holds; `tls_client_auth`.
 //! - [`bench`] (cargo feature `bench`): a cluster-free server for the
 //!   benchmark (`bench-server`).
 //!
@@ -26,10 +29,13 @@ pub mod api_token;
 pub mod assertion;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod binding;
+pub mod dpop;
 pub mod error;
 pub mod federation;
 pub mod form;
 pub mod index;
+pub mod mtls;
 pub mod oauth;
 pub mod ratelimit;
 pub mod revocation;
@@ -71,6 +77,9 @@ pub enum ServerError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The client CA file is unusable.
+    #[error(transparent)]
+    ClientTrust(#[from] mtls::TrustError),
 }
 
 /// What the handlers need to know besides the state.
@@ -88,6 +97,8 @@ pub struct ServerConfig {
     pub operator_namespace: String,
     /// Connection and request limits.
     pub limits: HttpLimits,
+    /// DPoP and client-certificate options.
+    pub sender: binding::SenderOptions,
 }
 
 struct Inner {
@@ -98,6 +109,7 @@ struct Inner {
     revocations: Arc<dyn RevocationStore>,
     assertions: Arc<assertion::AssertionVerifier>,
     federation: Arc<federation::FederationState>,
+    dpop: dpop::DpopVerifier,
 }
 
 /// The token endpoint's shared handle (cheap to clone).
@@ -152,8 +164,10 @@ impl TokenServer {
         assertions: Arc<assertion::AssertionVerifier>,
         federation: Arc<federation::FederationState>,
     ) -> Self {
+        let dpop = dpop::DpopVerifier::new(&config.issuer, config.sender.dpop.clone());
         Self {
             inner: Arc::new(Inner {
+                dpop,
                 config,
                 state,
                 limiter: AuthLimiter::new(),
@@ -353,7 +367,7 @@ pub async fn run_token_server(
         readiness.flag("token-server-federation"),
     ));
     let watches = tokio::spawn(watch::run_watches(
-        client,
+        client.clone(),
         watch::WatchConfig {
             operator_namespace: config.operator_namespace.clone(),
             default_policy: config.default_policy.clone(),
@@ -372,7 +386,7 @@ pub async fn run_token_server(
         assertions,
         federation,
     );
-    let result = serve(router(server), opts, metrics, shutdown).await;
+    let result = serve_with_client(router(server), opts, metrics, shutdown, Some(client)).await;
     // Write the usage the last interval held back, while the watch still
     // delivers (a bounded wait: shutdown must not hang on the apiserver).
     let _ = stop_usage.send(());
@@ -390,15 +404,47 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with_client(app, opts, metrics, shutdown, None).await
+}
+
+/// [`serve`], with `client` to watch `ClusterTrustBundle`s when
+/// `--tls-client-ca-signer` is set (mTLS hook).
+pub async fn serve_with_client(
+    app: Router,
+    opts: &TokenServerOptions,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    client: Option<kube::Client>,
+) -> Result<(), ServerError> {
     let addr = opts.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Io(addr.to_string(), e))?;
+    let mut background = Vec::new();
     let tls = match (&opts.tls_cert, &opts.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::ReloadingTls::new(cert.clone(), key.clone())?),
+        (Some(cert), Some(key)) => {
+            let sources = opts.client_trust_sources();
+            let trust = if sources.is_enabled() {
+                let trust = mtls::ClientTrust::new(sources)?;
+                background.push(tokio::spawn(trust.clone().watch_file()));
+                if let Some(client) = client {
+                    background.push(tokio::spawn(trust.clone().watch_bundles(client)));
+                }
+                Some(trust)
+            } else {
+                None
+            };
+            Some(tls::ReloadingTls::with_client_trust(
+                cert.clone(),
+                key.clone(),
+                trust,
+            )?)
+        }
         _ => None,
     };
-    let reloader = tls.clone().map(|t| tokio::spawn(t.watch()));
+    if let Some(t) = &tls {
+        background.push(tokio::spawn(t.clone().watch()));
+    }
     let result = crate::http::serve(
         "token",
         listener,
@@ -410,8 +456,8 @@ pub async fn serve(
     )
     .await
     .map_err(|e| ServerError::Io(addr.to_string(), e));
-    if let Some(r) = reloader {
-        r.abort();
+    for task in background {
+        task.abort();
     }
     result
 }

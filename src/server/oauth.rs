@@ -83,6 +83,9 @@ struct ClaimsOut<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     roles: Vec<String>,
     m2m_sv: i64,
+    /// RFC 7800 / RFC 9449 §6 / RFC 8705 §3: what the token is bound to.
+    #[serde(skip_serializing_if = "crate::core::sender::Confirmation::is_empty")]
+    cnf: crate::core::sender::Confirmation,
 }
 
 /// The `act` claim (RFC 8693 §4.1): who acts for the token's subject.
@@ -119,6 +122,8 @@ struct ClaimsIn {
     m2m_sv: i64,
     #[serde(default)]
     act: Option<Actor<'static>>,
+    #[serde(default)]
+    cnf: Option<crate::core::sender::Confirmation>,
 }
 
 /// A fresh token id: 128 bits from a CSPRNG, base64url (valid as a
@@ -197,6 +202,7 @@ pub(crate) fn unknown_client() -> &'static CredentialEntry {
             api_token: false,
             api_token_end: None,
             seals: Default::default(),
+            sender: Default::default(),
         }
     });
     &UNKNOWN
@@ -263,6 +269,8 @@ fn requested_audiences<'a>(
 struct Presented<'a> {
     form: &'a super::form::Form,
     credentials: Option<&'a ClientCredentials>,
+    /// The connection's TLS client certificate (`tls_client_auth`).
+    client_cert: Option<&'a super::mtls::ClientCert>,
     source: Option<IpAddr>,
     refuse: &'a (dyn Fn(OAuthError) -> Refusal + Sync),
 }
@@ -362,6 +370,7 @@ impl TokenServer {
             form,
             credentials,
             source,
+            sender,
             ..
         } = request;
         let refuse = |error: OAuthError| Refusal {
@@ -378,6 +387,11 @@ impl TokenServer {
             Some(_) => return Err(refuse(OAuthError::unsupported_grant_type())),
         };
         let now = Utc::now();
+        // Sender-constraint hook: the DPoP proof and the client certificate
+        // (RFC 9449 §4.3, RFC 8705 §3), for every grant ([`super::binding`]).
+        let binding = self
+            .check_sender(&sender, self.inner.state.keys().as_deref(), now)
+            .map_err(refuse)?;
         // Workload identity hook: an RFC 7523 client assertion instead of a
         // secret (also the client authentication of a token exchange).
         let assertion =
@@ -385,6 +399,7 @@ impl TokenServer {
         let client = Presented {
             form: &form,
             credentials: credentials.as_ref(),
+            client_cert: sender.client_cert.as_deref(),
             source,
             refuse: &refuse,
         };
@@ -410,6 +425,8 @@ impl TokenServer {
         let scope = requested_scope(&form, &entry, grant).map_err(refuse)?;
         let audiences = requested_audiences(&form, grant, &self.inner.config.default_audience)
             .map_err(refuse)?;
+        // Sender-constraint hook: `spec.senderConstraint`, the replay check.
+        self.bind(&binding, &entry, now).map_err(refuse)?;
 
         let iat = now.timestamp();
         let ttl = i64::try_from(grant.token_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -442,6 +459,7 @@ impl TokenServer {
             }),
             roles: grant.roles.held_with(&scope, &entry.namespace),
             m2m_sv: version,
+            cnf: binding.cnf.clone(),
         };
         let claims_json = serde_json::to_vec(&claims)
             .map_err(|_| refuse(OAuthError::unavailable("encoding the token failed")))?;
@@ -456,6 +474,8 @@ impl TokenServer {
             method,
             entry,
             keys,
+            token_type: binding.cnf.token_type(),
+            dpop_nonce: binding.nonce,
         })
     }
 
@@ -472,9 +492,36 @@ impl TokenServer {
         let Presented {
             form,
             credentials,
+            client_cert,
             source,
             refuse,
         } = client;
+        // mTLS hook: `tls_client_auth`, a `client_id`, no other client
+        // authentication and the connection's certificate (RFC 8705 §2.1).
+        if !exchange
+            && assertion.is_none()
+            && credentials.is_none()
+            && let (Some(cert), Some(client_id)) = (client_cert, form.get("client_id"))
+        {
+            let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
+            let result = self.authenticate_mtls(client_id, cert, source, &keys, now);
+            let outcome = result.as_ref().map_or_else(|e| e.outcome(), |_| "ok");
+            let method = super::mtls::METHOD;
+            self.inner.metrics.observe_client_auth(method, outcome);
+            let (entry, version) = result.map_err(|error| {
+                let known = self.inner.state.credentials().get(client_id).is_some();
+                Refusal {
+                    error,
+                    who: Some(Box::new(Who {
+                        client_id: loggable_client_id(client_id, known),
+                        namespace: None,
+                        service_account: None,
+                        method,
+                    })),
+                }
+            })?;
+            return Ok((entry, version, method, keys, None));
+        }
         let authenticated = match assertion {
             // API token hook: RFC 8693 exchange, the subject token
             // authenticates; a client may authenticate too (§2.1) and then
@@ -627,6 +674,8 @@ impl TokenServer {
             version,
             method,
             entry,
+            token_type,
+            dpop_nonce,
             ..
         } = issued;
         tracing::info!(
@@ -642,6 +691,7 @@ impl TokenServer {
             scope = %audit_field(&scope),
             jti = %audit_field(&jti),
             secret_version = version,
+            token_type,
             exp,
             "token issued"
         );
@@ -657,12 +707,18 @@ impl TokenServer {
         let body = serde_json::to_vec(&TokenResponse {
             access_token,
             issued_token_type,
-            token_type: "Bearer",
+            token_type,
             expires_in: exp - iat,
             scope: &scope,
         })
         .unwrap_or_default();
-        Ok(json_response(StatusCode::OK, body))
+        let mut response = json_response(StatusCode::OK, body);
+        if let Some(nonce) = dpop_nonce.as_deref().and_then(super::dpop::nonce_header) {
+            response
+                .headers_mut()
+                .insert(super::dpop::DPOP_NONCE_HEADER, nonce);
+        }
+        Ok(response)
     }
 
     /// The claims of `token` if its signature checks and it belongs to `caller`.
@@ -759,6 +815,10 @@ pub(crate) struct Issued {
     entry: Arc<CredentialEntry>,
     /// The keys the client was authenticated with (and that sign).
     pub(crate) keys: Arc<KeyMaterial>,
+    /// `DPoP` for a DPoP-bound token, else `Bearer`.
+    token_type: &'static str,
+    /// A `DPoP-Nonce` for the response (`--dpop-nonce`).
+    dpop_nonce: Option<String>,
 }
 
 /// A refused token request and whom it was about.
@@ -930,11 +990,12 @@ pub async fn introspect(
                 AudienceIn::One(a) => serde_json::json!(a),
                 AudienceIn::Many(a) => serde_json::json!(a),
             };
+            let cnf = c.cnf.unwrap_or_default();
             let mut body = serde_json::json!({
                 "active": true,
                 "scope": c.scope,
                 "client_id": c.client_id,
-                "token_type": "Bearer",
+                "token_type": cnf.token_type(),
                 "exp": c.exp,
                 "iat": c.iat,
                 "nbf": c.nbf,
@@ -946,6 +1007,10 @@ pub async fn introspect(
             });
             if let Some(act) = &c.act {
                 body["act"] = serde_json::json!(act);
+            }
+            // RFC 9449 §6.2, RFC 8705 §3.2: the binding, for the resource server to check.
+            if !cnf.is_empty() {
+                body["cnf"] = serde_json::json!(cnf);
             }
             body
         }
@@ -968,6 +1033,7 @@ pub async fn revoke(
         credentials,
         source,
         api_token,
+        ..
     }: OAuthRequest,
 ) -> Result<Response, OAuthError> {
     let now = Utc::now();
@@ -1040,12 +1106,17 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         .unwrap_or_default();
     let auth_methods = ["client_secret_basic", "client_secret_post"];
     // Workload identity: Kubernetes service-account tokens as RFC 7523
-    // client assertions, at the token endpoint only.
-    let token_auth_methods = [
+    // client assertions, at the token endpoint only; with client
+    // certificates on, RFC 8705 `tls_client_auth` too.
+    let client_certs = server.inner.config.sender.client_certificates;
+    let mut token_auth_methods = vec![
         "client_secret_basic",
         "client_secret_post",
         super::assertion::METHOD,
     ];
+    if client_certs {
+        token_auth_methods.push(super::mtls::METHOD);
+    }
     let body = serde_json::json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
@@ -1060,7 +1131,14 @@ pub async fn metadata(State(server): State<TokenServer>) -> Response {
         "introspection_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "access_token_signing_alg_values_supported": algs,
+        // RFC 9449 §5.1: DPoP at the token endpoint, every grant.
+        "dpop_signing_alg_values_supported": super::dpop::SIGNING_ALGS,
     });
+    let mut body = body;
+    if client_certs {
+        // RFC 8705 §3.3.
+        body["tls_client_certificate_bound_access_tokens"] = serde_json::json!(true);
+    }
     (
         [
             (header::CONTENT_TYPE, "application/json"),

