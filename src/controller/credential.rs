@@ -222,19 +222,25 @@ pub(crate) async fn reconcile(
     };
     let now = Utc::now();
 
-    // Workload identity hook: no secret, no Secret (see super::workload).
-    // An APIToken credential never takes it: plan() refuses the combination.
-    if let Some(wi) = &cred.spec.workload_identity
-        && cred.spec.type_ == CredentialType::ClientSecret
-    {
-        let grant = resolve_grant(
+    let client_id = client_id_for_uid(&uid);
+    // The grant of the secretless modes below (the secret path resolves
+    // it inside plan()).
+    let grant = || {
+        resolve_grant(
             &cred.spec,
             account.as_ref().map(|a| &a.spec),
             &roles,
             policy.as_ref(),
             now,
-        );
-        let client_id = client_id_for_uid(&uid);
+        )
+    };
+
+    // Workload identity hook: no secret, no Secret (see super::workload).
+    // An APIToken credential never takes it: plan() refuses the combination.
+    if let Some(wi) = &cred.spec.workload_identity
+        && cred.spec.type_ == CredentialType::ClientSecret
+    {
+        let grant = grant();
         let input = super::workload::WorkloadInputs {
             namespace: &ns,
             client_id: &client_id,
@@ -257,14 +263,7 @@ pub(crate) async fn reconcile(
             // Not listed yet: an issuer not seen is not known to be missing.
             return Ok(Action::requeue(std::time::Duration::from_millis(500)));
         }
-        let grant = resolve_grant(
-            &cred.spec,
-            account.as_ref().map(|a| &a.spec),
-            &roles,
-            policy.as_ref(),
-            now,
-        );
-        let client_id = client_id_for_uid(&uid);
+        let grant = grant();
         let input = super::federation::FederationInputs {
             namespace: &ns,
             name: &cred_name,
@@ -297,7 +296,6 @@ pub(crate) async fn reconcile(
         usage: ctx.usage_memory.observe(&cred, now),
         now,
     };
-    let client_id = client_id_for_uid(&uid);
     let plan = plan(&observed, || match cred.spec.type_ {
         CredentialType::ClientSecret => ClientSecret::generate(),
         CredentialType::ApiToken => api_token::generate(&client_id),
