@@ -201,11 +201,13 @@ pub(super) fn choose_epoch(
     observed_generation: Option<i64>,
     generation: Option<i64>,
 ) -> i64 {
-    let generation = generation.unwrap_or(1).max(1);
-    let nothing_unseen = observed_generation.is_some_and(|seen| seen >= generation - 1);
+    let nothing_unseen = crate::core::workload::epoch_may_stand(observed_generation, generation);
     match old_epoch {
         Some(e) if e > 0 && nothing_unseen && same_and_sealed(e) => e,
-        _ => generation.max(old_epoch.unwrap_or(0).saturating_add(1)),
+        _ => generation
+            .unwrap_or(1)
+            .max(1)
+            .max(old_epoch.unwrap_or(0).saturating_add(1)),
     }
 }
 

@@ -48,6 +48,19 @@ pub(crate) fn epoch_verifier(status: &WorkloadIdentityStatus) -> SecretVerifier 
     }
 }
 
+/// Whether the epoch in a credential's status can still be the binding's
+/// current one: no spec generation went unseen since the controller wrote
+/// it. Two or more unseen generations may hide a switch away and back (a
+/// binding removed and re-added before the controller looked), after which
+/// the controller renews the epoch; until it has, the token servers honour
+/// no epoch at all, so tokens of before the switch never revive in between.
+/// The controller's choice of epoch and the token servers' check share this
+/// one rule.
+pub(crate) fn epoch_may_stand(observed_generation: Option<i64>, generation: Option<i64>) -> bool {
+    let generation = generation.unwrap_or(1).max(1);
+    observed_generation.is_some_and(|seen| seen >= generation - 1)
+}
+
 /// Default bound of a cached TokenReview result.
 pub(crate) const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Default maximum number of cached TokenReview results.

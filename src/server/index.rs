@@ -296,6 +296,10 @@ impl CredentialSource {
     pub fn new(cred: &M2MCredential) -> Option<Self> {
         let meta = &cred.metadata;
         let spec = &cred.spec;
+        // A binding's epoch counts only while the controller may keep it.
+        let current_status = cred.status.as_ref().filter(|s| {
+            crate::core::workload::epoch_may_stand(s.observed_generation, meta.generation)
+        });
         Some(Self {
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
@@ -322,14 +326,10 @@ impl CredentialSource {
                 .as_ref()
                 .map(|s| s.verifiers.clone())
                 .unwrap_or_default(),
-            workload_epoch: cred
-                .status
-                .as_ref()
+            workload_epoch: current_status
                 .and_then(|s| s.workload_identity.as_ref())
                 .map(crate::core::workload::epoch_verifier),
-            federation_epoch: cred
-                .status
-                .as_ref()
+            federation_epoch: current_status
                 .and_then(|s| s.federation.as_ref())
                 .map(|f| Box::new(crate::core::federation::epoch_verifier(f))),
             next_rotation: match spec.type_ {

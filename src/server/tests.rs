@@ -213,10 +213,14 @@ impl World {
                 name: Some(name.into()),
                 namespace: Some(NS.into()),
                 uid: Some(uid.clone()),
+                generation: Some(1),
                 ..Default::default()
             },
             spec,
-            status: Some(M2MCredentialStatus::default()),
+            status: Some(M2MCredentialStatus {
+                observed_generation: Some(1),
+                ..Default::default()
+            }),
         };
         let secret = ClientSecret::generate().unwrap().expose().to_owned();
         let digest = self.digest(&cred, 1, &secret);

@@ -401,6 +401,56 @@ async fn the_audit_log_of_assertions_shows_no_secret_and_cannot_be_forged() {
     );
 }
 
+/// A binding removed and re-added before the controller looked (two spec
+/// generations it never saw) leaves the old epoch in the status, which the
+/// controller will renew: until it has, that epoch is honoured nowhere, so
+/// the tokens of before the removal do not revive in between.
+#[tokio::test]
+async fn an_epoch_behind_unseen_generations_revives_nothing() {
+    let reviewer = Arc::new(Reviewer::default());
+    let mut world = world_with(reviewer.clone(), CacheBounds::default());
+    let rs = world.simple("resource-server");
+    world.workload("uploads", "uploader");
+    let real = plausible("uploader", 1);
+    reviewer
+        .valid
+        .lock()
+        .unwrap()
+        .insert(real.clone(), format!("system:serviceaccount:{NS}:uploader"));
+    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert!(world.active(&rs, &token).await);
+    // One spec edit the controller has not seen yet (a scope change, say)
+    // keeps the epoch: the controller keeps it too.
+    world.cred_mut("uploads").metadata.generation = Some(2);
+    world.sync();
+    assert!(
+        world.active(&rs, &token).await,
+        "one unseen edit dropped the epoch"
+    );
+    // Removed and re-added: two generations unseen.
+    world.cred_mut("uploads").metadata.generation = Some(3);
+    world.sync();
+    assert!(
+        !world.active(&rs, &token).await,
+        "a token of before the removal revived"
+    );
+    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // The controller catches up with a new epoch: tokens again, the old one stays inactive.
+    world
+        .cred_mut("uploads")
+        .status
+        .as_mut()
+        .unwrap()
+        .observed_generation = Some(3);
+    world.set_epoch("uploads", "uploader", 3);
+    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!world.active(&rs, &token).await);
+}
+
 /// A workload-identity token carries its binding's epoch as `m2m_sv` and
 /// is active only while that epoch is current and sealed.
 #[tokio::test]
