@@ -438,7 +438,8 @@ async fn retirement_comes_early_when_the_old_version_goes_unused_and_not_while_u
     assert_eq!(verifier_versions(&ns, "busy").await, vec![2, 1]);
     // "idle" was retired 6s after the rotation, long before its 10m grace.
     assert_eq!(verifier_versions(&ns, "idle").await, vec![2]);
-    assert!(!use_secret(&http, &server.url, &idle_id, &idle_old).await);
+    // The token server refuses it as soon as its watch has the retirement.
+    refused_soon(&http, &server.url, &idle_id, &idle_old).await;
     assert!(!events(&ns, "PreviousSecretRetired").await.is_empty());
 
     // Once "busy" stops using it, its old version goes too.
@@ -453,8 +454,19 @@ async fn retirement_comes_early_when_the_old_version_goes_unused_and_not_while_u
         stopped.elapsed() >= Duration::from_secs(4),
         "not before it went unused"
     );
-    assert!(!use_secret(&http, &server.url, &busy_id, &busy_old).await);
+    refused_soon(&http, &server.url, &busy_id, &busy_old).await;
     assert!(events(&ns, "StaleSecretInUse").await.is_empty());
+}
+
+/// A secret the status no longer holds is refused once the token server's
+/// watch has caught up with the status (milliseconds; 5 s under load).
+async fn refused_soon(http: &reqwest::Client, url: &str, id: &str, secret: &str) {
+    eventually(
+        "the token server refuses the retired secret",
+        Duration::from_secs(5),
+        || async { (!use_secret(http, url, id, secret).await).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
