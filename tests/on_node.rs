@@ -313,6 +313,42 @@ async fn s1_helm_install_from_the_registry_runs_every_component_ready() {
             "read-only root: {root}"
         );
     }
+    // `helm test`, as docs/install.md shows it: discovery, the JWKS and a
+    // token through the Service's DNS name, with a credential of its own
+    // that the running controller reconciles.
+    let out = helm(&["test", RELEASE, "-n", SYSTEM, "--logs", "--timeout", "3m"]);
+    let issuer = format!("http://{RELEASE}.{SYSTEM}.svc:8080");
+    for expected in [
+        "Succeeded".to_owned(),
+        format!("discovery: issuer {issuer}"),
+        format!("jwks: {issuer}/.well-known/jwks.json serves "),
+        "token: issued to m2mc_".to_owned(),
+        format!("by {issuer}/oauth/token"),
+    ] {
+        assert!(
+            out.contains(&expected),
+            "helm test: no {expected:?} in\n{out}"
+        );
+    }
+    // Its hook objects are gone after the passing run (the Secret with its
+    // credential).
+    eventually(
+        "helm test's credential deleted",
+        Duration::from_secs(60),
+        || async {
+            let out = kubectl(&[
+                "-n",
+                SYSTEM,
+                "get",
+                "m2mcred,m2msa,pods,secrets",
+                "-o",
+                "name",
+            ]);
+            let names = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && !names.contains("helm-test")).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Once example Pod `pod` is Ready, its log as soon as it contains `marker`.
