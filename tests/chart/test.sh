@@ -865,6 +865,44 @@ JSON
       denied "$PC" get nodes
       denied "$TS" get secrets/m2m-pod-ca -n "$NS"
       denied "$TS" patch podcertificaterequests.certificates.k8s.io --subresource=status -n "$OTHER_NS"
+      # Real requests with the controller's own token: it signs (writes a
+      # request's status) and publishes its bundle, and nothing else.
+      PC_CFG="$WORK/pod-certificates.kubeconfig"
+      if KUBECONFIG="$CLUSTER_KUBECONFIG" "$HERE/sa-kubeconfig.sh" "$NS" "$PC" "$PC_CFG" 10m >/dev/null 2>"$WORK/pc-tok.err"; then
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/pc.key" 2>/dev/null
+        openssl req -new -subj / -outform DER -key "$WORK/pc.key" -out "$WORK/pc.csr" 2>/dev/null
+        openssl req -x509 -new -key "$WORK/pc.key" -subj "/CN=rbac probe CA" -days 1 -out "$WORK/pc-ca.pem" 2>/dev/null
+        "$KUBECTL" -n "$OTHER_NS" create -f - >/dev/null <<JSON
+{"apiVersion":"certificates.k8s.io/v1","kind":"PodCertificateRequest","metadata":{"name":"rbac-probe"},
+ "spec":{"signerName":"m2m.dev/workload-identity","podName":"p","podUID":"00000000-0000-0000-0000-000000000001",
+ "serviceAccountName":"s","serviceAccountUID":"00000000-0000-0000-0000-000000000002","nodeName":"n",
+ "nodeUID":"00000000-0000-0000-0000-000000000003","stubPKCS10Request":"$(base64 -w0 "$WORK/pc.csr")"}}
+JSON
+        denial='{"status":{"conditions":[{"type":"Denied","status":"True","reason":"RbacProbe","message":"probe","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}'
+        as_sa "$PC_CFG" ok "controller lists PodCertificateRequests cluster-wide" \
+          get podcertificaterequests.certificates.k8s.io -A
+        as_sa "$PC_CFG" ok "controller writes a PodCertificateRequest's status (sign)" \
+          -n "$OTHER_NS" patch podcertificaterequest rbac-probe --subresource=status --type=merge -p "$denial"
+        as_sa "$PC_CFG" forbidden "controller is refused creating a PodCertificateRequest" \
+          -n "$OTHER_NS" create -f - <<JSON
+{"apiVersion":"certificates.k8s.io/v1","kind":"PodCertificateRequest","metadata":{"name":"rbac-probe-2"},
+ "spec":{"signerName":"m2m.dev/workload-identity","podName":"p","podUID":"00000000-0000-0000-0000-000000000001",
+ "serviceAccountName":"s","serviceAccountUID":"00000000-0000-0000-0000-000000000002","nodeName":"n",
+ "nodeUID":"00000000-0000-0000-0000-000000000003","stubPKCS10Request":"$(base64 -w0 "$WORK/pc.csr")"}}
+JSON
+        ctb() { # ctb <name> <signer>
+          "$PY" -c 'import json,sys; print(json.dumps({"apiVersion":"certificates.k8s.io/v1","kind":"ClusterTrustBundle","metadata":{"name":sys.argv[1]},"spec":{"signerName":sys.argv[2],"trustBundle":open(sys.argv[3]).read()}}))' "$1" "$2" "$WORK/pc-ca.pem"
+        }
+        as_sa "$PC_CFG" ok "controller publishes its ClusterTrustBundle (attest)" \
+          apply --server-side --field-manager=m2m-operator -f - < <(ctb "$PC_BUNDLE" m2m.dev/workload-identity)
+        as_sa "$PC_CFG" forbidden "controller is refused a bundle for another signer" \
+          apply --server-side -f - < <(ctb "m2m.dev:other:$NS" m2m.dev/other)
+        as_sa "$PC_CFG" forbidden "controller is refused another bundle name of its signer" \
+          apply --server-side -f - < <(ctb "m2m.dev:workload-identity:elsewhere-$suffix" m2m.dev/workload-identity)
+        "$KUBECTL" delete clustertrustbundle "$PC_BUNDLE" --ignore-not-found >/dev/null 2>&1 || true
+      else
+        fail "TokenRequest token for $PC" "$(cat "$WORK/pc-tok.err")"
+      fi
     else
       check "the controller's pod-certificates ClusterRole grants sign on the signer (not served here)" bash -c \
         '"$1" get clusterrole "$2-pod-certificates" -o json | grep -q "\"sign\""' _ "$KUBECTL" "$CTRL"
