@@ -197,6 +197,10 @@ pub struct ControllerOptions {
         default_value = "m2m-operator-controller"
     )]
     pub lease_name: String,
+
+    #[command(flatten)]
+    /// The Pod-certificate signer.
+    pub pod_certificates: crate::controller::podcert::PodCertificateArgs,
 }
 
 /// Flags of the token server.

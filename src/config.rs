@@ -136,6 +136,7 @@ impl Config {
             instance: self.instance.clone(),
             max_api_token_lifetime: opts.max_api_token_lifetime,
             default_role: self.default_role.clone(),
+            pod_certificates: opts.pod_certificates.resolve(&self.issuer),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod federation;
 pub mod issuer;
 pub mod keys;
 pub mod lease;
+pub mod podcert;
 pub mod restart;
 pub mod run;
 pub mod secret;
@@ -156,6 +157,8 @@ pub struct ControllerConfig {
     pub max_api_token_lifetime: Duration,
     /// The `ClusterM2MRole` granted to every ServiceAccount (`--default-role`).
     pub default_role: Option<String>,
+    /// The Pod-certificate signer (`--pod-certificates*`, [`podcert`]).
+    pub pod_certificates: podcert::PodCertConfig,
 }
 
 /// Shared state of the reconcilers.

@@ -327,6 +327,8 @@ pub(crate) async fn run_controllers(
         account_controller(&ctx, r, roles, stop.clone()),
         issuers.run(ctx.clone(), stop.clone()),
     );
+    // Pod-certificate hook: the PodCertificateRequest signer (super::podcert).
+    let controllers = future::join(controllers, super::podcert::run(ctx.clone(), stop.clone()));
     tracing::info!("controllers started");
     tokio::select! {
         _ = controllers => {}

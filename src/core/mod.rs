@@ -7,6 +7,8 @@ pub mod client_secret;
 pub mod duration;
 pub mod federation;
 pub mod grant;
+pub mod pod_ca;
+pub mod podcert;
 pub mod policy;
 pub mod roles;
 pub mod rotation;

@@ -37,6 +37,7 @@ pub mod form;
 pub mod index;
 pub mod mtls;
 pub mod oauth;
+pub mod pod_identity;
 pub mod ratelimit;
 pub mod revocation;
 pub mod tls;

@@ -496,12 +496,21 @@ impl TokenServer {
             source,
             refuse,
         } = client;
-        // mTLS hook: `tls_client_auth`, a `client_id`, no other client
-        // authentication and the connection's certificate (RFC 8705 §2.1).
+        // mTLS hook: `tls_client_auth`, a `client_id` (or, with a Pod
+        // certificate, the one it implies: super::pod_identity), no other
+        // client authentication and the connection's certificate (RFC 8705 §2.1).
+        let implied;
         if !exchange
             && assertion.is_none()
             && credentials.is_none()
-            && let (Some(cert), Some(client_id)) = (client_cert, form.get("client_id"))
+            && let Some(cert) = client_cert
+            && let Some(client_id) = match form.get("client_id") {
+                Some(id) => Some(id),
+                None => {
+                    implied = self.implied_mtls_client(cert);
+                    implied.as_deref()
+                }
+            }
         {
             let keys = self.keys().map_err(|error| Refusal { error, who: None })?;
             let result = self.authenticate_mtls(client_id, cert, source, &keys, now);

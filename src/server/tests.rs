@@ -1524,6 +1524,7 @@ async fn roles_widen_the_grant_and_tokens_claim_the_roles_they_hold() {
 }
 
 mod api_tokens;
+mod pod_identity;
 mod sender;
 mod workload;
 

@@ -123,8 +123,10 @@ finish() {
 # resources it has no schema for, ERROR otherwise; only errors (or a non-zero
 # exit) fail.
 validate_file() {
-  local file="$1" out
-  out="$("$KV" --strict -k "$K8S_SCHEMA_VERSION" "$file" 2>&1)"
+  local file="$1" out version="$K8S_SCHEMA_VERSION"
+  # Pod certificates (podCertificate volumes) exist from Kubernetes 1.37 on.
+  grep -q 'podCertificate:' "$file" && version=1.37
+  out="$("$KV" --strict -k "$version" "$file" 2>&1)"
   local rc=$?
   if [[ $rc -ne 0 ]] || grep -qE '^ERROR' <<<"$out"; then
     printf '%s\n' "$out"
@@ -782,10 +784,16 @@ if [[ -f "$example_ns_file" ]]; then
   # A Pod's ServiceAccount must exist before admission, and a dry run of the
   # same file does not create it (05-workload-identity.yaml).
   "$KUBECTL" -n "$EX_NS" create serviceaccount report-publisher >/dev/null 2>&1 || true
+  "$KUBECTL" -n "$EX_NS" create serviceaccount inventory-sync >/dev/null 2>&1 || true
+  pcr_served=0
+  "$KUBECTL" api-resources --api-group=certificates.k8s.io -o name 2>/dev/null \
+    | grep -q '^podcertificaterequests' && pcr_served=1
   for f in "${example_files[@]}"; do
     rel="${f#"$ROOT"/}"
     case "$rel" in
       examples/00-namespace.yaml) continue ;;
+      # podCertificate volumes: Kubernetes 1.37 (validated offline above).
+      examples/09-pod-certificate.yaml) ((pcr_served)) || continue ;;
       # Argo CD and Flux objects need their controllers' CRDs (validated offline above).
       examples/gitops/*) continue ;;
     esac
@@ -822,6 +830,83 @@ if ((installed)); then
     check "token server may watch ClusterTrustBundles (mTLS signer set)" bash -c \
       '"$1" get clusterrole "$2" -o jsonpath="{.rules[*].resources}" | grep -q clustertrustbundles' \
       _ "$KUBECTL" "$TS"
+    # Pod certificates (podCertificates.enabled): the signer's rights, and
+    # nothing beyond them. values-all.yaml names the controller SA m2m-ctrl.
+    if "$KUBECTL" api-resources --api-group=certificates.k8s.io -o name 2>/dev/null | grep -q '^podcertificaterequests'; then
+      PC=m2m-ctrl
+      PC_BUNDLE="m2m.dev:workload-identity:$NS"
+      allowed "$PC" watch podcertificaterequests.certificates.k8s.io --all-namespaces
+      allowed "$PC" patch podcertificaterequests.certificates.k8s.io --subresource=status -n "$OTHER_NS"
+      # `signers` is not a served resource, so `can-i` cannot resolve it:
+      # ask the authorizer with a SubjectAccessReview instead.
+      signer_sar() { # signer_sar <sa> <verb> <signer name> -> true|false
+        "$KUBECTL" create -o jsonpath='{.status.allowed}' -f - 2>/dev/null <<JSON
+{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"system:serviceaccount:$NS:$1","groups":["system:serviceaccounts","system:serviceaccounts:$NS","system:authenticated"],"resourceAttributes":{"verb":"$2","group":"certificates.k8s.io","resource":"signers","name":"$3"}}}
+JSON
+      }
+      for v in sign attest; do
+        check "$PC may: $v signer m2m.dev/workload-identity" bash -c '[[ "$1" == true ]]' _ \
+          "$(signer_sar "$PC" "$v" m2m.dev/workload-identity)"
+        for other in m2m.dev/other kubernetes.io/kube-apiserver-client-pod 'm2m.dev/*'; do
+          check "$PC may NOT: $v signer $other" bash -c '[[ "$1" != true ]]' _ \
+            "$(signer_sar "$PC" "$v" "$other")"
+        done
+        check "$TS may NOT: $v signer m2m.dev/workload-identity" bash -c '[[ "$1" != true ]]' _ \
+          "$(signer_sar "$TS" "$v" m2m.dev/workload-identity)"
+      done
+      allowed "$PC" patch "clustertrustbundles.certificates.k8s.io/$PC_BUNDLE"
+      allowed "$PC" get secrets/m2m-pod-ca -n "$NS"
+      denied "$PC" create podcertificaterequests.certificates.k8s.io -n "$OTHER_NS"
+      denied "$PC" update podcertificaterequests.certificates.k8s.io -n "$OTHER_NS"
+      denied "$PC" delete podcertificaterequests.certificates.k8s.io -n "$OTHER_NS"
+      denied "$PC" patch clustertrustbundles.certificates.k8s.io/someone-elses-bundle
+      denied "$PC" delete "clustertrustbundles.certificates.k8s.io/$PC_BUNDLE"
+      denied "$PC" get pods -n "$OTHER_NS"
+      denied "$PC" get nodes
+      denied "$TS" get secrets/m2m-pod-ca -n "$NS"
+      denied "$TS" patch podcertificaterequests.certificates.k8s.io --subresource=status -n "$OTHER_NS"
+      # Real requests with the controller's own token: it signs (writes a
+      # request's status) and publishes its bundle, and nothing else.
+      PC_CFG="$WORK/pod-certificates.kubeconfig"
+      if KUBECONFIG="$CLUSTER_KUBECONFIG" "$HERE/sa-kubeconfig.sh" "$NS" "$PC" "$PC_CFG" 10m >/dev/null 2>"$WORK/pc-tok.err"; then
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$WORK/pc.key" 2>/dev/null
+        openssl req -new -subj / -outform DER -key "$WORK/pc.key" -out "$WORK/pc.csr" 2>/dev/null
+        openssl req -x509 -new -key "$WORK/pc.key" -subj "/CN=rbac probe CA" -days 1 -out "$WORK/pc-ca.pem" 2>/dev/null
+        "$KUBECTL" -n "$OTHER_NS" create -f - >/dev/null <<JSON
+{"apiVersion":"certificates.k8s.io/v1","kind":"PodCertificateRequest","metadata":{"name":"rbac-probe"},
+ "spec":{"signerName":"m2m.dev/workload-identity","podName":"p","podUID":"00000000-0000-0000-0000-000000000001",
+ "serviceAccountName":"s","serviceAccountUID":"00000000-0000-0000-0000-000000000002","nodeName":"n",
+ "nodeUID":"00000000-0000-0000-0000-000000000003","stubPKCS10Request":"$(base64 -w0 "$WORK/pc.csr")"}}
+JSON
+        denial='{"status":{"conditions":[{"type":"Denied","status":"True","reason":"RbacProbe","message":"probe","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}'
+        as_sa "$PC_CFG" ok "controller lists PodCertificateRequests cluster-wide" \
+          get podcertificaterequests.certificates.k8s.io -A
+        as_sa "$PC_CFG" ok "controller writes a PodCertificateRequest's status (sign)" \
+          -n "$OTHER_NS" patch podcertificaterequest rbac-probe --subresource=status --type=merge -p "$denial"
+        as_sa "$PC_CFG" forbidden "controller is refused creating a PodCertificateRequest" \
+          -n "$OTHER_NS" create -f - <<JSON
+{"apiVersion":"certificates.k8s.io/v1","kind":"PodCertificateRequest","metadata":{"name":"rbac-probe-2"},
+ "spec":{"signerName":"m2m.dev/workload-identity","podName":"p","podUID":"00000000-0000-0000-0000-000000000001",
+ "serviceAccountName":"s","serviceAccountUID":"00000000-0000-0000-0000-000000000002","nodeName":"n",
+ "nodeUID":"00000000-0000-0000-0000-000000000003","stubPKCS10Request":"$(base64 -w0 "$WORK/pc.csr")"}}
+JSON
+        ctb() { # ctb <name> <signer>
+          "$PY" -c 'import json,sys; print(json.dumps({"apiVersion":"certificates.k8s.io/v1","kind":"ClusterTrustBundle","metadata":{"name":sys.argv[1]},"spec":{"signerName":sys.argv[2],"trustBundle":open(sys.argv[3]).read()}}))' "$1" "$2" "$WORK/pc-ca.pem"
+        }
+        as_sa "$PC_CFG" ok "controller publishes its ClusterTrustBundle (attest)" \
+          apply --server-side --field-manager=m2m-operator -f - < <(ctb "$PC_BUNDLE" m2m.dev/workload-identity)
+        as_sa "$PC_CFG" forbidden "controller is refused a bundle for another signer" \
+          apply --server-side -f - < <(ctb "m2m.dev:other:$NS" m2m.dev/other)
+        as_sa "$PC_CFG" forbidden "controller is refused another bundle name of its signer" \
+          apply --server-side -f - < <(ctb "m2m.dev:workload-identity:elsewhere-$suffix" m2m.dev/workload-identity)
+        "$KUBECTL" delete clustertrustbundle "$PC_BUNDLE" --ignore-not-found >/dev/null 2>&1 || true
+      else
+        fail "TokenRequest token for $PC" "$(cat "$WORK/pc-tok.err")"
+      fi
+    else
+      check "the controller's pod-certificates ClusterRole grants sign on the signer (not served here)" bash -c \
+        '"$1" get clusterrole "$2-pod-certificates" -o json | grep -q "\"sign\""' _ "$KUBECTL" "$CTRL"
+    fi
   else
     fail "helm upgrade -f values-all.yaml (ServiceMonitor off)" "$out"
   fi
