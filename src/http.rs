@@ -512,34 +512,20 @@ mod tests {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let opts = crate::cli::TokenServerOptions {
-            listen: addr,
-            tls_cert: Some(cert),
-            tls_key: Some(key),
-            default_audience: None,
+        let listen = crate::server::ListenConfig {
+            addr,
+            tls: Some(crate::server::TlsFiles { cert, key }),
+            client_trust: Default::default(),
+        };
+        let limits = HttpLimits {
             max_connections: 100,
             header_read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
-            revocation_quota: crate::server::revocation::DEFAULT_QUOTA,
-            assertion_cache_ttl: Duration::from_secs(30),
-            assertion_cache_entries: 16,
-            token_review_max_concurrent: 16,
-            token_review_max_per_second: 50,
-            usage_resolution: Duration::from_secs(60),
-            usage_resolution_in_grace: Duration::from_secs(5),
-            federation: Default::default(),
-            sender: crate::cli::SenderArgs {
-                tls_client_ca: None,
-                tls_client_ca_signer: None,
-                dpop_proof_max_age: Duration::from_secs(60),
-                dpop_replay_cache_entries: 16,
-                dpop_nonce: false,
-                dpop_htu: vec![],
-            },
+            ..HttpLimits::token_endpoint()
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {
-            crate::server::serve(app, &opts, Metrics::new(), std::future::pending()).await
+            crate::server::serve(app, &listen, limits, Metrics::new(), std::future::pending()).await
         });
         let mut conn = None;
         for _ in 0..50 {

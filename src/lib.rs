@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -103,6 +103,8 @@ impl World {
             operator_namespace: "ops".into(),
             limits,
             sender: Default::default(),
+            listen: Default::default(),
+            bounds: Default::default(),
         };
         let metrics = Metrics::new();
         let assertions = assertions
