@@ -46,8 +46,11 @@ pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
             )?),
             None => None,
         };
-        let tls =
-            crate::server::tls::ReloadingTls::with_client_trust(cert.clone(), key.clone(), trust)?;
+        let tls = crate::http::tls::ReloadingTls::with_client_trust(
+            cert.clone(),
+            key.clone(),
+            trust.map(|t| t.verifier()),
+        )?;
         let tls_listener = tokio::net::TcpListener::bind(tls_listen).await?;
         tokio::spawn(crate::http::serve(
             "token",

@@ -39,7 +39,7 @@ pub mod mtls;
 pub mod oauth;
 pub mod ratelimit;
 pub mod revocation;
-pub mod tls;
+pub mod secret_check;
 pub mod usage;
 pub mod watch;
 
@@ -75,7 +75,7 @@ pub enum ServerError {
     Io(String, #[source] std::io::Error),
     /// The TLS files are unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::http::tls::TlsError),
     /// The client CA file is unusable.
     #[error(transparent)]
     ClientTrust(#[from] mtls::TrustError),
@@ -506,11 +506,11 @@ pub async fn serve_with_client(
                 if let Some(client) = client {
                     background.push(tokio::spawn(trust.clone().watch_bundles(client)));
                 }
-                Some(trust)
+                Some(trust.verifier())
             } else {
                 None
             };
-            Some(tls::ReloadingTls::with_client_trust(
+            Some(crate::http::tls::ReloadingTls::with_client_trust(
                 cert.clone(),
                 key.clone(),
                 trust,

@@ -18,6 +18,9 @@
 //! | [`HttpLimits::request_timeout`] | 15 s | `503` |
 //! | [`HttpLimits::max_concurrent_requests`] | 512 | further requests wait (within the request timeout) |
 
+pub mod peer;
+pub mod tls;
+
 use crate::telemetry::Metrics;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -92,7 +95,7 @@ pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<crate::server::tls::ReloadingTls>>,
+    tls: Option<Arc<tls::ReloadingTls>>,
     limits: HttpLimits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -171,9 +174,7 @@ pub async fn serve(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .map(|der| {
-                                crate::server::mtls::PeerCertificate(Arc::new(
-                                    crate::server::mtls::ClientCert::from_der(der),
-                                ))
+                                peer::PeerCertificate(Arc::new(peer::ClientCert::from_der(der)))
                             });
                         let service = TowerToHyperService::new(service);
                         serve_connection(stream, h2, &limits, service, watcher).await;
@@ -239,7 +240,7 @@ struct WithPeer {
     app: Router,
     peer: std::net::SocketAddr,
     /// The connection's TLS client certificate, if it sent one.
-    client_cert: Option<crate::server::mtls::PeerCertificate>,
+    client_cert: Option<peer::PeerCertificate>,
 }
 
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
