@@ -3,6 +3,7 @@
 
 use crate::core::duration::parse_duration;
 use crate::signing::SigningAlg;
+pub use crate::telemetry::LogFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,16 +102,6 @@ pub struct BenchServerArgs {
     /// CAs of client certificates on `--tls-listen`.
     #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// `--signing-alg` takes the JOSE names (`ES256`, `EdDSA`, `RS256`).
@@ -329,18 +320,6 @@ pub struct SenderArgs {
     pub dpop_htu: Vec<String>,
 }
 
-impl SenderArgs {
-    /// The DPoP checks these flags describe.
-    pub fn dpop_config(&self) -> crate::server::dpop::DpopConfig {
-        crate::server::dpop::DpopConfig {
-            max_age: self.dpop_proof_max_age,
-            replay_entries: self.dpop_replay_cache_entries,
-            nonce: self.dpop_nonce,
-            extra_htu: self.dpop_htu.clone(),
-        }
-    }
-}
-
 /// At least one replay-cache entry.
 fn parse_replay_entries(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -354,63 +333,6 @@ fn parse_revocation_quota(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=10_000).contains(&n) => Ok(n),
         _ => Err("expected an integer from 1 to 10000".into()),
-    }
-}
-
-impl TokenServerOptions {
-    /// Where client-certificate trust comes from (none without TLS).
-    pub(crate) fn client_trust_sources(&self) -> crate::server::mtls::TrustSources {
-        if self.tls_cert.is_none() {
-            return Default::default();
-        }
-        crate::server::mtls::TrustSources {
-            ca_file: self.sender.tls_client_ca.clone(),
-            signer: self.sender.tls_client_ca_signer.clone(),
-        }
-    }
-
-    /// The sender-constraint options of the handlers.
-    pub(crate) fn sender_options(&self) -> crate::server::binding::SenderOptions {
-        crate::server::binding::SenderOptions {
-            dpop: self.sender.dpop_config(),
-            client_certificates: self.client_trust_sources().is_enabled(),
-        }
-    }
-
-    /// The usage write intervals the flags describe.
-    pub(crate) fn usage_resolution(&self) -> crate::server::usage::UsageResolution {
-        crate::server::usage::UsageResolution {
-            coarse: self.usage_resolution,
-            fine: self.usage_resolution_in_grace,
-        }
-    }
-
-    /// The TokenReview cap the flags describe.
-    pub(crate) fn token_review_limits(&self) -> crate::server::assertion::ReviewLimits {
-        crate::server::assertion::ReviewLimits {
-            max_concurrent: self.token_review_max_concurrent as usize,
-            per_second: self.token_review_max_per_second,
-        }
-    }
-
-    /// The federation bounds the flags describe (the verified-token cache
-    /// shares the workload-identity cache's flags).
-    pub(crate) fn federation_bounds(&self) -> crate::server::federation::FederationBounds {
-        crate::server::federation::FederationBounds {
-            refresh_interval: self.federation.federation_refresh_interval,
-            max_key_staleness: self.federation.federation_max_key_staleness,
-            cache_ttl: self.assertion_cache_ttl,
-            cache_entries: self.assertion_cache_entries,
-            unknown_kid_interval: self.federation.federation_unknown_kid_interval,
-        }
-    }
-
-    /// The assertion cache bounds the flags describe.
-    pub(crate) fn assertion_cache_bounds(&self) -> crate::server::assertion::CacheBounds {
-        crate::server::assertion::CacheBounds {
-            ttl: self.assertion_cache_ttl,
-            entries: self.assertion_cache_entries,
-        }
     }
 }
 
@@ -451,20 +373,6 @@ fn parse_duration_flag(value: &str) -> Result<std::time::Duration, String> {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("must be more than zero".into()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-impl TokenServerOptions {
-    /// The token endpoint's connection and request limits.
-    pub(crate) fn limits(&self) -> crate::http::HttpLimits {
-        let defaults = crate::http::HttpLimits::token_endpoint();
-        crate::http::HttpLimits {
-            max_connections: self.max_connections,
-            header_read_timeout: self.header_read_timeout,
-            body_read_timeout: defaults.body_read_timeout.min(self.request_timeout),
-            request_timeout: self.request_timeout,
-            ..defaults
-        }
     }
 }
 

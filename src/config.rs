@@ -8,7 +8,9 @@
 use crate::cli::{CommonArgs, ControllerOptions, LogFormat, TokenServerOptions};
 use crate::controller::ControllerConfig;
 use crate::core::grant::{ScopePolicy, ScopePolicyError};
-use crate::server::ServerConfig;
+use crate::http::HttpLimits;
+use crate::server::{ListenConfig, ServerBounds, ServerConfig, TlsFiles};
+use crate::server::{assertion, binding, dpop, federation, mtls, usage};
 use crate::signing::store::KeySecretConfig;
 use std::net::SocketAddr;
 
@@ -149,8 +151,11 @@ impl Config {
         )
     }
 
-    /// What the token endpoint's handlers need.
+    /// Everything the token server needs: its handlers, its listener and
+    /// the bounds of its caches (resolved here once, so the server never
+    /// reads the flags).
     pub fn server(&self, opts: &TokenServerOptions) -> ServerConfig {
+        let client_trust = client_trust_sources(opts);
         ServerConfig {
             default_audience: opts
                 .default_audience
@@ -160,9 +165,75 @@ impl Config {
             default_policy: self.default_policy.clone(),
             default_role: self.default_role.clone(),
             operator_namespace: self.operator_namespace.clone(),
-            limits: opts.limits(),
-            sender: opts.sender_options(),
+            limits: token_limits(opts),
+            sender: binding::SenderOptions {
+                dpop: dpop::DpopConfig {
+                    max_age: opts.sender.dpop_proof_max_age,
+                    replay_entries: opts.sender.dpop_replay_cache_entries,
+                    nonce: opts.sender.dpop_nonce,
+                    extra_htu: opts.sender.dpop_htu.clone(),
+                },
+                client_certificates: client_trust.is_enabled(),
+            },
+            listen: ListenConfig {
+                addr: opts.listen,
+                tls: match (&opts.tls_cert, &opts.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
+                client_trust,
+            },
+            bounds: ServerBounds {
+                revocation_quota: opts.revocation_quota,
+                assertion_cache: assertion::CacheBounds {
+                    ttl: opts.assertion_cache_ttl,
+                    entries: opts.assertion_cache_entries,
+                },
+                token_review: assertion::ReviewLimits {
+                    max_concurrent: opts.token_review_max_concurrent as usize,
+                    per_second: opts.token_review_max_per_second,
+                },
+                usage: usage::UsageResolution {
+                    coarse: opts.usage_resolution,
+                    fine: opts.usage_resolution_in_grace,
+                },
+                // The verified-token cache shares the workload-identity
+                // cache's flags.
+                federation: federation::FederationBounds {
+                    refresh_interval: opts.federation.federation_refresh_interval,
+                    max_key_staleness: opts.federation.federation_max_key_staleness,
+                    cache_ttl: opts.assertion_cache_ttl,
+                    cache_entries: opts.assertion_cache_entries,
+                    unknown_kid_interval: opts.federation.federation_unknown_kid_interval,
+                },
+            },
         }
+    }
+}
+
+/// Where client-certificate trust comes from (none without TLS).
+fn client_trust_sources(opts: &TokenServerOptions) -> mtls::TrustSources {
+    if opts.tls_cert.is_none() {
+        return Default::default();
+    }
+    mtls::TrustSources {
+        ca_file: opts.sender.tls_client_ca.clone(),
+        signer: opts.sender.tls_client_ca_signer.clone(),
+    }
+}
+
+/// The token endpoint's connection and request limits.
+fn token_limits(opts: &TokenServerOptions) -> HttpLimits {
+    let defaults = HttpLimits::token_endpoint();
+    HttpLimits {
+        max_connections: opts.max_connections,
+        header_read_timeout: opts.header_read_timeout,
+        body_read_timeout: defaults.body_read_timeout.min(opts.request_timeout),
+        request_timeout: opts.request_timeout,
+        ..defaults
     }
 }
 

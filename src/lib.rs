@@ -16,15 +16,19 @@
 
 #![forbid(unsafe_code)]
 
+/// The API types now live in the `m2m-api` crate; the old paths stay.
+pub use m2m_api as crd;
+pub use m2m_api::labels;
+
 pub mod admin;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod core;
-pub mod crd;
 pub mod http;
 pub mod issuer_keys;
-pub mod labels;
 pub mod plugin;
 pub mod runtime;
 pub mod server;

@@ -17,9 +17,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TokenServer(args) => runtime::run_token_server(args).await,
         Command::Run(args) => runtime::run_all(args).await,
         #[cfg(feature = "bench")]
-        Command::BenchServer(args) => m2m_operator::server::bench::run(args).await,
+        Command::BenchServer(args) => m2m_operator::bench::run(args).await,
         #[cfg(feature = "bench")]
-        Command::BenchDpop(args) => m2m_operator::server::bench::run_dpop(args),
+        Command::BenchDpop(args) => m2m_operator::bench::run_dpop(args),
     }
 }
 

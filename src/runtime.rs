@@ -69,7 +69,6 @@ async fn token_server(p: &Process, opts: &TokenServerOptions) -> anyhow::Result<
         p.client.clone(),
         p.config.server(opts),
         p.config.watch_namespace.clone(),
-        opts,
         p.metrics.clone(),
         &p.readiness,
         p.shutdown.clone(),

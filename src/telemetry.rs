@@ -6,7 +6,6 @@
 //! [`AUDIT_TARGET`], so they can be routed or filtered on their own
 //! (`RUST_LOG=audit=info`).
 
-use crate::cli::LogFormat;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -16,6 +15,16 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// The tracing target of audit lines.
 pub(crate) const AUDIT_TARGET: &str = "audit";

@@ -3,7 +3,7 @@
 //! controller (status, conditions) and the token server (grants) look the
 //! policy up with these same functions, so they never disagree.
 
-use crate::core::grant::{ScopePolicy, ScopePolicyError};
+use crate::core::scope::{ScopePolicy, ScopePolicyError};
 use crate::crd::ALLOWED_SCOPES_ANNOTATION;
 use kube::api::ObjectMeta;
 

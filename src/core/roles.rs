@@ -13,7 +13,7 @@
 //! Whether role scopes fit the namespace policy is decided later, with the
 //! identity's own scopes, by [`crate::core::grant::resolve_account`].
 
-use crate::core::grant::GrantError;
+use crate::core::grant_error::GrantError;
 use crate::crd::{RoleKind, RoleRef, ServiceAccountSpec};
 use std::collections::BTreeSet;
 

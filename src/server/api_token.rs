@@ -30,8 +30,8 @@
 use super::TokenServer;
 use super::error::OAuthError;
 use super::form::Form;
+use super::index::unknown_client;
 use super::index::{CredentialEntry, CredentialIndex, KeyMaterial};
-use super::oauth::unknown_client;
 use crate::core::api_token::client_id_of;
 use chrono::{DateTime, Utc};
 use std::net::IpAddr;

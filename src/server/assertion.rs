@@ -257,7 +257,7 @@ impl<V: Clone> BoundedMap<V> {
 
 /// Bounds of the assertion cache.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CacheBounds {
+pub struct CacheBounds {
     /// A successful review is reused at most this long (never past `exp`).
     pub ttl: Duration,
     /// At most this many results are held.
@@ -285,7 +285,7 @@ pub(crate) struct AssertionCache {
 
 /// The global cap on TokenReview calls of one replica.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ReviewLimits {
+pub struct ReviewLimits {
     /// At most this many in flight at once.
     pub max_concurrent: usize,
     /// At most this many started per second (a token bucket of this size).

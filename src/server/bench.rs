@@ -27,7 +27,6 @@ use super::index::{CredentialIndex, KeyMaterial, TokenState};
 use super::oauth::Refusal;
 use super::revocation::LocalRevocations;
 use super::{ServerConfig, TokenServer, router, with_layers};
-use crate::cli::BenchServerArgs;
 use crate::core::client_secret::{ClientSecret, client_id_for_uid};
 use crate::core::grant::ScopePolicy;
 use crate::core::verifier::{SecretBinding, VerifierKey};
@@ -40,7 +39,7 @@ use crate::signing::KeySet;
 use crate::signing::SigningAlg;
 use crate::signing::keyset::next_key_set;
 use crate::signing::store::{KeySecretConfig, desired_secret};
-use crate::telemetry::{Metrics, init_logging};
+use crate::telemetry::Metrics;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
@@ -216,6 +215,8 @@ fn bench_config(policy: ScopePolicy) -> ServerConfig {
         operator_namespace: "bench".into(),
         limits: crate::http::HttpLimits::token_endpoint(),
         sender: Default::default(),
+        listen: Default::default(),
+        bounds: Default::default(),
     }
 }
 
@@ -295,117 +296,11 @@ async fn token_unsigned(
 }
 
 /// The production routes plus `/bench/token-unsigned`, behind the same layers.
-pub(crate) fn bench_router(server: TokenServer) -> Router {
+pub fn bench_router(server: TokenServer) -> Router {
     let limits = server.config().limits.clone();
-    let metrics = server.inner.metrics.clone();
+    let metrics = server.metrics().clone();
     let unsigned = Router::new()
         .route("/bench/token-unsigned", post(token_unsigned))
         .with_state(server.clone());
     router(server).merge(with_layers(unsigned, &limits, metrics))
-}
-
-/// `m2m-operator bench-server`.
-pub async fn run(args: BenchServerArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    let sender = super::binding::SenderOptions {
-        dpop: super::dpop::DpopConfig {
-            max_age: args.dpop_proof_max_age,
-            ..Default::default()
-        },
-        client_certificates: args.tls_client_ca.is_some(),
-    };
-    let fixture = fixture_with(args.signing_alg, sender)?;
-    if let Some(path) = &args.assertion_file {
-        std::fs::write(path, &fixture.assertion)?;
-    }
-    if let Some(path) = &args.api_token_file {
-        std::fs::write(path, &fixture.api_token)?;
-    }
-    std::fs::write(
-        &args.credentials_file,
-        format!("{}:{}\n", fixture.client_id, fixture.client_secret),
-    )?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let limits = fixture.server.config().limits.clone();
-    let metrics = fixture.server.inner.metrics.clone();
-    // mTLS: the same routes over TLS, asking for client certificates.
-    if let (Some(tls_listen), Some(cert), Some(key)) =
-        (args.tls_listen, &args.tls_cert, &args.tls_key)
-    {
-        let trust = match &args.tls_client_ca {
-            Some(ca) => Some(super::mtls::ClientTrust::new(super::mtls::TrustSources {
-                ca_file: Some(ca.clone()),
-                signer: None,
-            })?),
-            None => None,
-        };
-        let tls = super::tls::ReloadingTls::with_client_trust(cert.clone(), key.clone(), trust)?;
-        let tls_listener = tokio::net::TcpListener::bind(tls_listen).await?;
-        tokio::spawn(crate::http::serve(
-            "token",
-            tls_listener,
-            bench_router(fixture.server.clone()),
-            Some(tls),
-            limits.clone(),
-            metrics.clone(),
-            crate::admin::shutdown_signal(),
-        ));
-    }
-    tracing::info!(listen = %args.listen, alg = args.signing_alg.as_str(), "bench server ready");
-    crate::http::serve(
-        "token",
-        listener,
-        bench_router(fixture.server),
-        None,
-        limits,
-        metrics,
-        crate::admin::shutdown_signal(),
-    )
-    .await?;
-    Ok(())
-}
-
-/// `m2m-operator bench-dpop`: write `--count` DPoP proofs of one fresh key
-/// (one per line) for the load generator, and print how long the token
-/// endpoint's verification of one proof takes — the stateless checks of
-/// [`super::dpop::DpopVerifier::check_proof`] and the replay-cache insert,
-/// on distinct proofs, single-threaded — as `verify_us=… sign_us=…`.
-pub fn run_dpop(args: crate::cli::BenchDpopArgs) -> anyhow::Result<()> {
-    use super::dpop::client::ProofKey;
-    use std::io::Write;
-    let alg = match args.alg.as_str() {
-        "ES256" => jsonwebtoken::Algorithm::ES256,
-        "EdDSA" => jsonwebtoken::Algorithm::EdDSA,
-        other => anyhow::bail!("--alg {other}: ES256 or EdDSA"),
-    };
-    let key = ProofKey::generate(alg)?;
-    let now = Utc::now().timestamp();
-    let started = std::time::Instant::now();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
-    for _ in 0..args.count {
-        writeln!(out, "{}", key.proof(&args.htu, now, None)?)?;
-    }
-    out.flush()?;
-    let sign_us = started.elapsed().as_secs_f64() * 1e6 / args.count.max(1) as f64;
-    // The micro-benchmark: fresh proofs, the production checks.
-    let issuer = args
-        .htu
-        .strip_suffix("/oauth/token")
-        .ok_or_else(|| anyhow::anyhow!("--htu must end in /oauth/token"))?;
-    let verifier = super::dpop::DpopVerifier::new(issuer, super::dpop::DpopConfig::default());
-    let samples: Vec<String> = (0..args.verify_iterations)
-        .map(|_| key.proof(&args.htu, now, None))
-        .collect::<Result<_, _>>()?;
-    let started = std::time::Instant::now();
-    for proof in &samples {
-        let checked = verifier
-            .check_proof(proof, "POST", now, None)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        verifier
-            .record(&checked, now)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    }
-    let verify_us = started.elapsed().as_secs_f64() * 1e6 / samples.len().max(1) as f64;
-    println!("verify_us={verify_us:.1} sign_us={sign_us:.1}");
-    Ok(())
 }

@@ -73,7 +73,7 @@ const FAILED_REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 /// The bounds of federation on one replica.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FederationBounds {
+pub struct FederationBounds {
     /// Scheduled key refresh.
     pub refresh_interval: Duration,
     /// Keys are used at most this long after their last successful refresh.

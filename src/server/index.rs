@@ -140,7 +140,7 @@ impl CredentialEntry {
 
     /// Whether each verifier carries a valid seal under `key`: cached for
     /// the key first used, recomputed for any other.
-    fn seals(&self, key: &impl super::oauth::SecretCheck) -> std::borrow::Cow<'_, [bool]> {
+    fn seals(&self, key: &impl super::secret_check::SecretCheck) -> std::borrow::Cow<'_, [bool]> {
         let compute = || -> Vec<bool> {
             self.verifiers
                 .iter()
@@ -209,7 +209,7 @@ impl CredentialEntry {
     /// The secret version `secret` authenticates at `now`, if any.
     ///
     /// Equal work whatever the credential: every slot up to
-    /// [`super::oauth::MAX_VERIFIERS`] costs one digest check (a MAC and a
+    /// [`super::secret_check::MAX_VERIFIERS`] costs one digest check (a MAC and a
     /// constant-time comparison), padded with a verifier nothing matches,
     /// so the time does not tell how many verifiers a credential has — nor,
     /// with the padded dummy entry the token endpoint uses for unknown ids,
@@ -217,12 +217,12 @@ impl CredentialEntry {
     /// ([`SealCache`]); they do not depend on what the client sent.
     pub fn authenticate(
         &self,
-        key: &impl super::oauth::SecretCheck,
+        key: &impl super::secret_check::SecretCheck,
         secret: &str,
         now: DateTime<Utc>,
     ) -> Option<i64> {
-        let pad = super::oauth::padding_verifier();
-        let slots = self.verifiers.len().max(super::oauth::MAX_VERIFIERS);
+        let pad = super::secret_check::padding_verifier();
+        let slots = self.verifiers.len().max(super::secret_check::MAX_VERIFIERS);
         let seals = self.seals(key);
         let mut matched = None;
         for slot in 0..slots {
@@ -1209,6 +1209,34 @@ impl TokenState {
     pub(crate) fn set_keys(&self, keys: Option<KeyMaterial>) {
         self.keys.store(keys.map(Arc::new));
     }
+}
+
+/// The credential unknown client ids are checked against: no verifiers,
+/// fields of typical length, so the work equals a real credential's.
+pub(crate) fn unknown_client() -> &'static CredentialEntry {
+    static UNKNOWN: std::sync::LazyLock<CredentialEntry> = std::sync::LazyLock::new(|| {
+        let uid = "00000000-0000-4000-8000-000000000000";
+        CredentialEntry {
+            namespace: "unknown-namespace".into(),
+            name: "unknown-credential".into(),
+            uid: uid.into(),
+            client_id: crate::core::client_secret::client_id_for_uid(uid),
+            service_account: String::new(),
+            subject: String::new(),
+            grant: Err(GrantError::Expired(DateTime::<Utc>::MIN_UTC)),
+            default_scope: String::new(),
+            verifiers: Vec::new(),
+            workload: None,
+            workload_epoch: None,
+            federation: None,
+            federation_epoch: None,
+            api_token: false,
+            api_token_end: None,
+            seals: Default::default(),
+            sender: Default::default(),
+        }
+    });
+    &UNKNOWN
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub mod oauth;
 pub mod pod_identity;
 pub mod ratelimit;
 pub mod revocation;
-pub mod tls;
+pub mod secret_check;
 pub mod usage;
 pub mod watch;
 
@@ -48,7 +48,6 @@ pub mod watch;
 mod tests;
 
 use crate::admin::Readiness;
-use crate::cli::TokenServerOptions;
 use crate::core::grant::ScopePolicy;
 use crate::http::HttpLimits;
 use crate::telemetry::{Endpoint, Metrics};
@@ -77,7 +76,7 @@ pub enum ServerError {
     Io(String, #[source] std::io::Error),
     /// The TLS files are unusable.
     #[error(transparent)]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] crate::http::tls::TlsError),
     /// The client CA file is unusable.
     #[error(transparent)]
     ClientTrust(#[from] mtls::TrustError),
@@ -100,6 +99,68 @@ pub struct ServerConfig {
     pub limits: HttpLimits,
     /// DPoP and client-certificate options.
     pub sender: binding::SenderOptions,
+    /// Where and how the endpoint listens.
+    pub listen: ListenConfig,
+    /// Bounds of the caches and background writers.
+    pub bounds: ServerBounds,
+}
+
+/// Where the token endpoint listens: the address, TLS files and the
+/// sources of client-certificate trust (none without TLS).
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Address of the token endpoint.
+    pub addr: std::net::SocketAddr,
+    /// PEM certificate chain and key; the endpoint speaks TLS when set.
+    pub tls: Option<TlsFiles>,
+    /// Where client-certificate trust comes from (mTLS hook).
+    pub client_trust: mtls::TrustSources,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            tls: None,
+            client_trust: mtls::TrustSources::default(),
+        }
+    }
+}
+
+/// The certificate chain and key files of the TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, reloaded when it changes.
+    pub cert: std::path::PathBuf,
+    /// PEM private key, reloaded when it changes.
+    pub key: std::path::PathBuf,
+}
+
+/// Bounds of the token server's caches and background writers.
+#[derive(Debug, Clone)]
+pub struct ServerBounds {
+    /// Revoked tokens kept one by one per client.
+    pub revocation_quota: usize,
+    /// The TokenReview result cache.
+    pub assertion_cache: assertion::CacheBounds,
+    /// The TokenReview call budget.
+    pub token_review: assertion::ReviewLimits,
+    /// How often usage is written.
+    pub usage: usage::UsageResolution,
+    /// Federation key refresh and cache bounds.
+    pub federation: federation::FederationBounds,
+}
+
+impl Default for ServerBounds {
+    fn default() -> Self {
+        Self {
+            revocation_quota: revocation::DEFAULT_QUOTA,
+            assertion_cache: Default::default(),
+            token_review: Default::default(),
+            usage: Default::default(),
+            federation: Default::default(),
+        }
+    }
 }
 
 struct Inner {
@@ -191,7 +252,12 @@ impl TokenServer {
         &self.inner.state
     }
 
-    /// The configuration.
+    /// The metrics the handlers record into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The configuration the handlers read.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
     }
@@ -320,7 +386,6 @@ pub async fn run_token_server(
     client: kube::Client,
     config: ServerConfig,
     watch_namespace: Option<String>,
-    opts: &TokenServerOptions,
     metrics: Metrics,
     readiness: &Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -330,7 +395,7 @@ pub async fn run_token_server(
         client.clone(),
         &config.operator_namespace,
         state.clone(),
-        opts.revocation_quota,
+        config.bounds.revocation_quota,
     );
     let repairs = tokio::spawn(revocations.clone().run_repairs());
     let watch_ready = watch::WatchReadiness {
@@ -341,14 +406,14 @@ pub async fn run_token_server(
     };
     let assertions = Arc::new(assertion::AssertionVerifier::with_limits(
         Arc::new(assertion::KubeTokenReviewer::new(client.clone())),
-        opts.assertion_cache_bounds(),
-        opts.token_review_limits(),
+        config.bounds.assertion_cache,
+        config.bounds.token_review,
     ));
     let (stop_usage, usage_stopped) = tokio::sync::oneshot::channel::<()>();
     let usage = tokio::spawn(usage::run_flusher(
         client.clone(),
         state.clone(),
-        opts.usage_resolution(),
+        config.bounds.usage,
         metrics.clone(),
         async move {
             let _ = usage_stopped.await;
@@ -358,7 +423,7 @@ pub async fn run_token_server(
     let federation = Arc::new(federation::FederationState::new(
         Some(client.clone()),
         &config.operator_namespace,
-        opts.federation_bounds(),
+        config.bounds.federation,
         metrics.clone(),
     ));
     let federation_watches = tokio::spawn(federation::run_watches(
@@ -378,7 +443,8 @@ pub async fn run_token_server(
         state.clone(),
         watch_ready,
     ));
-    tracing::info!(issuer = %config.issuer, listen = %opts.listen, "token server starting");
+    let (listen, limits) = (config.listen.clone(), config.limits.clone());
+    tracing::info!(issuer = %config.issuer, listen = %config.listen.addr, "token server starting");
     let server = TokenServer::with_federation(
         config,
         state,
@@ -387,7 +453,15 @@ pub async fn run_token_server(
         assertions,
         federation,
     );
-    let result = serve_with_client(router(server), opts, metrics, shutdown, Some(client)).await;
+    let result = serve_with_client(
+        router(server),
+        &listen,
+        limits,
+        metrics,
+        shutdown,
+        Some(client),
+    )
+    .await;
     // Write the usage the last interval held back, while the watch still
     // delivers (a bounded wait: shutdown must not hang on the apiserver).
     let _ = stop_usage.send(());
@@ -398,65 +472,59 @@ pub async fn run_token_server(
     result
 }
 
-/// Serve `app` on `--listen`, over TLS when `--tls-cert`/`--tls-key` are set.
+/// Serve `app` on `listen`, over TLS when it names certificate files.
 pub async fn serve(
     app: Router,
-    opts: &TokenServerOptions,
+    listen: &ListenConfig,
+    limits: HttpLimits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve_with_client(app, opts, metrics, shutdown, None).await
+    serve_with_client(app, listen, limits, metrics, shutdown, None).await
 }
 
 /// [`serve`], with `client` to watch `ClusterTrustBundle`s when
-/// `--tls-client-ca-signer` is set (mTLS hook).
+/// client certificates are trusted by signer name (mTLS hook).
 pub async fn serve_with_client(
     app: Router,
-    opts: &TokenServerOptions,
+    listen: &ListenConfig,
+    limits: HttpLimits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
     client: Option<kube::Client>,
 ) -> Result<(), ServerError> {
-    let addr = opts.listen;
+    let addr = listen.addr;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ServerError::Io(addr.to_string(), e))?;
     let mut background = Vec::new();
-    let tls = match (&opts.tls_cert, &opts.tls_key) {
-        (Some(cert), Some(key)) => {
-            let sources = opts.client_trust_sources();
+    let tls = match &listen.tls {
+        Some(TlsFiles { cert, key }) => {
+            let sources = listen.client_trust.clone();
             let trust = if sources.is_enabled() {
                 let trust = mtls::ClientTrust::new(sources)?;
                 background.push(tokio::spawn(trust.clone().watch_file()));
                 if let Some(client) = client {
                     background.push(tokio::spawn(trust.clone().watch_bundles(client)));
                 }
-                Some(trust)
+                Some(trust.verifier())
             } else {
                 None
             };
-            Some(tls::ReloadingTls::with_client_trust(
+            Some(crate::http::tls::ReloadingTls::with_client_trust(
                 cert.clone(),
                 key.clone(),
                 trust,
             )?)
         }
-        _ => None,
+        None => None,
     };
     if let Some(t) = &tls {
         background.push(tokio::spawn(t.clone().watch()));
     }
-    let result = crate::http::serve(
-        "token",
-        listener,
-        app,
-        tls,
-        opts.limits(),
-        metrics,
-        shutdown,
-    )
-    .await
-    .map_err(|e| ServerError::Io(addr.to_string(), e));
+    let result = crate::http::serve("token", listener, app, tls, limits, metrics, shutdown)
+        .await
+        .map_err(|e| ServerError::Io(addr.to_string(), e));
     for task in background {
         task.abort();
     }

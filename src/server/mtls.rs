@@ -21,10 +21,7 @@
 //! verifier at build time and the trust must change under live
 //! connections; the rest is glue.
 
-use crate::core::sender::SubjectAltNames;
 use arc_swap::ArcSwap;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,48 +40,7 @@ use tokio_rustls::rustls::{
 /// The RFC 8414 / RFC 8705 client authentication method name.
 pub const METHOD: &str = "tls_client_auth";
 
-/// What the token endpoint knows about a connection's client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCert {
-    /// base64url SHA-256 of the DER certificate (`cnf["x5t#S256"]`).
-    pub x5t_s256: String,
-    /// Its subject alternative names.
-    pub sans: SubjectAltNames,
-}
-
-impl ClientCert {
-    /// From the end-entity certificate of a verified handshake. A SAN
-    /// extension that does not parse leaves the SANs empty (the
-    /// certificate still binds tokens, but authenticates no credential).
-    pub fn from_der(der: &[u8]) -> Self {
-        use sha2::{Digest, Sha256};
-        Self {
-            x5t_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(der)),
-            sans: subject_alt_names(der).unwrap_or_default(),
-        }
-    }
-}
-
-fn subject_alt_names(der: &[u8]) -> Option<SubjectAltNames> {
-    use x509_cert::der::Decode;
-    use x509_cert::ext::pkix::SubjectAltName;
-    use x509_cert::ext::pkix::name::GeneralName;
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    let (_, san) = cert.tbs_certificate.get::<SubjectAltName>().ok()??;
-    let mut out = SubjectAltNames::default();
-    for name in san.0 {
-        match name {
-            GeneralName::UniformResourceIdentifier(uri) => out.uris.push(uri.as_str().to_owned()),
-            GeneralName::DnsName(dns) => out.dns.push(dns.as_str().to_owned()),
-            _ => {}
-        }
-    }
-    Some(out)
-}
-
-/// The client certificate of a connection, as a request extension.
-#[derive(Debug, Clone)]
-pub struct PeerCertificate(pub Arc<ClientCert>);
+pub use crate::http::peer::{ClientCert, PeerCertificate};
 
 /// Where the client-certificate trust comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -228,7 +184,7 @@ impl ClientTrust {
         self.rebuild();
     }
 
-    /// Poll the CA file every [`super::tls::POLL_INTERVAL`] and reload it when it changes.
+    /// Poll the CA file every [`crate::http::tls::POLL_INTERVAL`] and reload it when it changes.
     pub async fn watch_file(self: Arc<Self>) {
         let Some(path) = self.sources.ca_file.clone() else {
             return;
@@ -236,7 +192,7 @@ impl ClientTrust {
         let mtime =
             |p: &PathBuf| -> Option<SystemTime> { std::fs::metadata(p).ok()?.modified().ok() };
         let mut last = mtime(&path);
-        let mut tick = tokio::time::interval(super::tls::POLL_INTERVAL);
+        let mut tick = tokio::time::interval(crate::http::tls::POLL_INTERVAL);
         loop {
             tick.tick().await;
             let now = mtime(&path);
@@ -389,6 +345,8 @@ impl ClientCertVerifier for DynamicClientVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     #[test]
     fn sans_and_thumbprint_of_an_openssl_certificate() {

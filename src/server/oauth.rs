@@ -26,12 +26,10 @@
 use super::TokenServer;
 use super::error::{OAuthError, no_store};
 use super::form::{AuthMethod, ClientCredentials, MAX_TOKEN_BYTES, OAuthRequest};
-use super::index::{CredentialEntry, KeyMaterial};
+use super::index::{CredentialEntry, KeyMaterial, unknown_client};
 use super::revocation::Revoked;
 use crate::core::client_secret::{SECRET_PREFIX, is_well_formed};
 use crate::core::grant::GrantError;
-use crate::core::verifier::{SecretBinding, VerifierKey};
-use crate::crd::SecretVerifier;
 use crate::telemetry::{AUDIT_TARGET, audit_field};
 use axum::body::Body;
 use axum::extract::State;
@@ -133,79 +131,6 @@ fn new_jti() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A digest no secret matches, for the equal-work padding.
-const DUMMY_DIGEST: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-/// Authentication checks this many verifier slots (current version and
-/// grace periods) for every client id, known or not, padding with a
-/// verifier nothing matches. A credential with more verifiers costs more;
-/// the controller keeps at most a handful.
-pub(crate) const MAX_VERIFIERS: usize = 4;
-
-/// The two keyed checks of authentication (a seam for counting them).
-pub trait SecretCheck {
-    /// Whether the verifier carries a valid seal.
-    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool;
-    /// Whether `secret` matches `digest`.
-    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool;
-    /// Identifies the key: results under one id hold for that key only.
-    fn key_id(&self) -> u64;
-}
-
-impl SecretCheck for VerifierKey {
-    fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
-        VerifierKey::is_sealed(self, binding, verifier)
-    }
-
-    fn verify(&self, binding: &SecretBinding<'_>, secret: &str, digest: &str) -> bool {
-        VerifierKey::verify(self, binding, secret, digest)
-    }
-
-    fn key_id(&self) -> u64 {
-        self.id()
-    }
-}
-
-/// The verifier padding the slots: well-formed, so both MACs are computed
-/// and compared, and matched by nothing.
-pub(crate) fn padding_verifier() -> &'static SecretVerifier {
-    static PAD: std::sync::LazyLock<SecretVerifier> = std::sync::LazyLock::new(|| SecretVerifier {
-        version: 0,
-        digest: DUMMY_DIGEST.to_owned(),
-        not_after: None,
-        seal: Some(DUMMY_DIGEST.to_owned()),
-    });
-    &PAD
-}
-
-/// The credential unknown client ids are checked against: no verifiers,
-/// fields of typical length, so the work equals a real credential's.
-pub(crate) fn unknown_client() -> &'static CredentialEntry {
-    static UNKNOWN: std::sync::LazyLock<CredentialEntry> = std::sync::LazyLock::new(|| {
-        let uid = "00000000-0000-4000-8000-000000000000";
-        CredentialEntry {
-            namespace: "unknown-namespace".into(),
-            name: "unknown-credential".into(),
-            uid: uid.into(),
-            client_id: crate::core::client_secret::client_id_for_uid(uid),
-            service_account: String::new(),
-            subject: String::new(),
-            grant: Err(GrantError::Expired(DateTime::<Utc>::MIN_UTC)),
-            default_scope: String::new(),
-            verifiers: Vec::new(),
-            workload: None,
-            workload_epoch: None,
-            federation: None,
-            federation_epoch: None,
-            api_token: false,
-            api_token_end: None,
-            seals: Default::default(),
-            sender: Default::default(),
-        }
-    });
-    &UNKNOWN
 }
 
 /// Scopes: a subset of the grant; default all of it.

@@ -13,7 +13,7 @@
 //! down, and shows up in the audit log and in
 //! `m2m_token_requests_total{outcome="rate_limited"}`. The CPU a failure
 //! costs is small and bounded (a checksum pre-check, then a fixed number of
-//! HMACs, [`super::oauth::MAX_VERIFIERS`] slots); the request-level limits of
+//! HMACs, [`super::secret_check::MAX_VERIFIERS`] slots); the request-level limits of
 //! [`crate::http`] bound the rest.
 //!
 //! A token bucket per key: [`BURST`] failures at once, then one more every

@@ -103,6 +103,8 @@ impl World {
             operator_namespace: "ops".into(),
             limits,
             sender: Default::default(),
+            listen: Default::default(),
+            bounds: Default::default(),
         };
         let metrics = Metrics::new();
         let assertions = assertions
@@ -1178,7 +1180,7 @@ struct CountingKey<'a> {
     other_id: bool,
 }
 
-impl super::oauth::SecretCheck for CountingKey<'_> {
+impl super::secret_check::SecretCheck for CountingKey<'_> {
     fn is_sealed(&self, binding: &SecretBinding<'_>, verifier: &SecretVerifier) -> bool {
         self.macs.set(self.macs.get() + 1);
         self.key.is_sealed(binding, verifier)
@@ -1219,7 +1221,7 @@ async fn authentication_does_equal_work_for_every_client_id() {
         (k.macs.get(), matched.is_some())
     };
     let wrong = ClientSecret::generate().unwrap().expose().to_owned();
-    let unknown = super::oauth::unknown_client();
+    let unknown = super::index::unknown_client();
     let cases = [
         ("unknown id", count(unknown, &wrong)),
         (
@@ -1239,7 +1241,7 @@ async fn authentication_does_equal_work_for_every_client_id() {
             count(index.get(&two.id).unwrap(), &wrong),
         ),
     ];
-    let expected = super::oauth::MAX_VERIFIERS;
+    let expected = super::secret_check::MAX_VERIFIERS;
     for (what, (macs, matched)) in cases {
         assert_eq!(macs, expected, "{what}");
         assert_eq!(matched, what.ends_with("right"), "{what}");
@@ -1266,7 +1268,7 @@ async fn seal_checks_are_reused_only_for_the_same_key() {
         let matched = entry.authenticate(&k, &two.secret, now);
         (k.macs.get(), matched.is_some())
     };
-    let slots = super::oauth::MAX_VERIFIERS;
+    let slots = super::secret_check::MAX_VERIFIERS;
     assert_eq!(run(false), (slots + 2, true), "first use checks both seals");
     assert_eq!(run(false), (slots, true), "then only the digests");
     assert_eq!(run(true), (slots + 2, true), "another key id: seals again");

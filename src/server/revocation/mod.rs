@@ -42,7 +42,7 @@ use std::time::Duration;
 pub(crate) const REVOCATION_SELECTOR: &str = "m2m.dev/revocation-list=v2";
 
 /// Default `--revocation-quota`: single-token entries per client.
-pub(crate) const DEFAULT_QUOTA: usize = 256;
+pub const DEFAULT_QUOTA: usize = 256;
 
 /// Why a revocation could not be recorded.
 #[derive(Debug, thiserror::Error)]

@@ -345,7 +345,7 @@ async fn api_token_checks_do_equal_work() {
         let entry = super::super::api_token::entry_for(&index, token);
         let checked = entry
             .as_deref()
-            .unwrap_or_else(|| super::super::oauth::unknown_client());
+            .unwrap_or_else(|| super::super::index::unknown_client());
         let matched = checked.authenticate(&k, token, now);
         (k.macs.get(), matched.is_some() && entry.is_some())
     };
@@ -366,7 +366,7 @@ async fn api_token_checks_do_equal_work() {
         ("current after a rotation", rotated, true),
         ("current", current, true),
     ];
-    let expected = super::super::oauth::MAX_VERIFIERS;
+    let expected = super::super::secret_check::MAX_VERIFIERS;
     for (what, token, ok) in cases {
         assert_eq!(count(&token), (expected, ok), "{what}");
     }

@@ -5,9 +5,11 @@
 //! seconds of delay is irrelevant for certificate renewal. A reload that
 //! fails (e.g. half-written files) keeps the previous certificate.
 //!
-//! With client-certificate trust configured ([`super::mtls::ClientTrust`]),
-//! the listener asks for a client certificate (optional) and checks it
-//! against the trust of the moment.
+//! With a client-certificate verifier (the token server's
+//! `server::mtls::ClientTrust`), the listener asks for a client
+//! certificate (optional) and checks it against the trust of the moment.
+//! It lives in the HTTP layer because the accept loop ([`super::serve`])
+//! takes it; the server only hands in the verifier.
 
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ServerConfig};
 
 /// How often the files are checked for changes.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the certificate or key could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +52,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
 pub fn load_with_client_trust(
     cert: &Path,
     key: &Path,
-    client: Option<&Arc<super::mtls::ClientTrust>>,
+    client: Option<&Arc<dyn ClientCertVerifier>>,
 ) -> Result<ServerConfig, TlsError> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read(p.to_owned(), e));
     let cert_pem = read(cert)?;
@@ -70,7 +73,7 @@ pub fn load_with_client_trust(
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Rustls)?;
     let builder = match client {
-        Some(trust) => builder.with_client_cert_verifier(trust.verifier()),
+        Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
@@ -85,7 +88,7 @@ pub fn load_with_client_trust(
 pub struct ReloadingTls {
     cert: PathBuf,
     key: PathBuf,
-    client: Option<Arc<super::mtls::ClientTrust>>,
+    client: Option<Arc<dyn ClientCertVerifier>>,
     current: ArcSwap<ServerConfig>,
 }
 
@@ -104,7 +107,7 @@ impl ReloadingTls {
     pub fn with_client_trust(
         cert: PathBuf,
         key: PathBuf,
-        client: Option<Arc<super::mtls::ClientTrust>>,
+        client: Option<Arc<dyn ClientCertVerifier>>,
     ) -> Result<Arc<Self>, TlsError> {
         let config = load_with_client_trust(&cert, &key, client.as_ref())?;
         Ok(Arc::new(Self {

@@ -34,20 +34,20 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = crate::crd::cel::workload_identity_has_no_rotation())]
-#[x_kube(validation = crate::crd::cel::type_immutable())]
-#[x_kube(validation = crate::crd::cel::api_token_has_no_workload_identity())]
+#[x_kube(validation = crate::cel::workload_identity_has_no_rotation())]
+#[x_kube(validation = crate::cel::type_immutable())]
+#[x_kube(validation = crate::cel::api_token_has_no_workload_identity())]
 // Federation hook (SPEC §9, src/crd/issuer.rs).
-#[x_kube(validation = crate::crd::cel::one_authentication())]
-#[x_kube(validation = crate::crd::cel::federation_has_no_rotation())]
-#[x_kube(validation = crate::crd::cel::api_token_has_no_federation())]
+#[x_kube(validation = crate::cel::one_authentication())]
+#[x_kube(validation = crate::cel::federation_has_no_rotation())]
+#[x_kube(validation = crate::cel::api_token_has_no_federation())]
 #[x_kube(validation = super::sender::api_token_has_no_mtls())]
 pub struct M2MCredentialSpec {
     /// Name of the `ServiceAccount` (m2m.dev) in the same namespace this
     /// credential authenticates as. Immutable: to bind another identity,
     /// create another credential.
     #[schemars(length(min = 1, max = 253), pattern(super::DNS1123_SUBDOMAIN_PATTERN))]
-    #[x_kube(validation = crate::crd::cel::immutable("serviceAccountName", "create another M2MCredential to bind another ServiceAccount"))]
+    #[x_kube(validation = crate::cel::immutable("serviceAccountName", "create another M2MCredential to bind another ServiceAccount"))]
     pub service_account_name: String,
 
     /// `ClientSecret` (default): an OAuth 2.0 client id and client secret
@@ -90,7 +90,7 @@ pub struct M2MCredentialSpec {
     /// most the ServiceAccount's `tokenTTL`, which is also the default.
     #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::token_ttl_bounds())]
+    #[x_kube(validation = crate::cel::token_ttl_bounds())]
     pub token_ttl: Option<String>,
 
     /// Name of the generated Secret in this namespace (default
@@ -137,7 +137,7 @@ pub struct M2MCredentialSpec {
     /// creation when it was never used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::positive_duration("dormantAfter"))]
+    #[x_kube(validation = crate::cel::positive_duration("dormantAfter"))]
     pub dormant_after: Option<String>,
 
     /// Require every token of this credential to be bound to a key the
@@ -239,15 +239,15 @@ pub struct WorkloadIdentityStatus {
 /// keeps working.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = crate::crd::cel::grace_shorter_than_every())]
-#[x_kube(validation = crate::crd::cel::retire_within_grace())]
+#[x_kube(validation = crate::cel::grace_shorter_than_every())]
+#[x_kube(validation = crate::cel::retire_within_grace())]
 pub struct CredentialRotation {
     /// Rotate automatically this long after the last rotation, e.g. `720h`;
     /// longer than `0s`. Unset: rotate only when the `m2m.dev/rotate`
     /// annotation changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::rotation_every_positive())]
+    #[x_kube(validation = crate::cel::rotation_every_positive())]
     pub every: Option<String>,
 
     /// How long the previous secret (and tokens issued with it) stays valid
@@ -255,7 +255,7 @@ pub struct CredentialRotation {
     /// Default `0s`: the old secret and its tokens stop working at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::grace_period_bounds())]
+    #[x_kube(validation = crate::cel::grace_period_bounds())]
     pub grace_period: Option<String>,
 
     /// End the grace period early once the previous secret version has not
@@ -266,7 +266,7 @@ pub struct CredentialRotation {
     /// token server's in-grace usage resolution (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::positive_duration("rotation.retireWhenUnusedFor"))]
+    #[x_kube(validation = crate::cel::positive_duration("rotation.retireWhenUnusedFor"))]
     pub retire_when_unused_for: Option<String>,
 
     /// Workloads in this namespace that read the secret only once (an

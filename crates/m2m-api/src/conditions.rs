@@ -75,7 +75,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 
 /// Schema of the `conditions` list: a list-map keyed by `type`, so that
 /// server-side apply merges conditions by type instead of replacing the list.
-pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
     schema.insert(

@@ -2,10 +2,13 @@
 //! and what `kubectl explain` documents. Nothing here talks to a cluster;
 //! the `///` comments become the schema descriptions of the generated CRDs.
 
+#![forbid(unsafe_code)]
+
 pub mod cel;
 mod conditions;
 mod credential;
 mod issuer;
+pub mod labels;
 mod role;
 mod sender;
 mod service_account;

@@ -67,7 +67,7 @@ pub struct ServiceAccountSpec {
     /// least `1m`, at most `24h`).
     #[serde(default, rename = "tokenTTL", skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::token_ttl_bounds())]
+    #[x_kube(validation = crate::cel::token_ttl_bounds())]
     pub token_ttl: Option<String>,
 }
 

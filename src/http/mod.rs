@@ -18,6 +18,9 @@
 //! | [`HttpLimits::request_timeout`] | 15 s | `503` |
 //! | [`HttpLimits::max_concurrent_requests`] | 512 | further requests wait (within the request timeout) |
 
+pub mod peer;
+pub mod tls;
+
 use crate::telemetry::Metrics;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -92,7 +95,7 @@ pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     app: Router,
-    tls: Option<Arc<crate::server::tls::ReloadingTls>>,
+    tls: Option<Arc<tls::ReloadingTls>>,
     limits: HttpLimits,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -171,9 +174,7 @@ pub async fn serve(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .map(|der| {
-                                crate::server::mtls::PeerCertificate(Arc::new(
-                                    crate::server::mtls::ClientCert::from_der(der),
-                                ))
+                                peer::PeerCertificate(Arc::new(peer::ClientCert::from_der(der)))
                             });
                         let service = TowerToHyperService::new(service);
                         serve_connection(stream, h2, &limits, service, watcher).await;
@@ -239,7 +240,7 @@ struct WithPeer {
     app: Router,
     peer: std::net::SocketAddr,
     /// The connection's TLS client certificate, if it sent one.
-    client_cert: Option<crate::server::mtls::PeerCertificate>,
+    client_cert: Option<peer::PeerCertificate>,
 }
 
 impl tower::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
@@ -512,34 +513,20 @@ mod tests {
             .unwrap()
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let opts = crate::cli::TokenServerOptions {
-            listen: addr,
-            tls_cert: Some(cert),
-            tls_key: Some(key),
-            default_audience: None,
+        let listen = crate::server::ListenConfig {
+            addr,
+            tls: Some(crate::server::TlsFiles { cert, key }),
+            client_trust: Default::default(),
+        };
+        let limits = HttpLimits {
             max_connections: 100,
             header_read_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(5),
-            revocation_quota: crate::server::revocation::DEFAULT_QUOTA,
-            assertion_cache_ttl: Duration::from_secs(30),
-            assertion_cache_entries: 16,
-            token_review_max_concurrent: 16,
-            token_review_max_per_second: 50,
-            usage_resolution: Duration::from_secs(60),
-            usage_resolution_in_grace: Duration::from_secs(5),
-            federation: Default::default(),
-            sender: crate::cli::SenderArgs {
-                tls_client_ca: None,
-                tls_client_ca_signer: None,
-                dpop_proof_max_age: Duration::from_secs(60),
-                dpop_replay_cache_entries: 16,
-                dpop_nonce: false,
-                dpop_htu: vec![],
-            },
+            ..HttpLimits::token_endpoint()
         };
         let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
         tokio::spawn(async move {
-            crate::server::serve(app, &opts, Metrics::new(), std::future::pending()).await
+            crate::server::serve(app, &listen, limits, Metrics::new(), std::future::pending()).await
         });
         let mut conn = None;
         for _ in 0..50 {

@@ -30,7 +30,7 @@ pub struct IssuerSpec {
     /// slash added or removed). `https://` only, without query or fragment.
     /// Discovery reads `<issuer>/.well-known/openid-configuration`.
     #[schemars(length(min = 9, max = 512))]
-    #[x_kube(validation = crate::crd::cel::https_url("issuer"))]
+    #[x_kube(validation = crate::cel::https_url("issuer"))]
     pub issuer: String,
 
     /// Find the keys by OpenID Connect discovery: the `jwks_uri` of
@@ -43,7 +43,7 @@ pub struct IssuerSpec {
     /// `https://` only.
     #[serde(default, rename = "jwksURL", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 9, max = 1024))]
-    #[x_kube(validation = crate::crd::cel::https_url("jwksURL"))]
+    #[x_kube(validation = crate::cel::https_url("jwksURL"))]
     pub jwks_url: Option<String>,
 
     /// A static JWK Set from a ConfigMap, for issuers that publish no
@@ -78,7 +78,7 @@ pub struct IssuerSpec {
     /// tokens are refused. Default `1h`, at most `24h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = crate::crd::cel::max_token_lifetime_bounds())]
+    #[x_kube(validation = crate::cel::max_token_lifetime_bounds())]
     pub max_token_lifetime: Option<String>,
 
     /// CEL expressions over `claims` (the token's payload, as in the
@@ -155,8 +155,8 @@ pub struct ClaimValidationRule {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = crate::crd::cel::one_key_source())]
-#[x_kube(validation = crate::crd::cel::one_trust_anchor())]
+#[x_kube(validation = crate::cel::one_key_source())]
+#[x_kube(validation = crate::cel::one_trust_anchor())]
 pub struct ClusterTrustedIssuerSpec {
     /// The issuer, its keys and rules.
     #[serde(flatten)]
@@ -189,8 +189,8 @@ pub struct ClusterTrustedIssuerSpec {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = crate::crd::cel::one_key_source())]
-#[x_kube(validation = crate::crd::cel::one_trust_anchor())]
+#[x_kube(validation = crate::cel::one_key_source())]
+#[x_kube(validation = crate::cel::one_trust_anchor())]
 pub struct TrustedIssuerSpec {
     /// The issuer, its keys and rules.
     #[serde(flatten)]
