@@ -65,6 +65,10 @@ if [[ "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_NODE"')" == 1 ]
   # manifest and revision label).
   M2M_IMAGE_SOURCE=second-build scripts/image.sh --no-build --tag 0.1.0-next >/dev/null
   scripts/chart.sh >/dev/null
+  # The tags were pushed again: drop the node's cached copies, or the kubelet
+  # (imagePullPolicy IfNotPresent) would run the image of an earlier run.
+  node_ctr=(ctr --address "$(bash -c 'source tests/cluster/lib.sh && printf %s "$M2M_CONTAINERD_SOCKET"')" -n k8s.io)
+  "${node_ctr[@]}" images ls -q | grep '/m2m-operator:' | xargs -r "${node_ctr[@]}" images rm >/dev/null || true
   cleanup_release() {
     helm uninstall m2m-operator -n m2m-system --wait >/dev/null 2>&1 || true
     kubectl delete namespace m2m-demo --ignore-not-found --wait=false >/dev/null 2>&1 || true
