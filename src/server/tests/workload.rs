@@ -401,12 +401,9 @@ async fn the_audit_log_of_assertions_shows_no_secret_and_cannot_be_forged() {
     );
 }
 
-/// A binding removed and re-added before the controller looked (two spec
-/// generations it never saw) leaves the old epoch in the status, which the
-/// controller will renew: until it has, that epoch is honoured nowhere, so
-/// the tokens of before the removal do not revive in between.
-#[tokio::test]
-async fn an_epoch_behind_unseen_generations_revives_nothing() {
+/// Credential `uploads` bound to `uploader` at epoch 2, a resource server,
+/// a valid assertion for the binding and the token it got.
+async fn epoch_world() -> (World, Client, String, String) {
     let reviewer = Arc::new(Reviewer::default());
     let mut world = world_with(reviewer.clone(), CacheBounds::default());
     let rs = world.simple("resource-server");
@@ -420,6 +417,16 @@ async fn an_epoch_behind_unseen_generations_revives_nothing() {
     let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let token = body["access_token"].as_str().unwrap().to_owned();
+    (world, rs, real, token)
+}
+
+/// A binding removed and re-added before the controller looked (two spec
+/// generations it never saw) leaves the old epoch in the status, which the
+/// controller will renew: until it has, that epoch is honoured nowhere, so
+/// the tokens of before the removal do not revive in between.
+#[tokio::test]
+async fn an_epoch_behind_unseen_generations_revives_nothing() {
+    let (mut world, rs, real, token) = epoch_world().await;
     assert!(world.active(&rs, &token).await);
     // One spec edit the controller has not seen yet (a scope change, say)
     // keeps the epoch: the controller keeps it too.
@@ -455,19 +462,7 @@ async fn an_epoch_behind_unseen_generations_revives_nothing() {
 /// is active only while that epoch is current and sealed.
 #[tokio::test]
 async fn workload_identity_tokens_are_active_only_in_their_epoch() {
-    let reviewer = Arc::new(Reviewer::default());
-    let mut world = world_with(reviewer.clone(), CacheBounds::default());
-    let rs = world.simple("resource-server");
-    world.workload("uploads", "uploader");
-    let real = plausible("uploader", 1);
-    reviewer
-        .valid
-        .lock()
-        .unwrap()
-        .insert(real.clone(), format!("system:serviceaccount:{NS}:uploader"));
-    let (status, _, body) = world.assert_from("10.0.0.1", &real, None).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (mut world, rs, real, token) = epoch_world().await;
     let claims = decode_with_jwks(&world, &token, SigningAlg::Es256).await;
     assert_eq!(claims["m2m_sv"], 2);
     assert!(world.active(&rs, &token).await);
