@@ -1166,10 +1166,18 @@ metadata: {{ name: not-bound, namespace: {DEMO} }}
 spec:
   serviceAccountName: not-bound
   automountServiceAccountToken: false
+  # Restricted, as the examples' namespace enforces (examples/00-namespace.yaml).
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 100
+    seccompProfile: {{ type: RuntimeDefault }}
   containers:
     - name: c
       image: curlimages/curl:8.11.1
       command: ["sleep", "3600"]
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities: {{ drop: [ALL] }}
       volumeMounts: [{{ name: id, mountPath: /var/run/m2m }}]
   volumes:
     - name: id
