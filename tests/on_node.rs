@@ -998,85 +998,13 @@ spec:
 /// A serving certificate for the token-server Service (DNS SANs), signed
 /// by a CA of its own; (CA PEM, certificate PEM, key PEM).
 fn service_pki(dir: &std::path::Path) -> (String, String, String) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("ext"),
-        format!(
-            "subjectAltName=DNS:{RELEASE}.{SYSTEM}.svc,DNS:{RELEASE}.{SYSTEM}.svc.cluster.local\nextendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .unwrap();
-    run(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "ca.key",
-    ]);
-    run(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-subj",
-        "/CN=on-node server CA",
-        "-days",
-        "1",
-        "-out",
-        "ca.crt",
-    ]);
-    run(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        "tls.key",
-    ]);
-    run(&[
-        "req",
-        "-new",
-        "-key",
-        "tls.key",
-        "-subj",
-        "/CN=m2m-operator",
-        "-out",
-        "tls.csr",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext",
-        "-out",
-        "tls.crt",
-    ]);
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    (read("ca.crt"), read("tls.crt"), read("tls.key"))
+    let (ca, crt, key) = support::make_pki_for(
+        dir,
+        "token-server",
+        &format!("DNS:{RELEASE}.{SYSTEM}.svc,DNS:{RELEASE}.{SYSTEM}.svc.cluster.local"),
+    );
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap();
+    (read(&ca), read(&crt), read(&key))
 }
 
 #[tokio::test]

@@ -446,13 +446,23 @@ pub async fn client_credentials_token(
 
 /// A CA and a serving certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
 pub fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    make_pki_for(dir, name, "IP:127.0.0.1")
+}
+
+/// A CA and a serving certificate for `san` (an openssl subjectAltName
+/// value) signed by it, as PEM files in `dir`: (CA, certificate, key).
+pub fn make_pki_for(dir: &Path, name: &str, san: &str) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = dir.join(format!("{name}-ca.key"));
     let ca = dir.join(format!("{name}-ca.crt"));
     let key = dir.join(format!("{name}.key"));
     let csr = dir.join(format!("{name}.csr"));
     let crt = dir.join(format!("{name}.crt"));
     let ext = dir.join(format!("{name}.ext"));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(
+        &ext,
+        format!("subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -502,7 +512,7 @@ pub fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
         "-key",
         &p(&key),
         "-subj",
-        "/CN=127.0.0.1",
+        &format!("/CN={name}"),
         "-out",
         &p(&csr),
     ]);
